@@ -1,0 +1,28 @@
+//! vrs-core: the domain of the vaccination record system (ワクチン接種記録システム).
+//!
+//! Pure: no I/O, no database, no async runtime. Stores implement
+//! [`store::StoreBackend`]; the [`service::Registry`] reads through it, decides with pure
+//! functions ([`reconcile`], [`access`]) and hands the store one [`store::ChangeSet`] per
+//! operation, which the store applies atomically.
+
+pub mod access;
+pub mod clock;
+pub mod dose;
+pub mod error;
+pub mod finding;
+pub mod ids;
+pub mod import;
+pub mod ledger;
+pub mod municipalities;
+pub mod reconcile;
+pub mod resident;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod text;
+pub mod vaccine;
+
+pub use error::Error;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,827 @@
+//! The service: every operation of the registry, for every frontend. It resolves the
+//! actor, checks access, reads through the store, decides with the pure functions of
+//! [`crate::reconcile`] and hands the store one change set, retrying on conflicts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Actor, Operation, Principal, Site, Subject, TabletAccount, authorize};
+use crate::clock::jst_date;
+use crate::dose::{DoseCorrection, DoseDetails, DoseRecord, DoseRegistration, DoseVersion};
+use crate::finding::{Finding, FindingKind};
+use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, VoucherRef};
+use crate::import::ImportReport;
+use crate::reconcile::{assess_person, diff_findings, validate_details, validate_registration, vouchers_of};
+use crate::resident::Resident;
+use crate::stats::{StatsQuery, StatsRow, deltas, key_for, merge_deltas};
+use crate::store::{AuditEvent, ChangeSet, DoseSlot, DynStore, ResidentSource};
+use crate::vaccine::{Catalogue, ProductCode};
+use crate::{Error, Result};
+
+/// How many times an operation is re-decided after a store conflict before giving up.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Where the service gets the time from; the core never reads a clock itself.
+pub trait Clock: Send + Sync {
+    /// The current instant.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// A clock that says what it is told: for tests, demos and replays.
+#[derive(Debug)]
+pub struct FixedClock(Mutex<DateTime<Utc>>);
+
+impl FixedClock {
+    /// A clock stopped at `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        Self(Mutex::new(at))
+    }
+    /// Moves the clock to `at`.
+    pub fn set(&self, at: DateTime<Utc>) {
+        if let Ok(mut g) = self.0.lock() {
+            *g = at;
+        }
+    }
+    /// Moves the clock forward.
+    pub fn advance(&self, by: chrono::Duration) {
+        if let Ok(mut g) = self.0.lock() {
+            *g += by;
+        }
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.0.lock().map(|g| *g).unwrap_or_default()
+    }
+}
+
+/// What registering a dose returns. A site sees this echo and nothing else of the resident.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationOutcome {
+    /// The dose as stored (or as first stored, for a replay).
+    pub dose: DoseRecord,
+    /// Whether the voucher matched an uploaded resident.
+    pub matched: bool,
+    /// The open findings about this dose.
+    pub findings: Vec<Finding>,
+    /// `true` when the idempotency key had been used: nothing new was stored.
+    pub replayed: bool,
+}
+
+/// What a correction or void returns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeOutcome {
+    /// The dose with its new version.
+    pub dose: DoseRecord,
+    /// The open findings about it afterwards.
+    pub findings: Vec<Finding>,
+}
+
+/// What a reconciliation pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    /// Doses matched to a resident by this pass.
+    pub matched: u64,
+    /// The municipality's doses still unmatched afterwards.
+    pub still_unmatched: u64,
+}
+
+/// What an import returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportOutcome {
+    /// Rows, bad lines and what was applied.
+    pub report: ImportReport,
+    /// Unmatched doses matched thanks to this upload.
+    pub reconciled: ReconcileReport,
+}
+
+/// Doses written earlier in the same batch, seen by later decisions of that batch.
+#[derive(Default)]
+struct Pending {
+    doses: HashMap<DoseId, DoseRecord>,
+    by_voucher: HashMap<VoucherRef, Vec<DoseId>>,
+    findings: HashMap<(DoseId, FindingKind), Finding>,
+}
+
+impl Pending {
+    fn absorb(&mut self, cs: &ChangeSet) {
+        for d in cs.new_doses.iter().chain(&cs.updated_doses) {
+            let ids = self.by_voucher.entry(d.voucher).or_default();
+            if !ids.contains(&d.id) {
+                ids.push(d.id);
+            }
+            self.doses.insert(d.id, d.clone());
+        }
+        for f in &cs.findings {
+            self.findings.insert((f.dose, f.kind), f.clone());
+        }
+    }
+}
+
+/// A person's dose history as read for one decision.
+struct PersonView {
+    resident: Option<Resident>,
+    doses: Vec<DoseRecord>,
+    findings: Vec<Finding>,
+}
+
+/// The registry: one per process, shared by every caller.
+#[derive(Clone)]
+pub struct Registry {
+    store: DynStore,
+    catalogue: Arc<Catalogue>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// A registry on `store` with the builtin vaccine catalogue and the given clock.
+    pub fn new(store: DynStore, clock: Arc<dyn Clock>) -> Self {
+        Self { store, catalogue: Arc::new(Catalogue::builtin().clone()), clock }
+    }
+
+    /// Replaces the vaccine catalogue (e.g. one read with [`Catalogue::from_json`]).
+    pub fn with_catalogue(mut self, catalogue: Catalogue) -> Self {
+        self.catalogue = Arc::new(catalogue);
+        self
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    /// The catalogue in use.
+    pub fn catalogue(&self) -> &Catalogue {
+        &self.catalogue
+    }
+
+    /// The current instant from the registry's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    fn today(&self) -> NaiveDate {
+        jst_date(self.clock.now())
+    }
+
+    async fn principal(&self, actor: &Actor) -> Result<Principal> {
+        Ok(match actor {
+            Actor::MunicipalStaff { municipality, user } => Principal::Staff { municipality: *municipality, user: user.clone() },
+            Actor::StatisticsReader { scope } => Principal::Statistics(*scope),
+            Actor::Site { account } => match self.store.account(account).await? {
+                Some(a) => Principal::Site(a),
+                None => {
+                    return Err(Error::PermissionDenied {
+                        actor: actor.to_string(),
+                        operation: Operation::RegisterDose,
+                        reason: "no such tablet account".into(),
+                    });
+                }
+            },
+        })
+    }
+
+    async fn check(&self, actor: &Actor, operation: Operation, subject: &Subject) -> Result<Principal> {
+        let principal = self.principal(actor).await?;
+        authorize(&principal, operation, subject, self.today())?;
+        Ok(principal)
+    }
+
+    fn dose_subject(dose: &DoseRecord) -> Subject {
+        Subject::Dose {
+            owner: dose.owner(),
+            resident_municipality: dose.matched.as_ref().map(|p| p.municipality),
+            registered_by_site: dose.versions[0].details.site.clone(),
+            registered_on: dose.registered_on_jst(),
+        }
+    }
+
+    // ---- reads through the batch overlay -------------------------------------------
+
+    async fn view_dose(&self, pending: &Pending, id: DoseId) -> Result<Option<DoseRecord>> {
+        if let Some(d) = pending.doses.get(&id) {
+            return Ok(Some(d.clone()));
+        }
+        self.store.dose(id).await
+    }
+
+    async fn view_doses_by_voucher(&self, pending: &Pending, voucher: VoucherRef) -> Result<Vec<DoseRecord>> {
+        let mut doses = self.store.doses_by_voucher(voucher).await?;
+        if let Some(ids) = pending.by_voucher.get(&voucher) {
+            for id in ids {
+                if let Some(p) = pending.doses.get(id) {
+                    match doses.iter_mut().find(|d| d.id == *id) {
+                        Some(d) => *d = p.clone(),
+                        None => doses.push(p.clone()),
+                    }
+                }
+            }
+        }
+        Ok(doses)
+    }
+
+    async fn view_findings(&self, pending: &Pending, dose: DoseId) -> Result<Vec<Finding>> {
+        let mut found = self.store.findings_for_dose(dose).await?;
+        for f in found.iter_mut() {
+            if let Some(p) = pending.findings.get(&(f.dose, f.kind)) {
+                *f = p.clone();
+            }
+        }
+        for ((d, k), f) in &pending.findings {
+            if *d == dose && !found.iter().any(|x| x.kind == *k) {
+                found.push(f.clone());
+            }
+        }
+        Ok(found)
+    }
+
+    /// The resident a voucher belongs to: its holder in the issuing municipality, or a
+    /// resident elsewhere who names it as previous voucher.
+    async fn resident_for_voucher(&self, voucher: VoucherRef) -> Result<Option<Resident>> {
+        if let Some(r) = self.store.resident_by_voucher(voucher).await? {
+            return Ok(Some(r));
+        }
+        Ok(self.store.residents_by_previous_voucher(voucher).await?.into_iter().next())
+    }
+
+    async fn person_view(&self, pending: &Pending, resident: Option<Resident>, voucher: VoucherRef) -> Result<PersonView> {
+        let vouchers = match &resident {
+            Some(r) => {
+                let mut v = vouchers_of(r);
+                if !v.contains(&voucher) {
+                    v.push(voucher);
+                }
+                v
+            }
+            None => vec![voucher],
+        };
+        let mut doses: Vec<DoseRecord> = Vec::new();
+        for v in vouchers {
+            for d in self.view_doses_by_voucher(pending, v).await? {
+                if !doses.iter().any(|x| x.id == d.id) {
+                    doses.push(d);
+                }
+            }
+        }
+        let mut findings = Vec::new();
+        for d in &doses {
+            findings.extend(self.view_findings(pending, d.id).await?);
+        }
+        Ok(PersonView { resident, doses, findings })
+    }
+
+    /// Re-assesses a person's doses after `changed` replaced or joined them, producing
+    /// the findings to write.
+    fn reassess(&self, view: &PersonView, now: DateTime<Utc>) -> Vec<Finding> {
+        let refs: Vec<&DoseRecord> = view.doses.iter().collect();
+        let assessed = assess_person(view.resident.as_ref(), &refs, &self.catalogue);
+        let owners: BTreeMap<DoseId, MunicipalityCode> = view.doses.iter().map(|d| (d.id, d.owner())).collect();
+        diff_findings(&view.findings, &assessed, |id| owners.get(&id).copied(), now)
+    }
+
+    fn open_findings_of(findings_written: &[Finding], stored: &[Finding], dose: DoseId) -> Vec<Finding> {
+        let mut by_kind: BTreeMap<FindingKind, Finding> = BTreeMap::new();
+        for f in stored.iter().chain(findings_written).filter(|f| f.dose == dose) {
+            by_kind.insert(f.kind, f.clone());
+        }
+        by_kind.into_values().filter(|f| f.open).collect()
+    }
+
+    // ---- registration ----------------------------------------------------------------
+
+    async fn decide_registration(
+        &self,
+        pending: &Pending,
+        account: &TabletAccount,
+        who: &str,
+        reg: &DoseRegistration,
+    ) -> Result<(Option<ChangeSet>, RegistrationOutcome)> {
+        let now = self.clock.now();
+        let id = DoseId::for_key(&reg.idempotency_key);
+        if let Some(first) = self.view_dose(pending, id).await? {
+            let ocr = crate::reconcile::parse_ocr(&reg.ocr_line)?;
+            if first.voucher != ocr.voucher {
+                return Err(Error::Conflict { what: format!("idempotency key {} was used for another voucher", reg.idempotency_key) });
+            }
+            let findings = self.view_findings(pending, id).await?.into_iter().filter(|f| f.open).collect();
+            return Ok((None, RegistrationOutcome { matched: first.matched.is_some(), dose: first, findings, replayed: true }));
+        }
+        let valid = validate_registration(reg, &account.site, &self.catalogue, jst_date(now))?;
+        let voucher = valid.ocr.voucher;
+        let resident = self.resident_for_voucher(voucher).await?;
+        let mut view = self.person_view(pending, resident, voucher).await?;
+        let record = DoseRecord {
+            id,
+            idempotency_key: reg.idempotency_key.clone(),
+            voucher,
+            ticket_kind: valid.ocr.ticket_kind,
+            registered_at: now,
+            registered_by: account.id.clone(),
+            matched: view.resident.as_ref().map(|r| r.person.clone()),
+            versions: vec![DoseVersion {
+                version: 1,
+                details: valid.details,
+                voided: false,
+                recorded_at: now,
+                recorded_by: who.to_owned(),
+                reason: None,
+            }],
+            revision: 1,
+            seq: 0,
+        };
+        view.doses.push(record.clone());
+        let findings = self.reassess(&view, now);
+        let own = Self::open_findings_of(&findings, &view.findings, id);
+        let mut cs = ChangeSet::default();
+        if !own.iter().any(|f| f.kind == FindingKind::Duplicate) {
+            cs.claim_slots.push((DoseSlot { voucher, dose_number: record.details().dose_number }, id));
+        }
+        cs.counters = deltas(None, key_for(&record, view.resident.as_ref()));
+        cs.audit.push(AuditEvent {
+            at: now,
+            municipality: record.owner(),
+            actor: who.to_owned(),
+            action: "register".into(),
+            dose: Some(id),
+            detail: format!("dose {} of voucher {}", record.details().dose_number, voucher),
+        });
+        cs.findings = findings;
+        cs.new_doses.push(record.clone());
+        let outcome = RegistrationOutcome { matched: record.matched.is_some(), dose: record, findings: own, replayed: false };
+        Ok((Some(cs), outcome))
+    }
+
+    async fn site_account(&self, actor: &Actor) -> Result<(TabletAccount, String)> {
+        let principal = self.check(actor, Operation::RegisterDose, &Subject::NewDose).await?;
+        match principal {
+            Principal::Site(a) => {
+                let who = principal_describe(&a);
+                Ok((a, who))
+            }
+            // `authorize` lets only sites register; this arm is unreachable in practice.
+            other => Err(Error::PermissionDenied {
+                actor: other.describe(),
+                operation: Operation::RegisterDose,
+                reason: "only sites register doses".into(),
+            }),
+        }
+    }
+
+    /// Registers one dose read at a site: validates the input (rejections store
+    /// nothing), matches the voucher, stores the dose with its findings, counters and
+    /// audit entry in one change set. The same idempotency key returns the first result.
+    pub async fn register(&self, actor: &Actor, reg: &DoseRegistration) -> Result<RegistrationOutcome> {
+        let (account, who) = self.site_account(actor).await?;
+        self.register_one(&account, &who, reg).await
+    }
+
+    async fn register_one(&self, account: &TabletAccount, who: &str, reg: &DoseRegistration) -> Result<RegistrationOutcome> {
+        let empty = Pending::default();
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let (cs, outcome) = self.decide_registration(&empty, account, who, reg).await?;
+            let Some(cs) = cs else { return Ok(outcome) };
+            match self.store.apply(vec![cs]).await {
+                Ok(applied) => {
+                    let mut outcome = outcome;
+                    outcome.dose.seq = applied.seq;
+                    return Ok(outcome);
+                }
+                Err(e) if e.is_conflict() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Conflict { what: "registration kept conflicting".into() }))
+    }
+
+    /// Registers many doses in one durable commit (a tablet's sync batch, a bulk load).
+    /// Each entry gets its own result; a rejected entry does not stop the others. If
+    /// the batch meets a conflict, its entries are registered one by one instead.
+    pub async fn register_batch(&self, actor: &Actor, regs: &[DoseRegistration]) -> Result<Vec<Result<RegistrationOutcome>>> {
+        let (account, who) = self.site_account(actor).await?;
+        let mut pending = Pending::default();
+        let mut sets = Vec::new();
+        let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
+        for reg in regs {
+            match self.decide_registration(&pending, &account, &who, reg).await {
+                Ok((Some(cs), outcome)) => {
+                    pending.absorb(&cs);
+                    sets.push(cs);
+                    results.push(Ok(outcome));
+                }
+                Ok((None, outcome)) => results.push(Ok(outcome)),
+                Err(e @ Error::Storage { .. }) => return Err(e),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if sets.is_empty() {
+            return Ok(results);
+        }
+        match self.store.apply(sets).await {
+            Ok(_) => Ok(results),
+            Err(e) if e.is_conflict() => {
+                let mut out = Vec::with_capacity(regs.len());
+                for reg in regs {
+                    out.push(self.register_one(&account, &who, reg).await);
+                }
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- corrections -----------------------------------------------------------------
+
+    async fn change_dose(
+        &self,
+        actor: &Actor,
+        id: DoseId,
+        operation: Operation,
+        reason: &str,
+        edit: impl Fn(&DoseDetails) -> Result<Option<DoseDetails>>,
+    ) -> Result<ChangeOutcome> {
+        if reason.trim().is_empty() {
+            return Err(Error::Invalid { field: "reason", value: String::new(), reason: "a correction or void needs a reason".into() });
+        }
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(dose) = self.store.dose(id).await? else {
+                return Err(Error::NotFound { what: format!("dose {id}") });
+            };
+            let principal = self.check(actor, operation, &Self::dose_subject(&dose)).await?;
+            if dose.is_voided() {
+                return Err(Error::Invalid {
+                    field: "dose",
+                    value: id.to_string(),
+                    reason: "the dose is voided; register it anew instead".into(),
+                });
+            }
+            let now = self.clock.now();
+            let old = dose.details().clone();
+            let (details, voided) = match edit(&old)? {
+                Some(d) => (validate_details(d, &self.catalogue, jst_date(now))?, false),
+                None => (old.clone(), true),
+            };
+            if !voided && details == old {
+                return Err(Error::Invalid { field: "correction", value: String::new(), reason: "nothing would change".into() });
+            }
+            let mut record = dose.clone();
+            let version = record.versions.len() as u32 + 1;
+            record.versions.push(DoseVersion {
+                version,
+                details,
+                voided,
+                recorded_at: now,
+                recorded_by: principal.describe(),
+                reason: Some(reason.trim().to_owned()),
+            });
+            record.revision += 1;
+            let resident = match &dose.matched {
+                Some(p) => self.store.resident(p).await?,
+                None => None,
+            };
+            let pending = Pending::default();
+            let mut view = self.person_view(&pending, resident, dose.voucher).await?;
+            for d in view.doses.iter_mut().filter(|d| d.id == id) {
+                *d = record.clone();
+            }
+            let mut cs = ChangeSet { findings: self.reassess(&view, now), ..ChangeSet::default() };
+            if voided {
+                // A voided dose keeps no open finding.
+                for f in view.findings.iter().filter(|f| f.dose == id && f.open) {
+                    if !cs.findings.iter().any(|x| x.dose == id && x.kind == f.kind) {
+                        cs.findings.push(Finding { open: false, closed_at: Some(now), ..f.clone() });
+                    }
+                }
+            }
+            if voided || record.details().dose_number != old.dose_number {
+                cs.release_slots.push((DoseSlot { voucher: dose.voucher, dose_number: old.dose_number }, id));
+            }
+            cs.counters = deltas(key_for(&dose, view.resident.as_ref()), key_for(&record, view.resident.as_ref()));
+            cs.audit.push(AuditEvent {
+                at: now,
+                municipality: dose.owner(),
+                actor: principal.describe(),
+                action: if voided { "void".into() } else { "correct".into() },
+                dose: Some(id),
+                detail: format!("version {version}: {}", reason.trim()),
+            });
+            cs.updated_doses.push(record.clone());
+            let findings = Self::open_findings_of(&cs.findings, &view.findings, id);
+            match self.store.apply(vec![cs]).await {
+                Ok(applied) => {
+                    record.seq = applied.seq;
+                    return Ok(ChangeOutcome { dose: record, findings });
+                }
+                Err(e) if e.is_conflict() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Conflict { what: format!("dose {id} kept changing") }))
+    }
+
+    /// Corrects a dose (補正): appends a version with who, when and why; findings,
+    /// statistics and exports follow in the same change set.
+    pub async fn correct(&self, actor: &Actor, id: DoseId, correction: &DoseCorrection, reason: &str) -> Result<ChangeOutcome> {
+        self.change_dose(actor, id, Operation::CorrectDose, reason, |old| {
+            let mut d = old.clone();
+            if let Some(n) = correction.dose_number {
+                d.dose_number = n;
+            }
+            if let Some(x) = correction.date_given {
+                d.date_given = x;
+            }
+            if let Some(p) = &correction.product {
+                d.product = ProductCode::new(p.trim());
+            }
+            if let Some(l) = &correction.lot {
+                d.lot = crate::text::to_halfwidth(l.trim()).into_owned();
+            }
+            if let Some(doc) = &correction.doctor {
+                d.doctor = doc.trim().to_owned();
+            }
+            if let Some(s) = &correction.site_name {
+                d.site_name = s.trim().to_owned();
+            }
+            Ok(Some(d))
+        })
+        .await
+    }
+
+    /// Voids a dose with a reason: a new version marks it void; nothing is erased.
+    pub async fn void(&self, actor: &Actor, id: DoseId, reason: &str) -> Result<ChangeOutcome> {
+        self.change_dose(actor, id, Operation::VoidDose, reason, |_| Ok(None)).await
+    }
+
+    // ---- residents and matching ------------------------------------------------------
+
+    /// Imports a residents upload for `municipality` atomically, then matches the doses
+    /// waiting for the uploaded vouchers. A file with bad rows is refused whole
+    /// ([`Error::ImportRejected`], with every bad line) unless the source skips them.
+    pub async fn import_residents(
+        &self,
+        actor: &Actor,
+        municipality: MunicipalityCode,
+        source: Box<dyn ResidentSource>,
+    ) -> Result<ImportOutcome> {
+        let principal = self.check(actor, Operation::UploadResidents, &Subject::Municipality(municipality)).await?;
+        let (source, applied) = self.store.import_residents(source).await?;
+        let mut report = source.into_report();
+        report.applied = applied.committed;
+        report.inserted = applied.inserted;
+        report.replaced = applied.replaced;
+        if !applied.committed {
+            return Err(Error::ImportRejected(Box::new(report)));
+        }
+        let now = self.clock.now();
+        let audit = AuditEvent {
+            at: now,
+            municipality,
+            actor: principal.describe(),
+            action: "import_residents".into(),
+            dose: None,
+            detail: report.summary(),
+        };
+        self.store.apply(vec![ChangeSet { audit: vec![audit], ..ChangeSet::default() }]).await?;
+        let mut reconciled = self.match_vouchers(&principal, municipality, &report.previous_vouchers).await?;
+        reconciled.still_unmatched = self.store.unmatched_doses(municipality).await?.len() as u64;
+        Ok(ImportOutcome { report, reconciled })
+    }
+
+    /// Matches a municipality's unmatched doses to residents uploaded since they were
+    /// registered (VRS's 登録待ちリスト emptying as uploads arrive).
+    pub async fn reconcile(&self, actor: &Actor, municipality: MunicipalityCode) -> Result<ReconcileReport> {
+        let principal = self.check(actor, Operation::Reconcile, &Subject::Municipality(municipality)).await?;
+        let mut report = self.match_vouchers(&principal, municipality, &[]).await?;
+        report.still_unmatched = self.store.unmatched_doses(municipality).await?.len() as u64;
+        Ok(report)
+    }
+
+    async fn match_vouchers(&self, principal: &Principal, municipality: MunicipalityCode, extra: &[VoucherRef]) -> Result<ReconcileReport> {
+        let mut vouchers: Vec<VoucherRef> = self.store.unmatched_doses(municipality).await?.iter().map(|d| d.voucher).collect();
+        vouchers.extend_from_slice(extra);
+        vouchers.sort();
+        vouchers.dedup();
+        let mut report = ReconcileReport::default();
+        for voucher in vouchers {
+            report.matched += self.match_voucher(principal, voucher).await?;
+        }
+        Ok(report)
+    }
+
+    /// Matches the unmatched doses of one voucher, if a resident now holds or names it.
+    async fn match_voucher(&self, principal: &Principal, voucher: VoucherRef) -> Result<u64> {
+        let mut last = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(resident) = self.resident_for_voucher(voucher).await? else { return Ok(0) };
+            let now = self.clock.now();
+            let pending = Pending::default();
+            let mut view = self.person_view(&pending, Some(resident.clone()), voucher).await?;
+            let mut cs = ChangeSet::default();
+            let mut counters = Vec::new();
+            for d in view.doses.iter_mut().filter(|d| d.matched.is_none()) {
+                let before = key_for(d, None);
+                d.matched = Some(resident.person.clone());
+                d.revision += 1;
+                counters.extend(deltas(before, key_for(d, Some(&resident))));
+                cs.audit.push(AuditEvent {
+                    at: now,
+                    municipality: d.owner(),
+                    actor: principal.describe(),
+                    action: "match".into(),
+                    dose: Some(d.id),
+                    detail: format!("voucher {} matched to {}", d.voucher, resident.person),
+                });
+                cs.updated_doses.push(d.clone());
+            }
+            if cs.updated_doses.is_empty() {
+                return Ok(0);
+            }
+            let n = cs.updated_doses.len() as u64;
+            cs.counters = merge_deltas(counters);
+            cs.findings = self.reassess(&view, now);
+            match self.store.apply(vec![cs]).await {
+                Ok(_) => return Ok(n),
+                Err(e) if e.is_conflict() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Conflict { what: format!("voucher {voucher} kept changing") }))
+    }
+
+    /// One resident, for the staff of its municipality.
+    pub async fn resident(&self, actor: &Actor, person: &PersonRef) -> Result<Resident> {
+        self.check(actor, Operation::ReadResidents, &Subject::Municipality(person.municipality)).await?;
+        self.store.resident(person).await?.ok_or_else(|| Error::NotFound { what: format!("resident {person}") })
+    }
+
+    /// Every dose of a resident, wherever given and under whichever voucher: a resident
+    /// who moved in is seen with the doses registered under the previous municipality's
+    /// voucher (転入者の接種記録照会).
+    pub async fn doses_of_resident(&self, actor: &Actor, person: &PersonRef) -> Result<Vec<DoseRecord>> {
+        let resident = self.resident(actor, person).await?;
+        if resident.previous.is_some() {
+            self.check(actor, Operation::LookupMovedIn, &Subject::Municipality(person.municipality)).await?;
+        }
+        let pending = Pending::default();
+        let mut view = self.person_view(&pending, Some(resident.clone()), resident.voucher_ref()).await?;
+        view.doses.sort_by(|a, b| {
+            (a.details().dose_number, a.details().date_given, a.registered_at).cmp(&(
+                b.details().dose_number,
+                b.details().date_given,
+                b.registered_at,
+            ))
+        });
+        Ok(view.doses)
+    }
+
+    /// One dose, for whoever may see it.
+    pub async fn dose(&self, actor: &Actor, id: DoseId) -> Result<DoseRecord> {
+        let Some(dose) = self.store.dose(id).await? else {
+            return Err(Error::NotFound { what: format!("dose {id}") });
+        };
+        self.check(actor, Operation::ReadDose, &Self::dose_subject(&dose)).await?;
+        Ok(dose)
+    }
+
+    /// The doses a site registered today (JST), for its tablets.
+    pub async fn todays_doses(&self, actor: &Actor) -> Result<Vec<DoseRecord>> {
+        let principal = self.principal(actor).await?;
+        let Principal::Site(account) = &principal else {
+            return Err(Error::PermissionDenied {
+                actor: principal.describe(),
+                operation: Operation::ReadDose,
+                reason: "only sites have a list of today's registrations".into(),
+            });
+        };
+        let today = self.today();
+        let doses = self.store.doses_by_site(&account.site.id, today).await?;
+        for d in &doses {
+            authorize(&principal, Operation::ReadDose, &Self::dose_subject(d), today)?;
+        }
+        Ok(doses)
+    }
+
+    /// A municipality's review queue (要修正 / 要確認).
+    pub async fn findings(&self, actor: &Actor, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {
+        self.check(actor, Operation::ReadFindings, &Subject::Municipality(municipality)).await?;
+        self.store.findings(municipality, open_only).await
+    }
+
+    /// Doses of a municipality waiting for their resident (登録待ちリスト).
+    pub async fn unmatched(&self, actor: &Actor, municipality: MunicipalityCode) -> Result<Vec<DoseRecord>> {
+        self.check(actor, Operation::ExportUnmatched, &Subject::Municipality(municipality)).await?;
+        self.store.unmatched_doses(municipality).await
+    }
+
+    // ---- accounts ------------------------------------------------------------------
+
+    /// Issues a tablet account to a site in the staff's municipality.
+    pub async fn issue_account(&self, actor: &Actor, site: Site, id: AccountId) -> Result<TabletAccount> {
+        let principal = self.check(actor, Operation::IssueAccount, &Subject::Site { municipality: site.municipality }).await?;
+        crate::reconcile::check_length("site_name", &site.name, crate::dose::limits::SITE_NAME, true)?;
+        if let Some(existing) = self.store.account(&id).await? {
+            if existing.revoked_at.is_none() {
+                return Err(Error::Conflict { what: format!("account {id} already exists") });
+            }
+        }
+        let now = self.clock.now();
+        let account = TabletAccount { id: id.clone(), site, issued_by: principal.describe(), issued_at: now, revoked_at: None };
+        let audit = AuditEvent {
+            at: now,
+            municipality: account.site.municipality,
+            actor: principal.describe(),
+            action: "issue_account".into(),
+            dose: None,
+            detail: format!("account {id} for site {}", account.site.id),
+        };
+        self.store.apply(vec![ChangeSet { accounts: vec![account.clone()], audit: vec![audit], ..ChangeSet::default() }]).await?;
+        Ok(account)
+    }
+
+    /// Revokes a tablet account; it can do nothing from then on.
+    pub async fn revoke_account(&self, actor: &Actor, id: &AccountId) -> Result<TabletAccount> {
+        let Some(mut account) = self.store.account(id).await? else {
+            return Err(Error::NotFound { what: format!("account {id}") });
+        };
+        let principal = self.check(actor, Operation::RevokeAccount, &Subject::Site { municipality: account.site.municipality }).await?;
+        if account.revoked_at.is_some() {
+            return Ok(account);
+        }
+        let now = self.clock.now();
+        account.revoked_at = Some(now);
+        let audit = AuditEvent {
+            at: now,
+            municipality: account.site.municipality,
+            actor: principal.describe(),
+            action: "revoke_account".into(),
+            dose: None,
+            detail: format!("account {id}"),
+        };
+        self.store.apply(vec![ChangeSet { accounts: vec![account.clone()], audit: vec![audit], ..ChangeSet::default() }]).await?;
+        Ok(account)
+    }
+
+    /// The tablet accounts of a municipality's sites.
+    pub async fn accounts(&self, actor: &Actor, municipality: MunicipalityCode) -> Result<Vec<TabletAccount>> {
+        self.check(actor, Operation::ReadAccounts, &Subject::Site { municipality }).await?;
+        self.store.accounts(municipality).await
+    }
+
+    // ---- statistics and exports ----------------------------------------------------
+
+    /// Aggregate counts, read from counters kept up to date with every change.
+    pub async fn statistics(&self, actor: &Actor, query: StatsQuery) -> Result<Vec<StatsRow>> {
+        let subject = match query {
+            StatsQuery::National => Subject::Statistics { prefecture: None, municipality: None },
+            StatsQuery::Prefecture(p) => Subject::Statistics { prefecture: Some(p), municipality: None },
+            StatsQuery::Municipality(m) => Subject::Statistics { prefecture: Some(m.prefecture()), municipality: Some(m) },
+        };
+        self.check(actor, Operation::ReadStatistics, &subject).await?;
+        self.store.statistics(query).await
+    }
+
+    /// The audit trail of a municipality (staff only).
+    pub async fn audit(&self, actor: &Actor, municipality: MunicipalityCode) -> Result<Vec<AuditEvent>> {
+        self.check(actor, Operation::ReadFindings, &Subject::Municipality(municipality)).await?;
+        self.store.audit(municipality).await
+    }
+
+    /// Exports a municipality's ledger (予防接種台帳向け出力): see [`crate::ledger`].
+    pub async fn export_ledger(
+        &self,
+        actor: &Actor,
+        municipality: MunicipalityCode,
+        options: &crate::ledger::LedgerOptions,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<crate::ledger::LedgerExport> {
+        self.check(actor, Operation::ExportLedger, &Subject::Municipality(municipality)).await?;
+        crate::ledger::export(self.store.as_ref(), municipality, options, out).await
+    }
+
+    /// Exports the unmatched list (登録待ちリスト) of a municipality as CSV.
+    pub async fn export_unmatched(
+        &self,
+        actor: &Actor,
+        municipality: MunicipalityCode,
+        options: &crate::ledger::LedgerOptions,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64> {
+        let doses = self.unmatched(actor, municipality).await?;
+        crate::ledger::write_unmatched(&doses, options, out)
+    }
+}
+
+fn principal_describe(a: &TabletAccount) -> String {
+    Principal::Site(a.clone()).describe()
+}

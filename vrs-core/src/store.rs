@@ -1,0 +1,181 @@
+//! The storage traits. A store persists; it never decides. Each write is one
+//! [`ChangeSet`] (or several, in one commit) applied all or nothing; a store reports
+//! [`Error::Conflict`](crate::Error::Conflict) when a uniqueness it guards was taken
+//! meanwhile, and the service re-reads and decides again.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+use crate::access::TabletAccount;
+use crate::dose::DoseRecord;
+use crate::finding::Finding;
+use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
+use crate::import::ImportReport;
+use crate::resident::Resident;
+use crate::stats::{StatsKey, StatsQuery, StatsRow};
+
+/// A (voucher, dose number) slot. The first clean registration of a slot claims it; a
+/// racing second registration finds it taken, is re-decided and stored as a duplicate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DoseSlot {
+    /// The voucher.
+    pub voucher: VoucherRef,
+    /// The dose number.
+    pub dose_number: u8,
+}
+
+/// An entry of the audit trail (who did what, when), without personal data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The municipality whose data it touched (leading key for partitioning).
+    pub municipality: MunicipalityCode,
+    /// Who (an actor description).
+    pub actor: String,
+    /// What, e.g. `register`, `correct`, `void`, `match`, `issue_account`.
+    pub action: String,
+    /// The dose, when about one.
+    pub dose: Option<DoseId>,
+    /// Free text without personal data.
+    pub detail: String,
+}
+
+/// One atomic write, computed by the service.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// New dose records. Guard: the id must not exist yet (the idempotency key is unused).
+    pub new_doses: Vec<DoseRecord>,
+    /// Changed dose records (a new version, or a match). Guard: the stored record's
+    /// `revision` must be the new one minus 1.
+    pub updated_doses: Vec<DoseRecord>,
+    /// Slots to claim for a dose. Guard: free, or already held by the same dose.
+    pub claim_slots: Vec<(DoseSlot, DoseId)>,
+    /// Slots to release (when the holding dose is voided or renumbered).
+    pub release_slots: Vec<(DoseSlot, DoseId)>,
+    /// Findings to insert or replace, identified by (dose, kind).
+    pub findings: Vec<Finding>,
+    /// Statistics counter changes.
+    pub counters: Vec<(StatsKey, i64)>,
+    /// Tablet accounts to insert or replace.
+    pub accounts: Vec<TabletAccount>,
+    /// Audit entries to append.
+    pub audit: Vec<AuditEvent>,
+}
+
+impl ChangeSet {
+    /// `true` when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.new_doses.is_empty()
+            && self.updated_doses.is_empty()
+            && self.claim_slots.is_empty()
+            && self.release_slots.is_empty()
+            && self.findings.is_empty()
+            && self.counters.is_empty()
+            && self.accounts.is_empty()
+            && self.audit.is_empty()
+    }
+}
+
+/// What a store reports after applying change sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The change sequence number given to the dose records written (the highest, for a batch).
+    pub seq: u64,
+}
+
+/// A stream of residents for an import, produced by the core's parser. The store pulls
+/// batches inside one write transaction, then asks whether it may commit: the core
+/// decides (all-or-nothing by default), the store only obeys.
+pub trait ResidentSource: Send {
+    /// The next residents (at most `max`); `None` once the input is exhausted. Bad rows
+    /// are recorded inside the source, not returned.
+    fn next_batch(&mut self, max: usize) -> Result<Option<Vec<Resident>>>;
+    /// Asked once the input is exhausted: `true` to commit, `false` to roll back.
+    fn may_commit(&self) -> bool;
+    /// The report of what was read (the store fills in what it applied afterwards).
+    fn into_report(self: Box<Self>) -> ImportReport;
+}
+
+/// Counts from applying an import.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportApplied {
+    /// Residents that were new.
+    pub inserted: u64,
+    /// Residents that replaced an earlier upload of the same addressee number.
+    pub replaced: u64,
+    /// Whether the import was committed.
+    pub committed: bool,
+}
+
+/// A visitor for scans, called once per record in key order; an error stops the scan.
+pub type Visit<'a, T> = &'a mut (dyn FnMut(T) -> Result<()> + Send);
+
+/// Order and range of a dose scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DoseScan {
+    /// Every dose the municipality owns, ordered by voucher number (then id).
+    ByVoucher,
+    /// Doses written after change sequence number `after`, in sequence order.
+    ChangedSince {
+        /// The cursor returned by a previous scan (0 for everything).
+        after: u64,
+    },
+}
+
+/// The storage a [`Registry`](crate::service::Registry) runs on. Implemented by
+/// vrs-store-redb and vrs-store-postgres; both must pass [`crate::testing`]'s suite.
+#[async_trait]
+pub trait StoreBackend: Send + Sync {
+    /// One resident by (municipality, addressee number).
+    async fn resident(&self, person: &PersonRef) -> Result<Option<Resident>>;
+    /// The resident who holds this voucher in its issuing municipality.
+    async fn resident_by_voucher(&self, voucher: VoucherRef) -> Result<Option<Resident>>;
+    /// Residents (of any municipality) who name this voucher as their previous one (転入前).
+    async fn residents_by_previous_voucher(&self, voucher: VoucherRef) -> Result<Vec<Resident>>;
+    /// Residents of a municipality who moved in from elsewhere (have a previous voucher).
+    async fn moved_in_residents(&self, municipality: MunicipalityCode) -> Result<Vec<Resident>>;
+    /// Every resident of a municipality, in addressee order.
+    async fn scan_residents(&self, municipality: MunicipalityCode, visit: Visit<'_, Resident>) -> Result<()>;
+    /// Applies an import atomically: every batch of `source` in one transaction,
+    /// committed only if `source.may_commit()`. Returns the source (holding its report).
+    async fn import_residents(&self, source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)>;
+
+    /// One dose by id.
+    async fn dose(&self, id: DoseId) -> Result<Option<DoseRecord>>;
+    /// Every dose registered with this voucher.
+    async fn doses_by_voucher(&self, voucher: VoucherRef) -> Result<Vec<DoseRecord>>;
+    /// Doses of a municipality not matched to any resident yet.
+    async fn unmatched_doses(&self, municipality: MunicipalityCode) -> Result<Vec<DoseRecord>>;
+    /// Doses registered by a site's accounts on a day (JST).
+    async fn doses_by_site(&self, site: &SiteId, day: NaiveDate) -> Result<Vec<DoseRecord>>;
+    /// Scans a municipality's doses; returns the highest change sequence number seen
+    /// (or `after` when nothing changed), the cursor for the next delta.
+    async fn scan_doses(&self, municipality: MunicipalityCode, scan: DoseScan, visit: Visit<'_, DoseRecord>) -> Result<u64>;
+
+    /// Findings in a municipality's review queue (open only, or all).
+    async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>>;
+    /// Findings about one dose.
+    async fn findings_for_dose(&self, dose: DoseId) -> Result<Vec<Finding>>;
+
+    /// One tablet account.
+    async fn account(&self, id: &AccountId) -> Result<Option<TabletAccount>>;
+    /// Tablet accounts of sites in a municipality.
+    async fn accounts(&self, municipality: MunicipalityCode) -> Result<Vec<TabletAccount>>;
+
+    /// Statistics counters (non-zero only).
+    async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>>;
+    /// The audit trail of a municipality, oldest first.
+    async fn audit(&self, municipality: MunicipalityCode) -> Result<Vec<AuditEvent>>;
+
+    /// Applies change sets all or nothing, in one durable commit. Any guard failing
+    /// fails the whole call with [`Error::Conflict`](crate::Error::Conflict).
+    async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied>;
+}
+
+/// Any store, type-erased, the way the frontends hold it.
+pub type DynStore = Arc<dyn StoreBackend>;
