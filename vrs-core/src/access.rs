@@ -297,3 +297,120 @@ fn decide(principal: &Principal, operation: Operation, subject: &Subject, today:
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Operation::*;
+    use chrono::TimeZone;
+
+    fn m(s: &str) -> MunicipalityCode {
+        MunicipalityCode::parse(s).unwrap()
+    }
+    fn today() -> NaiveDate {
+        NaiveDate::from_ymd_opt(2021, 7, 1).unwrap()
+    }
+    fn account(revoked: bool) -> TabletAccount {
+        TabletAccount {
+            id: AccountId::parse("tab-1").unwrap(),
+            site: Site { id: SiteId::parse("venue-1").unwrap(), name: "区民会館".into(), municipality: m("131016") },
+            issued_by: "staff".into(),
+            issued_at: Utc.with_ymd_and_hms(2021, 6, 1, 0, 0, 0).unwrap(),
+            revoked_at: revoked.then(|| Utc.with_ymd_and_hms(2021, 6, 30, 0, 0, 0).unwrap()),
+        }
+    }
+
+    /// The subject each operation naturally applies to, in 千代田区 (131016): a dose
+    /// registered today by venue-1.
+    fn subject(op: Operation) -> Subject {
+        match op {
+            RegisterDose => Subject::NewDose,
+            ReadDose | CorrectDose | VoidDose => Subject::Dose {
+                owner: m("131016"),
+                resident_municipality: Some(m("131016")),
+                registered_by_site: SiteId::parse("venue-1").unwrap(),
+                registered_on: today(),
+            },
+            IssueAccount | RevokeAccount | ReadAccounts => Subject::Site { municipality: m("131016") },
+            ReadStatistics => Subject::Statistics { prefecture: Some(13), municipality: Some(m("131016")) },
+            _ => Subject::Municipality(m("131016")),
+        }
+    }
+
+    /// The access matrix of DESIGN.md §3: every actor × every operation. A new
+    /// operation without a row here fails the test.
+    #[test]
+    fn access_matrix() {
+        let staff = Principal::Staff { municipality: m("131016"), user: "a".into() };
+        let other_staff = Principal::Staff { municipality: m("131041"), user: "b".into() };
+        let site = Principal::Site(account(false));
+        let revoked = Principal::Site(account(true));
+        let national = Principal::Statistics(StatsScope::National);
+        let tokyo = Principal::Statistics(StatsScope::Prefecture(13));
+        let hokkaido = Principal::Statistics(StatsScope::Prefecture(1));
+        // Columns: staff of 131016, staff of 131041, site in 131016, revoked site,
+        // national reader, Tokyo reader, Hokkaido reader.
+        let table: [(Operation, [bool; 7]); 15] = [
+            (UploadResidents, [true, false, false, false, false, false, false]),
+            (ReadResidents, [true, false, false, false, false, false, false]),
+            (RegisterDose, [false, false, true, false, false, false, false]),
+            (ReadDose, [true, false, true, false, false, false, false]),
+            (CorrectDose, [true, false, true, false, false, false, false]),
+            (VoidDose, [true, false, true, false, false, false, false]),
+            (ReadFindings, [true, false, false, false, false, false, false]),
+            (Reconcile, [true, false, false, false, false, false, false]),
+            (IssueAccount, [true, false, false, false, false, false, false]),
+            (RevokeAccount, [true, false, false, false, false, false, false]),
+            (ReadAccounts, [true, false, false, false, false, false, false]),
+            (LookupMovedIn, [true, false, false, false, false, false, false]),
+            (ExportLedger, [true, false, false, false, false, false, false]),
+            (ExportUnmatched, [true, false, false, false, false, false, false]),
+            (ReadStatistics, [true, false, false, false, true, true, false]),
+        ];
+        assert_eq!(table.len(), Operation::ALL.len());
+        for op in Operation::ALL {
+            let (_, row) = table.iter().find(|(o, _)| *o == op).unwrap_or_else(|| panic!("no row for {op:?}"));
+            for (principal, allowed) in [&staff, &other_staff, &site, &revoked, &national, &tokyo, &hokkaido].into_iter().zip(row) {
+                let got = authorize(principal, op, &subject(op), today());
+                match (allowed, &got) {
+                    (true, Ok(())) | (false, Err(Error::PermissionDenied { .. })) => {}
+                    _ => panic!("{} / {op:?}: expected allowed={allowed}, got {got:?}", principal.describe()),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sites_see_only_todays_own_doses_and_staff_see_moved_in_residents() {
+        let site = Principal::Site(account(false));
+        let yesterday = Subject::Dose {
+            owner: m("131016"),
+            resident_municipality: Some(m("131016")),
+            registered_by_site: SiteId::parse("venue-1").unwrap(),
+            registered_on: today().pred_opt().unwrap(),
+        };
+        assert!(authorize(&site, ReadDose, &yesterday, today()).is_err());
+        let others = Subject::Dose {
+            owner: m("131016"),
+            resident_municipality: None,
+            registered_by_site: SiteId::parse("clinic-9").unwrap(),
+            registered_on: today(),
+        };
+        assert!(authorize(&site, CorrectDose, &others, today()).is_err());
+        // A dose issued by 千代田区 but matched to a resident of 新宿区 (moved in).
+        let moved = Subject::Dose {
+            owner: m("131016"),
+            resident_municipality: Some(m("131041")),
+            registered_by_site: SiteId::parse("venue-1").unwrap(),
+            registered_on: today(),
+        };
+        let shinjuku = Principal::Staff { municipality: m("131041"), user: "b".into() };
+        assert!(authorize(&shinjuku, ReadDose, &moved, today()).is_ok());
+        let osaka = Principal::Staff { municipality: m("271004"), user: "c".into() };
+        assert!(matches!(authorize(&osaka, ReadDose, &moved, today()), Err(Error::PermissionDenied { .. })));
+        // Staff read only their own municipality's statistics.
+        let other_stats = Subject::Statistics { prefecture: Some(13), municipality: Some(m("131041")) };
+        let chiyoda = Principal::Staff { municipality: m("131016"), user: "a".into() };
+        assert!(authorize(&chiyoda, ReadStatistics, &other_stats, today()).is_err());
+    }
+}

@@ -244,8 +244,10 @@ pub async fn export(
     let mut extras: HashMap<VoucherNumber, (PersonRef, Vec<DoseRecord>)> = HashMap::new();
     for r in store.moved_in_residents(municipality).await? {
         let mut doses = Vec::new();
+        // The previous voucher names the same person (転入), whichever resident record
+        // the doses were matched to at the previous municipality.
         for v in vouchers_of(&r).into_iter().filter(|v| v.municipality != municipality) {
-            doses.extend(store.doses_by_voucher(v).await?.into_iter().filter(|d| d.matched.as_ref() == Some(&r.person)));
+            doses.extend(store.doses_by_voucher(v).await?);
         }
         if !doses.is_empty() {
             extras.insert(r.voucher, (r.person.clone(), doses));
@@ -332,7 +334,8 @@ async fn export_delta(
         let Some(r) = store.resident(&p).await? else { continue };
         let mut doses = Vec::new();
         for v in vouchers_of(&r) {
-            doses.extend(store.doses_by_voucher(v).await?.into_iter().filter(|d| d.matched.as_ref() == Some(&p)));
+            let own = v == r.voucher_ref();
+            doses.extend(store.doses_by_voucher(v).await?.into_iter().filter(|d| !own || d.matched.as_ref() == Some(&p)));
         }
         w.row(p.addressee.as_str(), doses.iter())?;
     }

@@ -115,7 +115,7 @@ pub fn assess_person(resident: Option<&Resident>, doses: &[&DoseRecord], catalog
     let mut out: BTreeMap<DoseId, Vec<Assessment>> = BTreeMap::new();
     // Registration order decides which of two colliding doses is "the later one".
     let mut active: Vec<&DoseRecord> = doses.iter().copied().filter(|d| !d.is_voided()).collect();
-    active.sort_by(|a, b| (a.registered_at, a.id).cmp(&(b.registered_at, b.id)));
+    active.sort_by_key(|a| (a.registered_at, a.id));
     for d in doses {
         out.entry(d.id).or_default();
     }
@@ -140,19 +140,15 @@ pub fn assess_person(resident: Option<&Resident>, doses: &[&DoseRecord], catalog
                         None,
                     );
                 }
-                if let Some(since) = r.status_date {
-                    if since < det.date_given {
-                        match r.status {
-                            ResidentStatus::MovedOut => push(
-                                FindingKind::VoucherMovedOut,
-                                format!("the voucher's holder moved out on {since}, before the dose"),
-                                None,
-                            ),
-                            ResidentStatus::Deceased => {
-                                push(FindingKind::VoucherDeceased, format!("the voucher's holder is recorded deceased on {since}"), None)
-                            }
-                            ResidentStatus::Active => {}
+                if let Some(since) = r.status_date.filter(|since| *since < det.date_given) {
+                    match r.status {
+                        ResidentStatus::MovedOut => {
+                            push(FindingKind::VoucherMovedOut, format!("the voucher's holder moved out on {since}, before the dose"), None)
                         }
+                        ResidentStatus::Deceased => {
+                            push(FindingKind::VoucherDeceased, format!("the voucher's holder is recorded deceased on {since}"), None)
+                        }
+                        ResidentStatus::Active => {}
                     }
                 }
             }
@@ -184,18 +180,13 @@ pub fn assess_person(resident: Option<&Resident>, doses: &[&DoseRecord], catalog
                 && o.details().dose_number == det.dose_number
                 && o.details().date_given < det.date_given
                 && family(&o.details().product) == family(&det.product)
-        }) {
-            if (det.date_given - o.details().date_given).num_days() > PROBABLE_DUPLICATE_DAYS {
-                push(
-                    FindingKind::DoseOutOfSequence,
-                    format!(
-                        "dose number {} was already given on {}; this looks like a later dose",
-                        det.dose_number,
-                        o.details().date_given
-                    ),
-                    Some(o.id),
-                );
-            }
+        }) && (det.date_given - o.details().date_given).num_days() > PROBABLE_DUPLICATE_DAYS
+        {
+            push(
+                FindingKind::DoseOutOfSequence,
+                format!("dose number {} was already given on {}; this looks like a later dose", det.dose_number, o.details().date_given),
+                Some(o.id),
+            );
         }
         if det.dose_number > 1 {
             let prev_number = det.dose_number - 1;
@@ -296,10 +287,258 @@ pub fn diff_findings(
 /// previous vouchers (転入前), so that doses follow the person.
 pub fn vouchers_of(resident: &Resident) -> Vec<VoucherRef> {
     let mut v = vec![resident.voucher_ref()];
-    if let Some(p) = resident.previous {
-        if !v.contains(&p) {
-            v.push(p);
-        }
+    if let Some(p) = resident.previous
+        && !v.contains(&p)
+    {
+        v.push(p);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dose::{DoseRegistration, DoseVersion};
+    use crate::ids::{AccountId, AddresseeNumber, IdempotencyKey, PersonRef, SiteId, VoucherNumber};
+    use crate::resident::{PersonalText, Sex};
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    fn code(s: &str) -> MunicipalityCode {
+        MunicipalityCode::parse(s).unwrap()
+    }
+    fn date(s: &str) -> NaiveDate {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap()
+    }
+    fn voucher() -> VoucherRef {
+        VoucherRef { municipality: code("131016"), number: VoucherNumber::parse("0000012345").unwrap() }
+    }
+    fn resident(birth: &str) -> Resident {
+        Resident {
+            person: PersonRef { municipality: code("131016"), addressee: AddresseeNumber::parse("1001").unwrap() },
+            voucher: voucher().number,
+            name: PersonalText("山田太郎".into()),
+            name_kana: PersonalText("ヤマダタロウ".into()),
+            birth_date: date(birth),
+            sex: Sex::Male,
+            address: None,
+            previous: None,
+            personal_number_hash: None,
+            status: ResidentStatus::Active,
+            status_date: None,
+        }
+    }
+    fn dose(key: &str, number: u8, given: &str, product: &str, lot: &str, registered_minute: u32) -> DoseRecord {
+        let details = DoseDetails {
+            dose_number: number,
+            date_given: date(given),
+            administering_municipality: code("131016"),
+            site: SiteId::parse("venue-1").unwrap(),
+            site_name: "区民会館".into(),
+            doctor: "佐藤医師".into(),
+            product: ProductCode::new(product),
+            maker: "ファイザー".into(),
+            lot: lot.into(),
+        };
+        let at = Utc.with_ymd_and_hms(2021, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(registered_minute.into());
+        let key = IdempotencyKey::parse(key).unwrap();
+        DoseRecord {
+            id: DoseId::for_key(&key),
+            idempotency_key: key,
+            voucher: voucher(),
+            ticket_kind: 1,
+            registered_at: at,
+            registered_by: AccountId::parse("tab-1").unwrap(),
+            matched: None,
+            versions: vec![DoseVersion { version: 1, details, voided: false, recorded_at: at, recorded_by: "t".into(), reason: None }],
+            revision: 1,
+            seq: 0,
+        }
+    }
+    fn kinds(r: Option<&Resident>, doses: &[&DoseRecord], of: &DoseRecord) -> Vec<FindingKind> {
+        let out = assess_person(r, doses, Catalogue::builtin());
+        out[&of.id].iter().map(|a| a.kind).collect()
+    }
+
+    #[test]
+    fn clean_series_has_no_findings() {
+        let r = resident("1960-05-05");
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        let d2 = dose("b", 2, "2021-06-22", "pfizer", "FA5766", 1);
+        assert!(kinds(Some(&r), &[&d1, &d2], &d1).is_empty());
+        assert!(kinds(Some(&r), &[&d1, &d2], &d2).is_empty());
+    }
+
+    #[test]
+    fn unmatched_voucher_is_a_finding() {
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        assert_eq!(kinds(None, &[&d1], &d1), vec![FindingKind::Unmatched]);
+    }
+
+    #[test]
+    fn exact_duplicate_flags_the_later_registration_only() {
+        let r = resident("1960-05-05");
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        let d1b = dose("b", 1, "2021-06-01", "pfizer", "FA5765", 5);
+        assert!(kinds(Some(&r), &[&d1, &d1b], &d1).is_empty());
+        assert_eq!(kinds(Some(&r), &[&d1, &d1b], &d1b), vec![FindingKind::Duplicate]);
+    }
+
+    #[test]
+    fn probable_duplicate_within_23_days_whatever_the_number() {
+        let r = resident("1960-05-05");
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        let d1b = dose("b", 1, "2021-06-10", "pfizer", "FA5765", 5);
+        assert!(kinds(Some(&r), &[&d1, &d1b], &d1b).contains(&FindingKind::ProbableDuplicate));
+        // A dose 2 nine days after dose 1 is too early and a probable duplicate.
+        let d2 = dose("c", 2, "2021-06-10", "pfizer", "FA5765", 5);
+        let k = kinds(Some(&r), &[&d1, &d2], &d2);
+        assert!(k.contains(&FindingKind::ProbableDuplicate) && k.contains(&FindingKind::IntervalTooShort), "{k:?}");
+        // A series at the allowed interval is no duplicate even within 23 days.
+        let d2ok = dose("d", 2, "2021-06-20", "pfizer", "FA5765", 5);
+        assert!(kinds(Some(&r), &[&d1, &d2ok], &d2ok).is_empty());
+    }
+
+    #[test]
+    fn interval_too_short_uses_clear_days() {
+        let r = resident("1960-05-05");
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        // 18 clear days for Pfizer: the earliest dose 2 is day +19.
+        let early = dose("b", 2, "2021-06-19", "pfizer", "FA5766", 1);
+        let ok = dose("c", 2, "2021-06-20", "pfizer", "FA5766", 1);
+        assert!(kinds(Some(&r), &[&d1, &early], &early).contains(&FindingKind::IntervalTooShort));
+        assert!(!kinds(Some(&r), &[&d1, &ok], &ok).contains(&FindingKind::IntervalTooShort));
+    }
+
+    #[test]
+    fn date_before_previous_and_out_of_sequence() {
+        let r = resident("1960-05-05");
+        let d1 = dose("a", 1, "2021-07-01", "pfizer", "FA5765", 0);
+        let d2 = dose("b", 2, "2021-06-01", "pfizer", "FA5766", 1);
+        assert!(kinds(Some(&r), &[&d1, &d2], &d2).contains(&FindingKind::DateBeforePrevious));
+        let lone2 = dose("c", 2, "2021-06-01", "pfizer", "FA5766", 1);
+        assert!(kinds(Some(&r), &[&lone2], &lone2).contains(&FindingKind::DoseOutOfSequence));
+        // Dose 2 recorded as dose 1, six weeks later.
+        let again1 = dose("d", 1, "2021-08-15", "pfizer", "FA5767", 2);
+        assert!(kinds(Some(&r), &[&d1, &again1], &again1).contains(&FindingKind::DoseOutOfSequence));
+    }
+
+    #[test]
+    fn age_status_and_lot_findings() {
+        let child = resident("2012-01-01");
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        assert!(kinds(Some(&child), &[&d1], &d1).contains(&FindingKind::BelowMinimumAge));
+        let mut moved = resident("1960-05-05");
+        moved.status = ResidentStatus::MovedOut;
+        moved.status_date = Some(date("2021-05-01"));
+        assert!(kinds(Some(&moved), &[&d1], &d1).contains(&FindingKind::VoucherMovedOut));
+        let mut dead = resident("1960-05-05");
+        dead.status = ResidentStatus::Deceased;
+        dead.status_date = Some(date("2021-05-01"));
+        assert!(kinds(Some(&dead), &[&d1], &d1).contains(&FindingKind::VoucherDeceased));
+        let badlot = dose("b", 1, "2021-06-01", "pfizer", "12345", 0);
+        assert!(kinds(Some(&resident("1960-05-05")), &[&badlot], &badlot).contains(&FindingKind::LotImplausible));
+    }
+
+    #[test]
+    fn voided_doses_do_not_count() {
+        let r = resident("1960-05-05");
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        let mut d1b = dose("b", 1, "2021-06-01", "pfizer", "FA5765", 5);
+        let mut v = d1b.versions[0].clone();
+        v.version = 2;
+        v.voided = true;
+        d1b.versions.push(v);
+        assert!(kinds(Some(&r), &[&d1, &d1b], &d1).is_empty());
+        assert!(kinds(Some(&r), &[&d1, &d1b], &d1b).is_empty());
+    }
+
+    fn site() -> Site {
+        Site { id: SiteId::parse("venue-1").unwrap(), name: "区民会館".into(), municipality: code("131016") }
+    }
+    fn reg(ocr: &str, given: &str, product: &str) -> DoseRegistration {
+        DoseRegistration {
+            ocr_line: ocr.into(),
+            dose_number: None,
+            date_given: date(given),
+            product: product.into(),
+            lot: "FA5765".into(),
+            doctor: "佐藤".into(),
+            idempotency_key: IdempotencyKey::parse("k").unwrap(),
+        }
+    }
+
+    #[test]
+    fn input_rejections_by_kind() {
+        let c = Catalogue::builtin();
+        let today = date("2021-07-01");
+        let kind = |r: &DoseRegistration| match validate_registration(r, &site(), c, today) {
+            Err(Error::DoseRejected { kind, .. }) => Some(kind),
+            Ok(_) => None,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(kind(&reg("111310160000012345", "2021-06-01", "pfizer")), None);
+        assert_eq!(kind(&reg("11131016000001234", "2021-06-01", "pfizer")), Some(FindingKind::MalformedOcr));
+        assert_eq!(kind(&reg("111310170000012345", "2021-06-01", "pfizer")), Some(FindingKind::BadCheckDigit));
+        // 131008 passes the check digit but is no municipality.
+        let unknown = (0..10).map(|d| format!("13100{d}")).find(|c| MunicipalityCode::parse(c).is_ok_and(|m| !m.is_known())).unwrap();
+        assert_eq!(kind(&reg(&format!("11{unknown}0000012345"), "2021-06-01", "pfizer")), Some(FindingKind::UnknownMunicipality));
+        assert_eq!(kind(&reg("111310160000012345", "2021-07-02", "pfizer")), Some(FindingKind::FutureDate));
+        assert_eq!(kind(&reg("111310160000012345", "2021-06-01", "sputnik")), Some(FindingKind::UnknownProduct));
+        let mut long = reg("111310160000012345", "2021-06-01", "pfizer");
+        long.doctor = "あ".repeat(21);
+        assert_eq!(kind(&long), Some(FindingKind::InvalidField));
+        let v = validate_registration(&reg("121310160000012345", "2021-06-01", "pfizer"), &site(), c, today).unwrap();
+        assert_eq!(v.details.dose_number, 2, "dose number comes from the OCR line");
+        assert_eq!(v.details.maker, "ファイザー", "maker comes from the catalogue");
+    }
+
+    #[test]
+    fn diff_opens_and_closes() {
+        let now = Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).unwrap();
+        let d1 = dose("a", 1, "2021-06-01", "pfizer", "FA5765", 0);
+        let owner = |_| Some(code("131016"));
+        let mut assessed = BTreeMap::new();
+        assessed.insert(d1.id, vec![Assessment { kind: FindingKind::Unmatched, detail: "x".into(), related: None }]);
+        let opened = diff_findings(&[], &assessed, owner, now);
+        assert_eq!(opened.len(), 1);
+        assert!(opened[0].open);
+        assert!(diff_findings(&opened, &assessed, owner, now).is_empty(), "unchanged findings are not rewritten");
+        assessed.insert(d1.id, vec![]);
+        let closed = diff_findings(&opened, &assessed, owner, now);
+        assert_eq!(closed.len(), 1);
+        assert!(!closed[0].open && closed[0].closed_at == Some(now));
+    }
+
+    proptest! {
+        /// Whatever the history, a dose has at most one finding of each kind, only the
+        /// later of two identical registrations is a duplicate, and nothing panics.
+        #[test]
+        fn assessment_is_total_and_duplicates_are_one_sided(
+            spec in proptest::collection::vec((1u8..5, 0i64..400, 0usize..3), 1..8)
+        ) {
+            let r = resident("1970-01-01");
+            let products = ["pfizer", "moderna", "astrazeneca"];
+            let doses: Vec<DoseRecord> = spec.iter().enumerate().map(|(i, (n, day, p))| {
+                let given = date("2021-06-01") + chrono::Duration::days(*day);
+                dose(&format!("k{i}"), *n, &given.to_string(), products[*p], "FA5765", i as u32)
+            }).collect();
+            let refs: Vec<&DoseRecord> = doses.iter().collect();
+            let out = assess_person(Some(&r), &refs, Catalogue::builtin());
+            for d in &doses {
+                let ks: Vec<FindingKind> = out[&d.id].iter().map(|a| a.kind).collect();
+                let mut dedup = ks.clone();
+                dedup.sort();
+                dedup.dedup();
+                prop_assert_eq!(ks.len(), dedup.len());
+                for a in &out[&d.id] {
+                    if a.kind == FindingKind::Duplicate {
+                        let other = doses.iter().find(|o| Some(o.id) == a.related).unwrap();
+                        prop_assert!(other.registered_at < d.registered_at);
+                        prop_assert!(!out[&other.id].iter().any(|x| x.kind == FindingKind::Duplicate && x.related == Some(d.id)));
+                    }
+                }
+            }
+        }
+    }
 }

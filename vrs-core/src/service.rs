@@ -320,12 +320,16 @@ impl Registry {
         let voucher = valid.ocr.voucher;
         let resident = self.resident_for_voucher(voucher).await?;
         let mut view = self.person_view(pending, resident, voucher).await?;
+        // Registration order decides which of two colliding doses carries the finding, so
+        // a new dose is always registered after every dose it was decided against, even
+        // when the clock has not moved (a batch, a fixed clock, coarse time).
+        let registered_at = view.doses.iter().map(|d| d.registered_at + chrono::Duration::microseconds(1)).fold(now, DateTime::max);
         let record = DoseRecord {
             id,
             idempotency_key: reg.idempotency_key.clone(),
             voucher,
             ticket_kind: valid.ocr.ticket_kind,
-            registered_at: now,
+            registered_at,
             registered_by: account.id.clone(),
             matched: view.resident.as_ref().map(|r| r.person.clone()),
             versions: vec![DoseVersion {
@@ -343,8 +347,14 @@ impl Registry {
         let findings = self.reassess(&view, now);
         let own = Self::open_findings_of(&findings, &view.findings, id);
         let mut cs = ChangeSet::default();
-        if !own.iter().any(|f| f.kind == FindingKind::Duplicate) {
-            cs.claim_slots.push((DoseSlot { voucher, dose_number: record.details().dose_number }, id));
+        // The slot guards racing registrations of the same dose number; when another active
+        // dose of this voucher already has the number (a duplicate, or the same number on
+        // another day), the slot is taken and this dose is stored beside it with its finding.
+        let number = record.details().dose_number;
+        let slot_taken =
+            view.doses.iter().any(|d| d.id != id && d.voucher == voucher && !d.is_voided() && d.details().dose_number == number);
+        if !slot_taken && !own.iter().any(|f| f.kind == FindingKind::Duplicate) {
+            cs.claim_slots.push((DoseSlot { voucher, dose_number: number }, id));
         }
         cs.counters = deltas(None, key_for(&record, view.resident.as_ref()));
         cs.audit.push(AuditEvent {
@@ -730,10 +740,10 @@ impl Registry {
     pub async fn issue_account(&self, actor: &Actor, site: Site, id: AccountId) -> Result<TabletAccount> {
         let principal = self.check(actor, Operation::IssueAccount, &Subject::Site { municipality: site.municipality }).await?;
         crate::reconcile::check_length("site_name", &site.name, crate::dose::limits::SITE_NAME, true)?;
-        if let Some(existing) = self.store.account(&id).await? {
-            if existing.revoked_at.is_none() {
-                return Err(Error::Conflict { what: format!("account {id} already exists") });
-            }
+        if let Some(existing) = self.store.account(&id).await?
+            && existing.revoked_at.is_none()
+        {
+            return Err(Error::Conflict { what: format!("account {id} already exists") });
         }
         let now = self.clock.now();
         let account = TabletAccount { id: id.clone(), site, issued_by: principal.describe(), issued_at: now, revoked_at: None };
