@@ -8,8 +8,10 @@
 pub mod access;
 pub mod clock;
 pub mod dose;
+pub mod era;
 pub mod error;
 pub mod finding;
+pub mod generate;
 pub mod ids;
 pub mod import;
 pub mod ledger;
@@ -26,3 +28,11 @@ pub use error::Error;
 
 /// Result with the crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The store conformance suite (feature `testing`): the store contract, and the macro
+/// [`store_conformance_tests!`] every store crate runs it with.
+#[cfg(feature = "testing")]
+pub mod testing;
+/// Service-level cases of the store conformance suite (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod testing_service;

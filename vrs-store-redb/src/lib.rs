@@ -1,1 +1,221 @@
-//! placeholder
+//! The embedded vrs store: [`vrs_core::store::StoreBackend`] on [redb](https://docs.rs/redb).
+//!
+//! One file holds everything: residents, doses with every version, findings, tablet
+//! accounts, statistics counters and the audit trail, each in tables whose keys lead with
+//! the issuing municipality (the layout is described in the `schema` module). A change set
+//! is applied in one durable write transaction, all or nothing.
+//!
+//! redb blocks, so every call runs on the [`blocking`] thread pool, never on the caller's
+//! async executor: the store works under tokio, async-std, or a plain `block_on` from
+//! Python or mobile bindings alike. Scans stream records to the visitor in chunks over a
+//! bounded channel, so a municipality of millions is never held in memory at once.
+//!
+//! ```
+//! # fn main() -> vrs_core::Result<()> {
+//! use vrs_store_redb::RedbStore;
+//!
+//! let dir = tempfile::tempdir().map_err(|e| vrs_core::Error::storage("temp dir", e))?;
+//! let store = RedbStore::open(dir.path().join("vrs.redb"))?;
+//! let store: vrs_core::store::DynStore = std::sync::Arc::new(store);
+//! # let _ = store;
+//! # Ok(())
+//! # }
+//! ```
+
+mod ops;
+mod schema;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::NaiveDate;
+use redb::Database;
+use vrs_core::access::TabletAccount;
+use vrs_core::dose::DoseRecord;
+use vrs_core::finding::Finding;
+use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
+use vrs_core::resident::Resident;
+use vrs_core::stats::{StatsQuery, StatsRow};
+use vrs_core::store::{Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource, StoreBackend, Visit};
+use vrs_core::{Error, Result};
+
+use crate::ops::storage;
+
+/// Chunks of a scan that may wait in the channel while the visitor works.
+const SCAN_CHANNEL: usize = 4;
+
+/// The redb store. Cheap to clone (the database is shared); `Send + Sync`.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+}
+
+impl fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedbStore").finish_non_exhaustive()
+    }
+}
+
+impl RedbStore {
+    /// Opens the store in the file at `path`, creating it when missing (its parent
+    /// directory must exist). Blocks while redb opens (and, after a crash, repairs) the
+    /// file: from async code, call it inside `blocking::unblock` or `spawn_blocking`.
+    ///
+    /// Fails with [`Error::Storage`] when the file is not a redb database, is held open by
+    /// another process, or was written by an incompatible version of this store.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let db = Database::create(path.as_ref()).map_err(storage("opening the store file"))?;
+        Self::from_database(db)
+    }
+
+    /// A fresh, empty store in memory (for tests, demos and tablets that sync elsewhere).
+    pub fn in_memory() -> Result<Self> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(storage("creating an in-memory store"))?;
+        Self::from_database(db)
+    }
+
+    fn from_database(db: Database) -> Result<Self> {
+        ops::init(&db)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// Runs redb's integrity check (every page's checksum and the allocator state),
+    /// repairing what it can. Returns `Ok(true)` when the file was intact, `Ok(false)` when
+    /// it had to be repaired. Blocks; needs the only handle on the store (no clone alive,
+    /// no call in flight), else fails with [`Error::Storage`].
+    pub fn check_integrity(&mut self) -> Result<bool> {
+        let Some(db) = Arc::get_mut(&mut self.db) else {
+            return Err(Error::Storage {
+                message: "checking integrity needs the only handle on the store (drop its clones first)".into(),
+                source: None,
+            });
+        };
+        db.check_integrity().map_err(storage("checking the store's integrity"))
+    }
+
+    /// Runs `f` on the blocking thread pool with the database.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        blocking::unblock(move || f(&db)).await
+    }
+
+    /// Runs `produce` on the blocking thread pool, handing every chunk it sends to `visit`
+    /// here. A visitor error closes the channel, which stops the producer, and is returned.
+    async fn stream<T, R, F>(&self, produce: F, visit: Visit<'_, T>) -> Result<R>
+    where
+        T: Send + 'static,
+        R: Send + 'static,
+        F: FnOnce(&Database, &async_channel::Sender<Vec<T>>) -> Result<R> + Send + 'static,
+    {
+        let (tx, rx) = async_channel::bounded::<Vec<T>>(SCAN_CHANNEL);
+        let db = Arc::clone(&self.db);
+        let task = blocking::unblock(move || produce(&db, &tx));
+        let mut stopped = None;
+        'chunks: while let Ok(chunk) = rx.recv().await {
+            for item in chunk {
+                if let Err(e) = visit(item) {
+                    stopped = Some(e);
+                    break 'chunks;
+                }
+            }
+        }
+        drop(rx);
+        // Wait for the producer to end, so its read transaction is closed when we return.
+        let produced = task.await;
+        match stopped {
+            Some(e) => Err(e),
+            None => produced,
+        }
+    }
+}
+
+#[async_trait]
+impl StoreBackend for RedbStore {
+    async fn resident(&self, person: &PersonRef) -> Result<Option<Resident>> {
+        let key = schema::person_key(person);
+        self.run(move |db| ops::resident(db, &key)).await
+    }
+
+    async fn resident_by_voucher(&self, voucher: VoucherRef) -> Result<Option<Resident>> {
+        let key = schema::voucher_key(&voucher);
+        self.run(move |db| ops::resident_by_voucher(db, key)).await
+    }
+
+    async fn residents_by_previous_voucher(&self, voucher: VoucherRef) -> Result<Vec<Resident>> {
+        let key = schema::voucher_key(&voucher);
+        self.run(move |db| ops::residents_by_previous_voucher(db, key)).await
+    }
+
+    async fn moved_in_residents(&self, municipality: MunicipalityCode) -> Result<Vec<Resident>> {
+        self.run(move |db| ops::moved_in_residents(db, &municipality)).await
+    }
+
+    async fn scan_residents(&self, municipality: MunicipalityCode, visit: Visit<'_, Resident>) -> Result<()> {
+        self.stream(move |db, out| ops::scan_residents(db, &municipality, out), visit).await
+    }
+
+    async fn import_residents(&self, source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
+        self.run(move |db| ops::import_residents(db, source)).await
+    }
+
+    async fn dose(&self, id: DoseId) -> Result<Option<DoseRecord>> {
+        self.run(move |db| ops::dose(db, &id)).await
+    }
+
+    async fn doses_by_voucher(&self, voucher: VoucherRef) -> Result<Vec<DoseRecord>> {
+        let prefix = schema::voucher_key(&voucher);
+        self.run(move |db| ops::doses_via(db, schema::DOSES_BY_VOUCHER, &prefix)).await
+    }
+
+    async fn unmatched_doses(&self, municipality: MunicipalityCode) -> Result<Vec<DoseRecord>> {
+        let prefix = schema::muni(&municipality);
+        self.run(move |db| ops::doses_via(db, schema::UNMATCHED, &prefix)).await
+    }
+
+    async fn doses_by_site(&self, site: &SiteId, day: NaiveDate) -> Result<Vec<DoseRecord>> {
+        let prefix = schema::site_day_prefix(site, day);
+        self.run(move |db| ops::doses_via(db, schema::DOSES_BY_SITE, &prefix)).await
+    }
+
+    async fn scan_doses(&self, municipality: MunicipalityCode, scan: DoseScan, visit: Visit<'_, DoseRecord>) -> Result<u64> {
+        self.stream(move |db, out| ops::scan_doses(db, &municipality, scan, out), visit).await
+    }
+
+    async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {
+        self.run(move |db| ops::findings(db, &municipality, open_only)).await
+    }
+
+    async fn findings_for_dose(&self, dose: DoseId) -> Result<Vec<Finding>> {
+        self.run(move |db| ops::findings_for_dose(db, &dose)).await
+    }
+
+    async fn account(&self, id: &AccountId) -> Result<Option<TabletAccount>> {
+        let id = id.as_str().to_owned();
+        self.run(move |db| ops::account(db, &id)).await
+    }
+
+    async fn accounts(&self, municipality: MunicipalityCode) -> Result<Vec<TabletAccount>> {
+        self.run(move |db| ops::accounts(db, &municipality)).await
+    }
+
+    async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>> {
+        self.run(move |db| ops::statistics(db, query)).await
+    }
+
+    async fn audit(&self, municipality: MunicipalityCode) -> Result<Vec<AuditEvent>> {
+        self.run(move |db| ops::audit(db, &municipality)).await
+    }
+
+    async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied> {
+        let seq = self.run(move |db| ops::apply(db, changes)).await?;
+        Ok(Applied { seq })
+    }
+}

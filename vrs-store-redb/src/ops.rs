@@ -1,0 +1,852 @@
+//! The synchronous side: every redb transaction of the store. These functions block and
+//! run on the `blocking` thread pool, never on an async executor's threads.
+
+use std::ops::Bound;
+use std::sync::mpsc;
+
+use redb::{
+    CursorError, Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, Value,
+    WriteTransaction,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use vrs_core::access::TabletAccount;
+use vrs_core::dose::DoseRecord;
+use vrs_core::finding::Finding;
+use vrs_core::ids::{DoseId, MunicipalityCode};
+use vrs_core::resident::Resident;
+use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
+use vrs_core::store::{AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource};
+use vrs_core::{Error, Result};
+
+use crate::schema::*;
+
+/// Residents pulled from an import source at a time.
+pub(crate) const IMPORT_BATCH: usize = 8192;
+/// Records sent from a scan's read transaction to the visitor at a time.
+pub(crate) const SCAN_CHUNK: usize = 1024;
+
+/// Maps a redb (or postcard) error into [`Error::Storage`], saying what was being done.
+pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> Error {
+    move |e| Error::storage(what, e)
+}
+
+fn conflict(what: String) -> Error {
+    Error::Conflict { what }
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(storage(what))
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(storage(what))
+}
+
+fn begin_read(db: &Database) -> Result<ReadTransaction> {
+    db.begin_read().map_err(storage("starting a read transaction"))
+}
+
+/// A write transaction with redb's default durability, `Durability::Immediate`: its
+/// commit returns once the data is on disk.
+fn begin_write(db: &Database) -> Result<WriteTransaction> {
+    db.begin_write().map_err(storage("starting a write transaction"))
+}
+
+fn commit(txn: WriteTransaction) -> Result<()> {
+    txn.commit().map_err(storage("committing a write transaction"))
+}
+
+/// Rolls back a write transaction after an error, keeping that error.
+fn abort<T>(txn: WriteTransaction, error: Error) -> Result<T> {
+    // An abort that fails leaves nothing committed either; the first error is the one to report.
+    let _ = txn.abort();
+    Err(error)
+}
+
+fn open_read<K: redb::Key + 'static, V: Value + 'static>(txn: &ReadTransaction, def: TableDefinition<K, V>) -> Result<ReadOnlyTable<K, V>> {
+    txn.open_table(def).map_err(|e| Error::storage(format!("opening table {}", def.name()), e))
+}
+
+fn open_write<'t, K: redb::Key + 'static, V: Value + 'static>(
+    txn: &'t WriteTransaction,
+    def: TableDefinition<K, V>,
+) -> Result<Table<'t, K, V>> {
+    txn.open_table(def).map_err(|e| Error::storage(format!("opening table {}", def.name()), e))
+}
+
+/// Every key of `table` that starts with `prefix`, in order.
+fn prefixed<'t, V, T>(table: &'t T, prefix: &[u8]) -> Result<redb::Range<'t, Bytes, V>>
+where
+    V: Value + 'static,
+    T: ReadableTable<Bytes, V>,
+{
+    let end = prefix_end(prefix);
+    let range = match end.as_deref() {
+        Some(end) => table.range::<&[u8]>(prefix..end),
+        None => table.range::<&[u8]>(prefix..),
+    };
+    range.map_err(storage("scanning a range"))
+}
+
+/// Creates every table and checks (or writes) the layout version.
+pub(crate) fn init(db: &Database) -> Result<()> {
+    let txn = begin_write(db)?;
+    match init_tables(&txn) {
+        Ok(()) => commit(txn),
+        Err(e) => abort(txn, e),
+    }
+}
+
+fn init_tables(txn: &WriteTransaction) -> Result<()> {
+    open_write(txn, RESIDENTS)?;
+    open_write(txn, VOUCHERS)?;
+    open_write(txn, PREVIOUS_VOUCHERS)?;
+    open_write(txn, MOVED_IN)?;
+    open_write(txn, DOSES)?;
+    open_write(txn, DOSES_BY_VOUCHER)?;
+    open_write(txn, DOSES_BY_SEQ)?;
+    open_write(txn, UNMATCHED)?;
+    open_write(txn, DOSES_BY_SITE)?;
+    open_write(txn, SLOTS)?;
+    open_write(txn, FINDINGS)?;
+    open_write(txn, FINDINGS_BY_MUNICIPALITY)?;
+    open_write(txn, ACCOUNTS)?;
+    open_write(txn, ACCOUNTS_BY_MUNICIPALITY)?;
+    open_write(txn, COUNTERS)?;
+    open_write(txn, AUDIT)?;
+    let mut meta = open_write(txn, META)?;
+    let version = meta.get(META_SCHEMA).map_err(storage("reading the layout version"))?.map(|g| g.value());
+    match version {
+        None => {
+            meta.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage("writing the layout version"))?;
+            Ok(())
+        }
+        Some(SCHEMA_VERSION) => Ok(()),
+        Some(other) => Err(Error::Storage {
+            message: format!("the file has store layout version {other}; this build reads version {SCHEMA_VERSION}"),
+            source: None,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Residents
+
+fn get_resident<T: ReadableTable<Bytes, Bytes>>(table: &T, key: &[u8]) -> Result<Option<Resident>> {
+    match table.get(key).map_err(storage("reading a resident"))? {
+        Some(g) => Ok(Some(decode("decoding a resident", g.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// One resident by its `residents` key.
+pub(crate) fn resident(db: &Database, key: &[u8]) -> Result<Option<Resident>> {
+    let txn = begin_read(db)?;
+    let residents = open_read(&txn, RESIDENTS)?;
+    get_resident(&residents, key)
+}
+
+/// The resident holding a voucher.
+pub(crate) fn resident_by_voucher(db: &Database, voucher: [u8; VOUCHER_KEY]) -> Result<Option<Resident>> {
+    let txn = begin_read(db)?;
+    let vouchers = open_read(&txn, VOUCHERS)?;
+    let Some(addressee) = vouchers.get(voucher.as_slice()).map_err(storage("reading the voucher index"))?.map(|g| g.value().to_vec())
+    else {
+        return Ok(None);
+    };
+    let mut key = Vec::with_capacity(M + addressee.len());
+    key.extend_from_slice(&voucher[..M]);
+    key.extend_from_slice(&addressee);
+    let residents = open_read(&txn, RESIDENTS)?;
+    get_resident(&residents, &key)
+}
+
+/// Residents whose index keys (in `index`, under `prefix`) end with their `residents` key.
+fn residents_via<V: Value + 'static>(db: &Database, index: TableDefinition<Bytes, V>, prefix: &[u8], skip: usize) -> Result<Vec<Resident>> {
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, index)?;
+    let residents = open_read(&txn, RESIDENTS)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&index, prefix)? {
+        let (k, _) = entry.map_err(storage("scanning a resident index"))?;
+        let key = k.value();
+        if let Some(r) = get_resident(&residents, key.get(skip..).unwrap_or_default())? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// Residents naming a voucher as their previous one.
+pub(crate) fn residents_by_previous_voucher(db: &Database, voucher: [u8; VOUCHER_KEY]) -> Result<Vec<Resident>> {
+    residents_via(db, PREVIOUS_VOUCHERS, &voucher, VOUCHER_KEY)
+}
+
+/// Residents of a municipality who moved in.
+pub(crate) fn moved_in_residents(db: &Database, m: &MunicipalityCode) -> Result<Vec<Resident>> {
+    residents_via(db, MOVED_IN, &muni(m), 0)
+}
+
+/// Sends a municipality's residents in addressee order, in chunks.
+pub(crate) fn scan_residents(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<Resident>>) -> Result<()> {
+    let txn = begin_read(db)?;
+    let residents = open_read(&txn, RESIDENTS)?;
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    for entry in prefixed(&residents, &muni(m))? {
+        let (_, v) = entry.map_err(storage("scanning residents"))?;
+        chunk.push(decode("decoding a resident", v.value())?);
+        if chunk.len() == SCAN_CHUNK && out.send_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK))).is_err() {
+            // The visitor stopped the scan.
+            return Ok(());
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = out.send_blocking(chunk);
+    }
+    Ok(())
+}
+
+/// A change of the voucher index found while importing: `+1` to add (municipality,
+/// voucher) → addressee, `-1` to remove it. Applied in key order once every row is in.
+type VoucherOp = ([u8; VOUCHER_KEY], Addressee, i8);
+
+/// Applies an import in one write transaction: a second thread pulls batches from the
+/// source (parsing) while this one writes them.
+pub(crate) fn import_residents(db: &Database, mut source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
+    let txn = begin_write(db)?;
+    let loaded = std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Resident>>>(2);
+        let src = &mut source;
+        let producer = scope.spawn(move || {
+            loop {
+                match src.next_batch(IMPORT_BATCH) {
+                    Ok(Some(batch)) => {
+                        if tx.send(Ok(batch)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                }
+            }
+        });
+        let loaded = load_residents(&txn, rx);
+        if let Err(panic) = producer.join() {
+            std::panic::resume_unwind(panic);
+        }
+        loaded
+    });
+    let (inserted, replaced) = match loaded {
+        Ok(counts) => counts,
+        Err(e) => return abort(txn, e),
+    };
+    if source.may_commit() {
+        commit(txn)?;
+        Ok((source, ImportApplied { inserted, replaced, committed: true }))
+    } else {
+        txn.abort().map_err(storage("rolling back an import"))?;
+        Ok((source, ImportApplied { inserted: 0, replaced: 0, committed: false }))
+    }
+}
+
+/// Writes every resident received, then the voucher index in key order. Returns
+/// (inserted, replaced).
+fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Resident>>>) -> Result<(u64, u64)> {
+    let mut residents = open_write(txn, RESIDENTS)?;
+    let mut previous = open_write(txn, PREVIOUS_VOUCHERS)?;
+    let mut moved_in = open_write(txn, MOVED_IN)?;
+    let mut voucher_ops: Vec<VoucherOp> = Vec::new();
+    let (mut inserted, mut replaced) = (0u64, 0u64);
+    let rows = batches.into_iter().flat_map(|batch| match batch {
+        Ok(rows) => Either::Rows(rows.into_iter().map(Ok)),
+        Err(e) => Either::Error(std::iter::once(Err(e))),
+    });
+    write_runs(
+        &mut residents,
+        rows,
+        |r: &Resident, key, value| {
+            key.clear();
+            key.extend_from_slice(&muni(&r.person.municipality));
+            key.extend_from_slice(addressee_bytes(&addressee(&r.person.addressee)));
+            encode_into("encoding a resident", r, value)
+        },
+        |r, key, old| {
+            let a = addressee(&r.person.addressee);
+            match old {
+                None => {
+                    inserted += 1;
+                    voucher_ops.push((voucher_key(&r.voucher_ref()), a, 1));
+                }
+                Some(old) => {
+                    replaced += 1;
+                    let old: Resident = decode("decoding a replaced resident", old)?;
+                    if old.voucher != r.voucher {
+                        voucher_ops.push((voucher_key(&old.voucher_ref()), a, -1));
+                        voucher_ops.push((voucher_key(&r.voucher_ref()), a, 1));
+                    }
+                    if let Some(p) = &old.previous {
+                        previous.remove(previous_key(p, key).as_slice()).map_err(storage("removing a previous-voucher entry"))?;
+                        moved_in.remove(key).map_err(storage("removing a moved-in entry"))?;
+                    }
+                }
+            }
+            if let Some(p) = &r.previous {
+                previous.insert(previous_key(p, key).as_slice(), ()).map_err(storage("writing a previous-voucher entry"))?;
+                moved_in.insert(key, ()).map_err(storage("writing a moved-in entry"))?;
+            }
+            Ok(())
+        },
+    )?;
+    drop((residents, previous, moved_in));
+    apply_voucher_ops(txn, voucher_ops)?;
+    Ok((inserted, replaced))
+}
+
+/// Two iterators as one.
+enum Either<A, B> {
+    Rows(A),
+    Error(B),
+}
+
+impl<T, A: Iterator<Item = T>, B: Iterator<Item = T>> Iterator for Either<A, B> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        match self {
+            Either::Rows(a) => a.next(),
+            Either::Error(b) => b.next(),
+        }
+    }
+}
+
+/// Applies the voucher index changes of an import in ascending key order (redb takes
+/// ascending keys much faster than random ones). Each (voucher, addressee) pair nets its
+/// changes: an entry added and removed again within the import is never written, and a
+/// removal only removes an entry that still names that addressee. Removals go first, so
+/// a voucher handed from one resident to another ends up with the new holder.
+fn apply_voucher_ops(txn: &WriteTransaction, mut ops: Vec<VoucherOp>) -> Result<()> {
+    ops.sort_unstable();
+    let mut net: Vec<(VoucherOp, i64)> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match net.last_mut() {
+            Some((last, n)) if last.0 == op.0 && last.1 == op.1 => *n += i64::from(op.2),
+            _ => net.push((op, i64::from(op.2))),
+        }
+    }
+    let mut vouchers = open_write(txn, VOUCHERS)?;
+    for ((key, a, _), _) in net.iter().filter(|(_, n)| *n < 0) {
+        let current = vouchers.get(key.as_slice()).map_err(storage("reading the voucher index"))?.map(|g| g.value() == addressee_bytes(a));
+        if current == Some(true) {
+            vouchers.remove(key.as_slice()).map_err(storage("removing from the voucher index"))?;
+        }
+    }
+    let adds = net.into_iter().filter(|(_, n)| *n > 0).map(|(op, _)| Ok(op));
+    write_runs(
+        &mut vouchers,
+        adds,
+        |(k, a, _), key, value| {
+            key.clear();
+            key.extend_from_slice(k);
+            value.clear();
+            value.extend_from_slice(addressee_bytes(a));
+            Ok(())
+        },
+        |_, _, _| Ok(()),
+    )
+}
+
+/// Serializes into a reused buffer.
+fn encode_into<T: Serialize>(what: &'static str, value: &T, buf: &mut Vec<u8>) -> Result<()> {
+    let mut out = std::mem::take(buf);
+    out.clear();
+    *buf = postcard::to_extend(value, out).map_err(storage(what))?;
+    Ok(())
+}
+
+/// Writes `items` in the order given, each an insert-or-replace. Runs of new keys that
+/// ascend go through a redb cursor, which packs them into full pages several times
+/// faster than single inserts; a key out of order or already present takes a plain
+/// insert (and, after a run that took none, the next few do too, so that an upload in
+/// random order does not pay for a cursor per row). `entry` builds an item's key and
+/// value; `written` is told each item with its key and the value it replaced.
+fn write_runs<T>(
+    table: &mut Table<'_, Bytes, Bytes>,
+    mut items: impl Iterator<Item = Result<T>>,
+    mut entry: impl FnMut(&T, &mut Vec<u8>, &mut Vec<u8>) -> Result<()>,
+    mut written: impl FnMut(T, &[u8], Option<&[u8]>) -> Result<()>,
+) -> Result<()> {
+    let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(512));
+    let mut pending: Option<T> = None;
+    let (mut plain_left, mut backoff) = (0usize, 1usize);
+    loop {
+        let item = match pending.take() {
+            Some(item) => item,
+            None => match items.next() {
+                Some(item) => item?,
+                None => return Ok(()),
+            },
+        };
+        entry(&item, &mut key, &mut value)?;
+        {
+            let old = table.insert(key.as_slice(), value.as_slice()).map_err(storage("writing an entry"))?;
+            written(item, &key, old.as_ref().map(|g| g.value()))?;
+        }
+        if plain_left > 0 {
+            plain_left -= 1;
+            continue;
+        }
+        let mut run = 0usize;
+        let mut cursor = table.lower_bound_mut(Bound::Excluded(key.as_slice())).map_err(storage("positioning a cursor"))?;
+        let mut failed = None;
+        for item in items.by_ref() {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            entry(&item, &mut key, &mut value)?;
+            match cursor.insert_before(key.as_slice(), value.as_slice()) {
+                Ok(()) => {
+                    run += 1;
+                    written(item, &key, None)?;
+                }
+                Err(CursorError::UnorderedKey) => {
+                    pending = Some(item);
+                    break;
+                }
+                Err(e) => return Err(Error::storage("writing through a cursor", e)),
+            }
+        }
+        cursor.close().map_err(storage("writing through a cursor"))?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if run == 0 {
+            plain_left = backoff;
+            backoff = (backoff * 2).min(4096);
+        } else {
+            backoff = 1;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Doses
+
+fn get_dose<T: ReadableTable<&'static [u8; 16], Bytes>>(doses: &T, id: &[u8; 16]) -> Result<Option<DoseRecord>> {
+    match doses.get(id).map_err(storage("reading a dose"))? {
+        Some(g) => Ok(Some(decode("decoding a dose", g.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// The 16-byte dose id at the end of an index key.
+fn id_suffix(key: &[u8]) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    if key.len() >= 16 {
+        id.copy_from_slice(&key[key.len() - 16..]);
+    }
+    id
+}
+
+/// One dose.
+pub(crate) fn dose(db: &Database, id: &DoseId) -> Result<Option<DoseRecord>> {
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    get_dose(&doses, id.as_bytes())
+}
+
+/// The doses whose ids end the keys of `index` under `prefix`, in key order.
+pub(crate) fn doses_via(db: &Database, index: TableDefinition<Bytes, ()>, prefix: &[u8]) -> Result<Vec<DoseRecord>> {
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, index)?;
+    let doses = open_read(&txn, DOSES)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&index, prefix)? {
+        let (k, _) = entry.map_err(storage("scanning a dose index"))?;
+        if let Some(d) = get_dose(&doses, &id_suffix(k.value()))? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Sends a municipality's doses in the order `scan` asks for; returns the highest
+/// sequence number sent (or `after`, or 0).
+pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, out: &async_channel::Sender<Vec<DoseRecord>>) -> Result<u64> {
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    let mut high = 0u64;
+    let send = |chunk: &mut Vec<DoseRecord>, d: DoseRecord, high: &mut u64| -> bool {
+        *high = (*high).max(d.seq);
+        chunk.push(d);
+        chunk.len() < SCAN_CHUNK || out.send_blocking(std::mem::replace(chunk, Vec::with_capacity(SCAN_CHUNK))).is_ok()
+    };
+    match scan {
+        DoseScan::ByVoucher => {
+            let index = open_read(&txn, DOSES_BY_VOUCHER)?;
+            for entry in prefixed(&index, &muni(m))? {
+                let (k, _) = entry.map_err(storage("scanning doses by voucher"))?;
+                if let Some(d) = get_dose(&doses, &id_suffix(k.value()))?
+                    && !send(&mut chunk, d, &mut high)
+                {
+                    return Ok(high);
+                }
+            }
+        }
+        DoseScan::ChangedSince { after } => {
+            high = after;
+            let Some(first) = after.checked_add(1) else { return Ok(high) };
+            let start = seq_key(m, first);
+            let end = prefix_end(&muni(m)).unwrap_or_default();
+            let index = open_read(&txn, DOSES_BY_SEQ)?;
+            for entry in index.range::<&[u8]>(start.as_slice()..end.as_slice()).map_err(storage("scanning doses by sequence"))? {
+                let (_, id) = entry.map_err(storage("scanning doses by sequence"))?;
+                if let Some(d) = get_dose(&doses, id.value())?
+                    && !send(&mut chunk, d, &mut high)
+                {
+                    return Ok(high);
+                }
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = out.send_blocking(chunk);
+    }
+    Ok(high)
+}
+
+// ---------------------------------------------------------------------------------------
+// Findings, accounts, statistics, audit
+
+fn findings_by_key<T: ReadableTable<Bytes, Bytes>>(findings: &T, key: &[u8], out: &mut Vec<Finding>) -> Result<()> {
+    if let Some(g) = findings.get(key).map_err(storage("reading a finding"))? {
+        out.push(decode("decoding a finding", g.value())?);
+    }
+    Ok(())
+}
+
+/// A municipality's findings (open only, or all: open first).
+pub(crate) fn findings(db: &Database, m: &MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, FINDINGS_BY_MUNICIPALITY)?;
+    let findings = open_read(&txn, FINDINGS)?;
+    let mut prefix = muni(m).to_vec();
+    if open_only {
+        prefix.push(open_flag(true));
+    }
+    let mut out = Vec::new();
+    for entry in prefixed(&index, &prefix)? {
+        let (k, _) = entry.map_err(storage("scanning findings"))?;
+        findings_by_key(&findings, k.value().get(M + 1..).unwrap_or_default(), &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The findings about one dose.
+pub(crate) fn findings_for_dose(db: &Database, id: &DoseId) -> Result<Vec<Finding>> {
+    let txn = begin_read(db)?;
+    let findings = open_read(&txn, FINDINGS)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&findings, id.as_bytes())? {
+        let (_, v) = entry.map_err(storage("scanning findings"))?;
+        out.push(decode("decoding a finding", v.value())?);
+    }
+    Ok(out)
+}
+
+fn get_account<T: ReadableTable<&'static str, Bytes>>(accounts: &T, id: &str) -> Result<Option<TabletAccount>> {
+    match accounts.get(id).map_err(storage("reading an account"))? {
+        Some(g) => Ok(Some(decode("decoding an account", g.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// One tablet account.
+pub(crate) fn account(db: &Database, id: &str) -> Result<Option<TabletAccount>> {
+    let txn = begin_read(db)?;
+    let accounts = open_read(&txn, ACCOUNTS)?;
+    get_account(&accounts, id)
+}
+
+/// The tablet accounts of a municipality's sites, by account id.
+pub(crate) fn accounts(db: &Database, m: &MunicipalityCode) -> Result<Vec<TabletAccount>> {
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, ACCOUNTS_BY_MUNICIPALITY)?;
+    let accounts = open_read(&txn, ACCOUNTS)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&index, &muni(m))? {
+        let (k, _) = entry.map_err(storage("scanning accounts"))?;
+        let id = std::str::from_utf8(k.value().get(M..).unwrap_or_default()).map_err(storage("decoding an account id"))?;
+        if let Some(a) = get_account(&accounts, id)? {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+/// The `counters` key of a statistics group: its municipality, then the whole key.
+fn counter_key(key: &StatsKey) -> Result<Vec<u8>> {
+    let mut k = muni(&key.municipality).to_vec();
+    k.extend_from_slice(&encode("encoding a statistics key", key)?);
+    Ok(k)
+}
+
+/// Counters in the range a query names, sorted by group.
+pub(crate) fn statistics(db: &Database, query: StatsQuery) -> Result<Vec<StatsRow>> {
+    let prefix = match query {
+        StatsQuery::National => Vec::new(),
+        StatsQuery::Prefecture(p) => format!("{p:02}").into_bytes(),
+        StatsQuery::Municipality(m) => muni(&m).to_vec(),
+    };
+    let txn = begin_read(db)?;
+    let counters = open_read(&txn, COUNTERS)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&counters, &prefix)? {
+        let (k, v) = entry.map_err(storage("scanning statistics"))?;
+        let Ok(count) = u64::try_from(v.value()) else { continue };
+        if count == 0 {
+            continue;
+        }
+        let key: StatsKey = decode("decoding a statistics key", k.value().get(M..).unwrap_or_default())?;
+        out.push(StatsRow { key, count });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// A municipality's audit trail, oldest first.
+pub(crate) fn audit(db: &Database, m: &MunicipalityCode) -> Result<Vec<AuditEvent>> {
+    let txn = begin_read(db)?;
+    let audit = open_read(&txn, AUDIT)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&audit, &muni(m))? {
+        let (_, v) = entry.map_err(storage("scanning the audit trail"))?;
+        out.push(decode("decoding an audit event", v.value())?);
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Applying change sets
+
+/// Every table a change set writes, opened once per transaction.
+struct Writer<'t> {
+    doses: Table<'t, &'static [u8; 16], Bytes>,
+    by_voucher: Table<'t, Bytes, ()>,
+    by_seq: Table<'t, Bytes, &'static [u8; 16]>,
+    unmatched: Table<'t, Bytes, ()>,
+    by_site: Table<'t, Bytes, ()>,
+    slots: Table<'t, &'static [u8; SLOT_KEY], &'static [u8; 16]>,
+    findings: Table<'t, Bytes, Bytes>,
+    findings_index: Table<'t, Bytes, ()>,
+    accounts: Table<'t, &'static str, Bytes>,
+    accounts_index: Table<'t, Bytes, ()>,
+    counters: Table<'t, Bytes, i64>,
+    audit: Table<'t, Bytes, Bytes>,
+    /// The last dose sequence number given.
+    seq: u64,
+    /// The last audit sequence number given.
+    audit_seq: u64,
+}
+
+/// Applies change sets in one durable write transaction; nothing is written when a guard
+/// fails. Returns the highest sequence number given (or the last one given before, when
+/// no dose was written).
+pub(crate) fn apply(db: &Database, changes: Vec<ChangeSet>) -> Result<u64> {
+    let txn = begin_write(db)?;
+    match apply_in(&txn, changes) {
+        Ok(seq) => {
+            commit(txn)?;
+            Ok(seq)
+        }
+        Err(e) => abort(txn, e),
+    }
+}
+
+fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
+    let mut meta = open_write(txn, META)?;
+    let seq = meta.get(META_DOSE_SEQ).map_err(storage("reading the sequence number"))?.map(|g| g.value()).unwrap_or(0);
+    let audit_seq = meta.get(META_AUDIT_SEQ).map_err(storage("reading the audit sequence number"))?.map(|g| g.value()).unwrap_or(0);
+    let mut w = Writer {
+        doses: open_write(txn, DOSES)?,
+        by_voucher: open_write(txn, DOSES_BY_VOUCHER)?,
+        by_seq: open_write(txn, DOSES_BY_SEQ)?,
+        unmatched: open_write(txn, UNMATCHED)?,
+        by_site: open_write(txn, DOSES_BY_SITE)?,
+        slots: open_write(txn, SLOTS)?,
+        findings: open_write(txn, FINDINGS)?,
+        findings_index: open_write(txn, FINDINGS_BY_MUNICIPALITY)?,
+        accounts: open_write(txn, ACCOUNTS)?,
+        accounts_index: open_write(txn, ACCOUNTS_BY_MUNICIPALITY)?,
+        counters: open_write(txn, COUNTERS)?,
+        audit: open_write(txn, AUDIT)?,
+        seq,
+        audit_seq,
+    };
+    for change in changes {
+        w.apply(change)?;
+    }
+    if w.seq != seq {
+        meta.insert(META_DOSE_SEQ, w.seq).map_err(storage("writing the sequence number"))?;
+    }
+    if w.audit_seq != audit_seq {
+        meta.insert(META_AUDIT_SEQ, w.audit_seq).map_err(storage("writing the audit sequence number"))?;
+    }
+    Ok(w.seq)
+}
+
+impl Writer<'_> {
+    fn apply(&mut self, change: ChangeSet) -> Result<()> {
+        let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit } = change;
+        for mut dose in new_doses {
+            if self.doses.get(dose.id.as_bytes()).map_err(storage("reading a dose"))?.is_some() {
+                return Err(conflict(format!("dose {} already exists", dose.id)));
+            }
+            self.write_dose(None, &mut dose)?;
+        }
+        for mut dose in updated_doses {
+            let Some(stored) = get_dose(&self.doses, dose.id.as_bytes())? else {
+                return Err(conflict(format!("dose {} to update does not exist", dose.id)));
+            };
+            if dose.revision.checked_sub(1) != Some(stored.revision) {
+                return Err(conflict(format!(
+                    "dose {} changed meanwhile: stored revision {}, the update is revision {}",
+                    dose.id, stored.revision, dose.revision
+                )));
+            }
+            self.write_dose(Some(&stored), &mut dose)?;
+        }
+        for (slot, id) in release_slots {
+            let key = slot_key(&slot.voucher, slot.dose_number);
+            let held = self.slots.get(&key).map_err(storage("reading a slot"))?.map(|g| *g.value());
+            if held.as_ref() == Some(id.as_bytes()) {
+                self.slots.remove(&key).map_err(storage("releasing a slot"))?;
+            }
+        }
+        for (slot, id) in claim_slots {
+            let key = slot_key(&slot.voucher, slot.dose_number);
+            let held = self.slots.get(&key).map_err(storage("reading a slot"))?.map(|g| *g.value());
+            match held {
+                None => {
+                    self.slots.insert(&key, id.as_bytes()).map_err(storage("claiming a slot"))?;
+                }
+                Some(held) if &held == id.as_bytes() => {}
+                Some(held) => {
+                    return Err(conflict(format!(
+                        "dose {} of voucher {} is already held by dose {}",
+                        slot.dose_number,
+                        slot.voucher,
+                        DoseId::from_bytes(held)
+                    )));
+                }
+            }
+        }
+        for finding in findings {
+            self.write_finding(&finding)?;
+        }
+        for (key, delta) in counters {
+            self.add_counter(&key, delta)?;
+        }
+        for account in accounts {
+            self.write_account(&account)?;
+        }
+        for event in audit {
+            self.audit_seq = self.audit_seq.checked_add(1).ok_or_else(|| exhausted("audit"))?;
+            let value = encode("encoding an audit event", &event)?;
+            self.audit
+                .insert(seq_key(&event.municipality, self.audit_seq).as_slice(), value.as_slice())
+                .map_err(storage("writing the audit trail"))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a dose record with a fresh sequence number and moves its index entries.
+    fn write_dose(&mut self, stored: Option<&DoseRecord>, dose: &mut DoseRecord) -> Result<()> {
+        if let Some(old) = stored {
+            self.by_voucher.remove(dose_voucher_key(&old.voucher, &old.id).as_slice()).map_err(storage("moving a dose index entry"))?;
+            self.by_seq.remove(seq_key(&old.owner(), old.seq).as_slice()).map_err(storage("moving a dose index entry"))?;
+            self.unmatched.remove(unmatched_key(&old.owner(), &old.id).as_slice()).map_err(storage("moving a dose index entry"))?;
+            self.by_site
+                .remove(site_key(&old.details().site, old.registered_on_jst(), &old.id).as_slice())
+                .map_err(storage("moving a dose index entry"))?;
+        }
+        self.seq = self.seq.checked_add(1).ok_or_else(|| exhausted("dose"))?;
+        dose.seq = self.seq;
+        let value = encode("encoding a dose", &*dose)?;
+        let id = dose.id;
+        self.doses.insert(id.as_bytes(), value.as_slice()).map_err(storage("writing a dose"))?;
+        self.by_voucher.insert(dose_voucher_key(&dose.voucher, &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
+        self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), id.as_bytes()).map_err(storage("writing a dose index entry"))?;
+        if dose.matched.is_none() {
+            self.unmatched.insert(unmatched_key(&dose.owner(), &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
+        }
+        self.by_site
+            .insert(site_key(&dose.details().site, dose.registered_on_jst(), &id).as_slice(), ())
+            .map_err(storage("writing a dose index entry"))?;
+        Ok(())
+    }
+
+    fn write_finding(&mut self, f: &Finding) -> Result<()> {
+        let key = finding_key(&f.dose, f.kind);
+        let value = encode("encoding a finding", f)?;
+        let old: Option<Finding> = match self.findings.insert(key.as_slice(), value.as_slice()).map_err(storage("writing a finding"))? {
+            Some(g) => Some(decode("decoding a replaced finding", g.value())?),
+            None => None,
+        };
+        if let Some(o) = old {
+            self.findings_index
+                .remove(finding_index_key(&o.municipality, o.open, &o.dose, o.kind).as_slice())
+                .map_err(storage("moving a finding index entry"))?;
+        }
+        self.findings_index
+            .insert(finding_index_key(&f.municipality, f.open, &f.dose, f.kind).as_slice(), ())
+            .map_err(storage("writing a finding index entry"))?;
+        Ok(())
+    }
+
+    fn add_counter(&mut self, key: &StatsKey, delta: i64) -> Result<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        let k = counter_key(key)?;
+        let current = self.counters.get(k.as_slice()).map_err(storage("reading a counter"))?.map(|g| g.value()).unwrap_or(0);
+        let Some(next) = current.checked_add(delta) else {
+            return Err(Error::Storage { message: "a statistics counter overflowed".into(), source: None });
+        };
+        if next == 0 {
+            self.counters.remove(k.as_slice()).map_err(storage("removing a counter"))?;
+        } else {
+            self.counters.insert(k.as_slice(), next).map_err(storage("writing a counter"))?;
+        }
+        Ok(())
+    }
+
+    fn write_account(&mut self, a: &TabletAccount) -> Result<()> {
+        let value = encode("encoding an account", a)?;
+        let old: Option<TabletAccount> =
+            match self.accounts.insert(a.id.as_str(), value.as_slice()).map_err(storage("writing an account"))? {
+                Some(g) => Some(decode("decoding a replaced account", g.value())?),
+                None => None,
+            };
+        if let Some(o) = old {
+            self.accounts_index
+                .remove(account_index_key(&o.site.municipality, o.id.as_str()).as_slice())
+                .map_err(storage("moving an account index entry"))?;
+        }
+        self.accounts_index
+            .insert(account_index_key(&a.site.municipality, a.id.as_str()).as_slice(), ())
+            .map_err(storage("writing an account index entry"))?;
+        Ok(())
+    }
+}
+
+fn exhausted(what: &str) -> Error {
+    Error::Storage { message: format!("the {what} sequence numbers are exhausted"), source: None }
+}

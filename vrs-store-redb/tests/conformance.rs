@@ -1,0 +1,131 @@
+//! The vrs store conformance suite on redb, plus what only a file store can show.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use vrs_core::Error;
+use vrs_core::finding::FindingKind;
+use vrs_core::resident::Resident;
+use vrs_core::stats::StatsQuery;
+use vrs_core::store::{ChangeSet, DoseScan, DoseSlot, DynStore};
+use vrs_core::testing::*;
+use vrs_store_redb::RedbStore;
+
+vrs_core::store_conformance_tests!(async { RedbStore::in_memory().unwrap() });
+
+/// Everything written to a file store is there after closing and reopening it, and the
+/// file passes redb's integrity check.
+#[tokio::test]
+async fn reopened_file_store_sees_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vrs.redb");
+    let r = moved_in(CHIYODA, "1", "0000000001", voucher(SAPPORO, "0000000099"));
+    let d = dose("a", voucher(CHIYODA, "0000000001"), 1, "2021-06-01T16:00:00Z", "venue-1");
+    let f = finding(&d, FindingKind::LotImplausible, true);
+    let acc = account("tablet-1", "venue-1", CHIYODA);
+    let key = stats_key(CHIYODA, "2021-06-02", 1);
+    let ev = event(CHIYODA, "register", "a");
+    let seq = {
+        let store: DynStore = Arc::new(RedbStore::open(&path).unwrap());
+        import(&store, vec![r.clone()], 1, 0).await;
+        let change = ChangeSet {
+            new_doses: vec![d.clone()],
+            claim_slots: vec![(DoseSlot { voucher: d.voucher, dose_number: 1 }, d.id)],
+            findings: vec![f.clone()],
+            counters: vec![(key.clone(), 1)],
+            accounts: vec![acc.clone()],
+            audit: vec![ev.clone()],
+            ..ChangeSet::default()
+        };
+        store.apply(vec![change]).await.unwrap().seq
+    };
+
+    let mut reopened = RedbStore::open(&path).unwrap();
+    assert!(reopened.check_integrity().unwrap(), "the file is intact");
+    let store: DynStore = Arc::new(reopened);
+    assert_eq!(store.resident(&r.person).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.resident_by_voucher(r.voucher_ref()).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.residents_by_previous_voucher(voucher(SAPPORO, "0000000099")).await.unwrap(), vec![r.clone()]);
+    assert_eq!(store.moved_in_residents(code(CHIYODA)).await.unwrap(), vec![r]);
+    let stored = store.dose(d.id).await.unwrap().unwrap();
+    assert_eq!(stored.seq, seq);
+    assert_eq!(stored, vrs_core::dose::DoseRecord { seq, ..d.clone() });
+    assert_eq!(store.unmatched_doses(code(CHIYODA)).await.unwrap(), vec![stored.clone()]);
+    assert_eq!(store.doses_by_site(&stored.details().site, day("2021-06-02")).await.unwrap(), vec![stored.clone()]);
+    assert_eq!(scanned_doses(&store, CHIYODA, DoseScan::ChangedSince { after: 0 }).await, (vec![stored.clone()], seq));
+    assert_eq!(store.findings(code(CHIYODA), true).await.unwrap(), vec![f]);
+    assert_eq!(store.accounts(code(CHIYODA)).await.unwrap(), vec![acc]);
+    assert_eq!(store.statistics(StatsQuery::National).await.unwrap().len(), 1);
+    assert_eq!(store.audit(code(CHIYODA)).await.unwrap(), vec![ev]);
+    // The slot and the sequence survive too.
+    let other = dose("b", voucher(CHIYODA, "0000000001"), 1, "2021-06-02T01:00:00Z", "venue-1");
+    assert_conflict(
+        store
+            .apply(vec![ChangeSet {
+                new_doses: vec![other.clone()],
+                claim_slots: vec![(DoseSlot { voucher: d.voucher, dose_number: 1 }, other.id)],
+                ..ChangeSet::default()
+            }])
+            .await,
+    );
+    assert!(store.apply(vec![new_doses(vec![other])]).await.unwrap().seq > seq);
+}
+
+/// The integrity check needs the only handle; a second open of the same file is refused;
+/// a file that is not a store is refused.
+#[tokio::test]
+async fn integrity_check_and_exclusive_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vrs.redb");
+    let mut store = RedbStore::open(&path).unwrap();
+    assert!(store.check_integrity().unwrap());
+    let clone = store.clone();
+    assert!(matches!(store.check_integrity(), Err(Error::Storage { .. })), "a clone is alive");
+    drop(clone);
+    assert!(store.check_integrity().unwrap());
+    assert!(matches!(RedbStore::open(&path), Err(Error::Storage { .. })), "already open");
+    let mut memory = RedbStore::in_memory().unwrap();
+    assert!(memory.check_integrity().unwrap());
+
+    let junk = dir.path().join("junk.redb");
+    std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
+    assert!(matches!(RedbStore::open(&junk), Err(Error::Storage { .. })));
+}
+
+/// Import throughput on a file store (run with
+/// `cargo test --release -p vrs-store-redb --test conformance -- --ignored --nocapture`).
+/// Measures the store alone: residents are built in memory, no CSV is parsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run in release"]
+async fn import_throughput() {
+    let n: usize = std::env::var("VRS_IMPORT_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let store: DynStore = Arc::new(RedbStore::open(dir.path().join("vrs.redb")).unwrap());
+    // Voucher numbers scattered (a multiplicative permutation), addressees ascending.
+    let rows: Vec<Resident> = (0..n)
+        .map(|i| {
+            let v = (i as u64).wrapping_mul(2_654_435_761) % 10_000_000_000;
+            let mut r = resident(CHIYODA, &(i + 1).to_string(), &format!("{v:010}"));
+            if i % 50 == 0 {
+                r.previous = Some(voucher(SAPPORO, &format!("{i:010}")));
+            }
+            r
+        })
+        .collect();
+    let start = Instant::now();
+    let (_, applied) = store.import_residents(TestSource::new(rows, usize::MAX, true)).await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(applied.inserted, n as u64);
+    println!("imported {n} residents in {secs:.2} s: {:.0} rows/s", n as f64 / secs);
+    let start = Instant::now();
+    let mut seen = 0usize;
+    store
+        .scan_residents(code(CHIYODA), &mut |_| {
+            seen += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(seen, n);
+    println!("scanned {n} residents in {:.2} s", start.elapsed().as_secs_f64());
+}
