@@ -1,1 +1,75 @@
-//! benches
+//! Shared helpers of the vrs benchmarks: scale, timing, memory and the printed table.
+//! Every figure is printed beside a baseline measured in the same run, with the ratio
+//! and the target, because the machines are shared and absolute times drift.
+
+use std::time::{Duration, Instant};
+
+/// How big a run is: `smoke` (seconds, for the test script) or `full` (the sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scale {
+    /// A quick run proving the benchmarks work.
+    Smoke,
+    /// The sizes the targets are stated for.
+    Full,
+}
+
+impl Scale {
+    /// From `VRS_BENCH_SCALE` (`smoke` or `full`, default `full`).
+    pub fn from_env() -> Scale {
+        match std::env::var("VRS_BENCH_SCALE").as_deref() {
+            Ok("smoke") => Scale::Smoke,
+            _ => Scale::Full,
+        }
+    }
+    /// Picks the smoke or full value.
+    pub fn pick<T>(self, smoke: T, full: T) -> T {
+        match self {
+            Scale::Smoke => smoke,
+            Scale::Full => full,
+        }
+    }
+}
+
+/// Runs `f` and returns its result with the elapsed time.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed())
+}
+
+/// A field of /proc/self/status in KiB (VmRSS, VmHWM), 0 where unavailable.
+pub fn proc_status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Resets the peak-RSS counter (VmHWM) so the next phase's peak can be read alone.
+pub fn reset_peak_rss() {
+    // Writing 5 to clear_refs resets VmHWM (Linux ≥ 4.0); ignored elsewhere.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// One line of the report: a figure, its baseline, the ratio and whether the target holds.
+pub fn report(name: &str, figure: f64, unit: &str, baseline_name: &str, baseline: f64, target_ratio: f64) -> bool {
+    let ratio = if baseline > 0.0 { figure / baseline } else { 0.0 };
+    let ok = ratio >= target_ratio;
+    println!(
+        "{name:<44} {figure:>14.0} {unit:<8} | {baseline_name:<34} {baseline:>14.0} {unit:<8} | ratio {ratio:>5.2} (target ≥ {target_ratio:.2}) {}",
+        if ok { "ok" } else { "BELOW TARGET" }
+    );
+    ok
+}
+
+/// A figure against an absolute target.
+pub fn report_absolute(name: &str, figure: f64, unit: &str, target: f64) -> bool {
+    let ok = figure >= target;
+    println!("{name:<44} {figure:>14.0} {unit:<8} | target ≥ {target:.0} {unit} {}", if ok { "ok" } else { "BELOW TARGET" });
+    ok
+}
+
+/// Prints a plain figure.
+pub fn note(name: &str, value: impl std::fmt::Display) {
+    println!("{name:<44} {value}");
+}

@@ -1,0 +1,363 @@
+//! Benchmarks of the embedded store, each beside a baseline measured in the same run:
+//! resident import (UTF-8, Shift_JIS) vs bare redb inserts of the same keys and values,
+//! ledger export vs a plain csv writer of the same rows, and dose registration with one
+//! durable commit per dose vs batches in one commit.
+//!
+//! `VRS_BENCH_SCALE=smoke` runs in seconds (the test script does); the default `full`
+//! uses the issue's sizes (1,000,000 residents and doses).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use vrs_benches::{Scale, note, proc_status_kib, report, report_absolute, reset_peak_rss, timed};
+use vrs_core::access::{Actor, Site};
+use vrs_core::dose::{DoseDetails, DoseRecord, DoseRegistration, DoseVersion};
+use vrs_core::generate::{GenOptions, HeaderLanguage, ResidentGenerator, write_residents_csv};
+use vrs_core::ids::{AccountId, DoseId, IdempotencyKey, MunicipalityCode, SiteId, VoucherRef};
+use vrs_core::import::{ImportOptions, ResidentCsvSource};
+use vrs_core::ledger::{LedgerOptions, OutputEncoding};
+use vrs_core::service::{FixedClock, Registry};
+use vrs_core::stats::{key_for, merge_deltas};
+use vrs_core::store::{ChangeSet, DynStore, StoreBackend};
+use vrs_core::vaccine::ProductCode;
+use vrs_store_redb::RedbStore;
+
+const MUNICIPALITY: &str = "131016";
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn gen_file(dir: &Path, name: &str, count: u64, encoding: OutputEncoding) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
+    let out = BufWriter::new(File::create(&path).unwrap());
+    write_residents_csv(out, &GenOptions::new(m, count, 7), encoding, HeaderLanguage::Japanese).unwrap();
+    path
+}
+
+/// Imports a CSV file into a fresh redb file store; returns rows, time and peak RSS growth (KiB).
+fn import(rt: &tokio::runtime::Runtime, csv: &Path, db: &Path) -> (u64, Duration, u64) {
+    let _ = std::fs::remove_file(db);
+    let store = RedbStore::open(db).unwrap();
+    let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
+    let before = proc_status_kib("VmRSS");
+    reset_peak_rss();
+    let ((), t) = timed(|| {
+        rt.block_on(async {
+            let source = ResidentCsvSource::new(BufReader::new(File::open(csv).unwrap()), ImportOptions::new(m)).unwrap();
+            let (source, applied) = store.import_residents(Box::new(source)).await.unwrap();
+            assert!(applied.committed, "{:?}", source.into_report().errors.first());
+        })
+    });
+    let peak = proc_status_kib("VmHWM").saturating_sub(before);
+    let rows = std::fs::read_to_string(csv).map(|s| s.lines().count() as u64 - 1).unwrap_or(0);
+    (rows, t, peak)
+}
+
+type Bytes = &'static [u8];
+// The tables an import writes, named and typed as vrs-store-redb declares them: the
+// baseline copies their keys and values byte for byte.
+const RESIDENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("residents");
+const VOUCHERS: TableDefinition<Bytes, Bytes> = TableDefinition::new("vouchers");
+const PREVIOUS_VOUCHERS: TableDefinition<Bytes, ()> = TableDefinition::new("previous_vouchers");
+const MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("moved_in");
+
+/// Bare redb: the same keys and values inserted in one transaction, primary keys in
+/// ascending order (as the generated file has them) and the index keys in file order
+/// (random, as voucher numbers are). Returns the time of the insert.
+fn bare_redb(store_file: &Path, scratch: &Path) -> Duration {
+    let src = redb::Database::open(store_file).unwrap();
+    let r = src.begin_read().unwrap();
+    let residents: Vec<(Vec<u8>, Vec<u8>)> = r
+        .open_table(RESIDENTS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+        .collect();
+    let mut vouchers: Vec<(Vec<u8>, Vec<u8>)> = r
+        .open_table(VOUCHERS)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+        .collect();
+    let mut previous: Vec<Vec<u8>> =
+        r.open_table(PREVIOUS_VOUCHERS).unwrap().iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect();
+    let moved: Vec<Vec<u8>> = r.open_table(MOVED_IN).unwrap().iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect();
+    drop(r);
+    drop(src);
+    // File order of the index keys: a fixed shuffle (voucher numbers are spread at random).
+    shuffle(&mut vouchers);
+    shuffle(&mut previous);
+    let _ = std::fs::remove_file(scratch);
+    let db = redb::Database::create(scratch).unwrap();
+    let ((), t) = timed(|| {
+        let w = db.begin_write().unwrap();
+        {
+            let mut t = w.open_table(RESIDENTS).unwrap();
+            for (k, v) in &residents {
+                t.insert(k.as_slice(), v.as_slice()).unwrap();
+            }
+            let mut t = w.open_table(VOUCHERS).unwrap();
+            for (k, v) in &vouchers {
+                t.insert(k.as_slice(), v.as_slice()).unwrap();
+            }
+            let mut t = w.open_table(PREVIOUS_VOUCHERS).unwrap();
+            for k in &previous {
+                t.insert(k.as_slice(), ()).unwrap();
+            }
+            let mut t = w.open_table(MOVED_IN).unwrap();
+            for k in &moved {
+                t.insert(k.as_slice(), ()).unwrap();
+            }
+        }
+        w.commit().unwrap();
+    });
+    t
+}
+
+fn shuffle<T>(v: &mut [T]) {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in (1..v.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+}
+
+fn site() -> Site {
+    Site {
+        id: SiteId::parse("venue-1").unwrap(),
+        name: "千代田区民会館".into(),
+        municipality: MunicipalityCode::parse(MUNICIPALITY).unwrap(),
+    }
+}
+
+/// Stores two matched doses for each of the first `persons` generated residents, in
+/// bulk change sets (the seeding is not what is measured).
+fn seed_doses(rt: &tokio::runtime::Runtime, store: &DynStore, persons: u64) -> u64 {
+    let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
+    let generator = ResidentGenerator::new(&GenOptions::new(m, persons, 7)).unwrap();
+    let at = Utc.with_ymd_and_hms(2021, 6, 1, 0, 0, 0).unwrap();
+    let mut n = 0u64;
+    let mut cs = ChangeSet::default();
+    let mut counters = Vec::new();
+    let flush = |cs: &mut ChangeSet, counters: &mut Vec<_>| {
+        cs.counters = merge_deltas(std::mem::take(counters));
+        let batch = std::mem::take(cs);
+        rt.block_on(store.apply(vec![batch])).unwrap();
+    };
+    for (i, row) in generator.enumerate() {
+        let resident = row.to_resident(m, b"").unwrap();
+        for dose_number in 1..=2u8 {
+            let key = IdempotencyKey::parse(&format!("seed-{i}-{dose_number}")).unwrap();
+            let given =
+                NaiveDate::from_ymd_opt(2021, 6, 1).unwrap() + chrono::Duration::days(i64::from(dose_number - 1) * 21 + (i % 60) as i64);
+            let details = DoseDetails {
+                dose_number,
+                date_given: given,
+                administering_municipality: m,
+                site: site().id,
+                site_name: site().name,
+                doctor: "佐藤一郎".into(),
+                product: ProductCode::new("pfizer"),
+                maker: "ファイザー".into(),
+                lot: format!("FA{:04}", i % 10_000),
+            };
+            let record = DoseRecord {
+                id: DoseId::for_key(&key),
+                idempotency_key: key,
+                voucher: VoucherRef { municipality: m, number: resident.voucher },
+                ticket_kind: 1,
+                registered_at: at,
+                registered_by: AccountId::parse("tablet-1").unwrap(),
+                matched: Some(resident.person.clone()),
+                versions: vec![DoseVersion {
+                    version: 1,
+                    details,
+                    voided: false,
+                    recorded_at: at,
+                    recorded_by: "bench".into(),
+                    reason: None,
+                }],
+                revision: 1,
+                seq: 0,
+            };
+            if let Some(k) = key_for(&record, Some(&resident)) {
+                counters.push((k, 1));
+            }
+            cs.new_doses.push(record);
+            n += 1;
+        }
+        if cs.new_doses.len() >= 20_000 {
+            flush(&mut cs, &mut counters);
+        }
+    }
+    if !cs.new_doses.is_empty() {
+        flush(&mut cs, &mut counters);
+    }
+    n
+}
+
+fn export(rt: &tokio::runtime::Runtime, registry: &Registry, encoding: OutputEncoding, out: &Path) -> (u64, Duration) {
+    let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
+    let staff = Actor::MunicipalStaff { municipality: m, user: "bench".into() };
+    let (e, t) = timed(|| {
+        rt.block_on(async {
+            let mut w = BufWriter::with_capacity(1 << 20, File::create(out).unwrap());
+            let e = registry.export_ledger(&staff, m, &LedgerOptions { encoding, ..LedgerOptions::default() }, &mut w).await.unwrap();
+            w.flush().unwrap();
+            e
+        })
+    });
+    (e.doses, t)
+}
+
+/// Baseline: the csv crate writing the same rows, already in memory, to a file.
+fn plain_csv(rows: &[csv::StringRecord], out: &Path) -> Duration {
+    timed(|| {
+        let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, File::create(out).unwrap()));
+        for r in rows {
+            w.write_record(r).unwrap();
+        }
+        w.flush().unwrap();
+    })
+    .1
+}
+
+fn registrations(prefix: &str, m: MunicipalityCode, options: &GenOptions, range: std::ops::Range<u64>) -> Vec<DoseRegistration> {
+    let g = ResidentGenerator::new(options).unwrap();
+    range
+        .map(|i| {
+            let r = g.row(i);
+            DoseRegistration {
+                ocr_line: format!("11{m}{}", r.unwrap().to_resident(m, b"").unwrap().voucher),
+                dose_number: None,
+                date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap(),
+                product: "pfizer".into(),
+                lot: "FA5765".into(),
+                doctor: "佐藤一郎".into(),
+                idempotency_key: IdempotencyKey::parse(&format!("{prefix}-{i}")).unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    let scale = Scale::from_env();
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let n = scale.pick(20_000, 1_000_000);
+    let mut all_ok = true;
+    println!("vrs benchmarks on redb ({scale:?}: {n} residents / doses)");
+    println!();
+
+    // 1. Import, UTF-8, against bare redb inserts of the same keys and values.
+    let utf8 = gen_file(dir.path(), "residents.csv", n, OutputEncoding::Utf8);
+    let sjis = gen_file(dir.path(), "residents.sjis.csv", n, OutputEncoding::ShiftJis);
+    let db = dir.path().join("import.redb");
+    let (rows, t_utf8, peak_utf8) = import(&rt, &utf8, &db);
+    let t_bare = bare_redb(&db, &dir.path().join("bare.redb"));
+    let file_mib = std::fs::metadata(&utf8).map(|m| m.len()).unwrap_or(0) / 1024;
+    let rate = rows as f64 / t_utf8.as_secs_f64();
+    all_ok &=
+        report("import UTF-8 (rows/s)", rate, "rows/s", "bare redb insert, same keys/values", rows as f64 / t_bare.as_secs_f64(), 0.6);
+    if scale == Scale::Full {
+        all_ok &= report_absolute("import UTF-8 absolute", rate, "rows/s", 400_000.0);
+    }
+    note("import UTF-8 peak RSS growth", format!("{} MiB (CSV file {} MiB)", peak_utf8 / 1024, file_mib / 1024));
+
+    // 2. The same import from Shift_JIS.
+    let (_, t_sjis, peak_sjis) = import(&rt, &sjis, &db);
+    all_ok &= report("import Shift_JIS (rows/s)", rows as f64 / t_sjis.as_secs_f64(), "rows/s", "import UTF-8", rate, 0.85);
+    note("import Shift_JIS peak RSS growth", format!("{} MiB", peak_sjis / 1024));
+
+    // 3. Ledger export of n doses (n/2 persons × 2 doses) on the imported store.
+    let store: DynStore = Arc::new(RedbStore::open(&db).unwrap());
+    let (seeded, t_seed) = timed(|| seed_doses(&rt, &store, n / 2));
+    note("seeded doses (bulk change sets)", format!("{seeded} in {:.1} s", t_seed.as_secs_f64()));
+    let clock = Arc::new(FixedClock::new(Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).unwrap()));
+    let registry = Registry::new(store.clone(), clock.clone());
+    let ledger = dir.path().join("ledger.csv");
+    let (doses, t_export) = export(&rt, &registry, OutputEncoding::Utf8, &ledger);
+    assert_eq!(doses, seeded);
+    let rows_in_memory: Vec<csv::StringRecord> = csv::Reader::from_path(&ledger).unwrap().records().map(|r| r.unwrap()).collect();
+    let t_plain = plain_csv(&rows_in_memory, &dir.path().join("plain.csv"));
+    let export_rate = doses as f64 / t_export.as_secs_f64();
+    all_ok &= report(
+        "ledger export UTF-8 (doses/s)",
+        export_rate,
+        "doses/s",
+        "csv writer, same rows from memory",
+        doses as f64 / t_plain.as_secs_f64(),
+        0.7,
+    );
+    let (_, t_export_sjis) = export(&rt, &registry, OutputEncoding::ShiftJis, &dir.path().join("ledger.sjis.csv"));
+    all_ok &= report(
+        "ledger export Shift_JIS (doses/s)",
+        doses as f64 / t_export_sjis.as_secs_f64(),
+        "doses/s",
+        "ledger export UTF-8",
+        export_rate,
+        0.5,
+    );
+
+    if std::env::var("VRS_BENCH_EXPORT_LOOP").is_ok() {
+        // For profiling the export alone.
+        for _ in 0..20 {
+            export(&rt, &registry, OutputEncoding::Utf8, &ledger);
+        }
+    }
+
+    // 4. Registration: one durable commit per dose vs batches in one commit.
+    let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
+    let staff = Actor::MunicipalStaff { municipality: m, user: "bench".into() };
+    rt.block_on(registry.issue_account(&staff, site(), AccountId::parse("tablet-1").unwrap())).unwrap();
+    let tablet = Actor::Site { account: AccountId::parse("tablet-1").unwrap() };
+    let options = GenOptions::new(m, n, 7);
+    let singles = scale.pick(100, 1_000);
+    let first = n / 2; // persons without doses yet
+    let regs = registrations("single", m, &options, first..first + singles);
+    let ((), t_single) = timed(|| {
+        rt.block_on(async {
+            for r in &regs {
+                registry.register(&tablet, r).await.unwrap();
+            }
+        })
+    });
+    let batched = scale.pick(1_000, 10_000);
+    let regs = registrations("batch", m, &options, first + singles..first + singles + batched);
+    let ((), t_batch) = timed(|| {
+        rt.block_on(async {
+            for chunk in regs.chunks(500) {
+                for r in registry.register_batch(&tablet, chunk).await.unwrap() {
+                    r.unwrap();
+                }
+            }
+        })
+    });
+    let single_rate = singles as f64 / t_single.as_secs_f64();
+    all_ok &= report(
+        "register, batches of 500 (doses/s)",
+        batched as f64 / t_batch.as_secs_f64(),
+        "doses/s",
+        "one durable commit per dose",
+        single_rate,
+        10.0,
+    );
+
+    println!();
+    println!("{}", if all_ok { "all targets met" } else { "some targets NOT met (see BELOW TARGET)" });
+}
