@@ -126,6 +126,9 @@ pub struct Product {
     /// CDC CVX code, used in FHIR and HL7 v2 exports; none for products CVX does not list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cvx: Option<u16>,
+    /// CDC MVX manufacturer code (e.g. `PFR`), used in HL7 v2 RXA-17; none where MVX lists none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mvx: Option<String>,
     /// Plausible lot number shape, in the module's pattern language; none accepts any lot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lot_pattern: Option<String>,
