@@ -17,7 +17,7 @@ use crate::import::ImportReport;
 use crate::reconcile::{assess_person, diff_findings, validate_details, validate_registration, vouchers_of};
 use crate::resident::Resident;
 use crate::stats::{StatsQuery, StatsRow, deltas, key_for, merge_deltas};
-use crate::store::{AuditEvent, ChangeSet, DoseSlot, DynStore, ResidentSource};
+use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, ResidentSource, Visit};
 use crate::vaccine::{Catalogue, ProductCode};
 use crate::{Error, Result};
 
@@ -191,7 +191,7 @@ impl Registry {
         })
     }
 
-    async fn check(&self, actor: &Actor, operation: Operation, subject: &Subject) -> Result<Principal> {
+    pub(crate) async fn check(&self, actor: &Actor, operation: Operation, subject: &Subject) -> Result<Principal> {
         let principal = self.principal(actor).await?;
         authorize(&principal, operation, subject, self.today())?;
         Ok(principal)
@@ -667,6 +667,34 @@ impl Registry {
             }
         }
         Err(last.unwrap_or(Error::Conflict { what: format!("voucher {voucher} kept changing") }))
+    }
+
+    /// Streams every resident a municipality uploaded to `visit`, in addressee order, for
+    /// the municipality's staff (bulk reads for data teams: the Python bindings' Arrow
+    /// tables). Nothing is held in memory beyond what the visitor keeps.
+    pub async fn scan_residents(&self, actor: &Actor, municipality: MunicipalityCode, visit: Visit<'_, Resident>) -> Result<()> {
+        self.check(actor, Operation::ReadResidents, &Subject::Municipality(municipality)).await?;
+        self.store.scan_residents(municipality, visit).await
+    }
+
+    /// Streams every dose a municipality owns (registered under its vouchers, matched or
+    /// not, voided ones included) to `visit`, for the municipality's staff: in voucher
+    /// order, or with `since` only the doses written after that cursor, in change order.
+    /// Returns the cursor for the next call. The access is the ledger export's
+    /// ([`Operation::ExportLedger`]): the same data, one record per dose.
+    pub async fn scan_doses(
+        &self,
+        actor: &Actor,
+        municipality: MunicipalityCode,
+        since: Option<u64>,
+        visit: Visit<'_, DoseRecord>,
+    ) -> Result<u64> {
+        self.check(actor, Operation::ExportLedger, &Subject::Municipality(municipality)).await?;
+        let scan = match since {
+            Some(after) => DoseScan::ChangedSince { after },
+            None => DoseScan::ByVoucher,
+        };
+        self.store.scan_doses(municipality, scan, visit).await
     }
 
     /// One resident, for the staff of its municipality.

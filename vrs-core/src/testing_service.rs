@@ -465,6 +465,19 @@ pub async fn access_is_enforced(store: DynStore) {
     assert!(denied(registry.resident(&venue, &d.dose.matched.clone().unwrap()).await.map(|_| ())));
     assert!(denied(registry.findings(&staff(SHINJUKU), code(CHIYODA), true).await.map(|_| ())));
     assert!(denied(registry.dose(&site_actor("clinic"), d.dose.id).await.map(|_| ())));
+    // Bulk reads (the Python bindings' tables) belong to the municipality's staff alone.
+    assert!(denied(registry.scan_residents(&venue, code(CHIYODA), &mut |_| Ok(())).await));
+    assert!(denied(registry.scan_residents(&staff(SHINJUKU), code(CHIYODA), &mut |_| Ok(())).await));
+    assert!(denied(registry.scan_doses(&venue, code(CHIYODA), None, &mut |_| Ok(())).await.map(|_| ())));
+    assert!(denied(registry.scan_doses(&staff(SHINJUKU), code(CHIYODA), Some(0), &mut |_| Ok(())).await.map(|_| ())));
+    let mut owned = 0;
+    registry.scan_doses(&staff(CHIYODA), code(CHIYODA), None, &mut |_| {
+            owned += 1;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(owned, 1);
     let reader = Actor::StatisticsReader { scope: StatsScope::Prefecture(13) };
     assert!(denied(registry.resident(&reader, &d.dose.matched.clone().unwrap()).await.map(|_| ())));
     assert!(denied(registry.statistics(&reader, StatsQuery::Prefecture(1)).await.map(|_| ())));
