@@ -471,7 +471,8 @@ pub async fn access_is_enforced(store: DynStore) {
     assert!(denied(registry.scan_doses(&venue, code(CHIYODA), None, &mut |_| Ok(())).await.map(|_| ())));
     assert!(denied(registry.scan_doses(&staff(SHINJUKU), code(CHIYODA), Some(0), &mut |_| Ok(())).await.map(|_| ())));
     let mut owned = 0;
-    registry.scan_doses(&staff(CHIYODA), code(CHIYODA), None, &mut |_| {
+    registry
+        .scan_doses(&staff(CHIYODA), code(CHIYODA), None, &mut |_| {
             owned += 1;
             Ok(())
         })
