@@ -6,16 +6,21 @@
 //! operation, which the store applies atomically.
 
 pub mod access;
+pub mod changelog;
 pub mod clock;
 pub mod dose;
 pub mod era;
 pub mod error;
+pub mod fhir;
 pub mod finding;
 pub mod generate;
+pub mod hl7;
 pub mod ids;
 pub mod import;
+pub mod interchange;
 pub mod ledger;
 pub mod municipalities;
+pub mod opendata;
 pub mod reconcile;
 pub mod resident;
 pub mod service;
