@@ -131,6 +131,7 @@ pub async fn register(app: &App, a: &RegisterArgs) -> CliResult<Report> {
         lot: a.lot.clone(),
         doctor: a.doctor.clone(),
         idempotency_key,
+        lot_expiry: None,
     };
     let o = app.registry.register(&actor, &reg).await?;
     let json =
@@ -203,6 +204,7 @@ pub async fn correct(app: &App, a: &CorrectArgs) -> CliResult<Report> {
         lot: a.lot.clone(),
         doctor: a.doctor.clone(),
         site_name: a.site_name.clone(),
+        lot_expiry: None,
     };
     let o = app.registry.correct(&actor, id, &correction, &a.reason).await?;
     Ok(Report::new(change_text("corrected", &o), &o))

@@ -246,6 +246,7 @@ impl Story {
             lot: lot.to_owned(),
             doctor: DOCTORS[self.lots % DOCTORS.len()].to_owned(),
             idempotency_key: IdempotencyKey::parse(key)?,
+            lot_expiry: None,
         })
     }
 
@@ -625,6 +626,7 @@ async fn june_first(
             lot: "FA5765".into(),
             doctor: DOCTORS[0].into(),
             idempotency_key: IdempotencyKey::parse(&format!("{CLINIC_B}-reject-{}", what.replace(' ', "-")))?,
+            lot_expiry: None,
         };
         match s.registry.register(&site_actor(CLINIC_B)?, &reg).await {
             Err(vrs_core::Error::DoseRejected { kind, detail }) => {

@@ -40,6 +40,11 @@ pub struct DoseDetails {
     pub maker: String,
     /// Lot number (ワクチンロット番号, ≤ 20 characters).
     pub lot: String,
+    /// The lot's expiry date when it is known (read from the vial's GS1 label or the maker's
+    /// sticker; FHIR `Immunization.expirationDate`, HL7 v2 RXA-16). A dose given after it
+    /// carries the finding [`FindingKind::ExpiredLot`](crate::finding::FindingKind::ExpiredLot).
+    #[serde(default)]
+    pub lot_expiry: Option<NaiveDate>,
 }
 
 /// One version of a dose record.
@@ -125,6 +130,9 @@ pub struct DoseRegistration {
     pub doctor: String,
     /// Idempotency key chosen by the client; a retry with the same key stores nothing new.
     pub idempotency_key: IdempotencyKey,
+    /// The lot's expiry date, when the label read gave one.
+    #[serde(default)]
+    pub lot_expiry: Option<NaiveDate>,
 }
 
 /// A correction of a stored dose: the fields to change and why.
@@ -142,4 +150,7 @@ pub struct DoseCorrection {
     pub doctor: Option<String>,
     /// New site name.
     pub site_name: Option<String>,
+    /// New lot expiry date (a lot corrected from a new label read usually brings one).
+    #[serde(default)]
+    pub lot_expiry: Option<NaiveDate>,
 }

@@ -66,6 +66,10 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
+    /// A scan (a voucher's OCR line or barcode, a vaccine label) cannot be used as read;
+    /// the problem says what to ask the operator.
+    #[error("unreadable: {0}")]
+    Unreadable(crate::scan::ScanProblem),
     /// The storage backend failed.
     #[error("storage: {message}")]
     Storage {
@@ -95,6 +99,7 @@ impl Error {
             | Error::ImportRejected(_)
             | Error::DoseRejected { .. }
             | Error::Catalogue { .. }
+            | Error::Unreadable(_)
             | Error::Read { .. } => 2,
             _ => 1,
         }

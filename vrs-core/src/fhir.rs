@@ -226,6 +226,7 @@ pub fn read_bundle(text: &str, catalogue: &Catalogue) -> Result<Vec<ImportedImmu
                 lot,
                 doctor,
                 idempotency_key,
+                lot_expiry: None,
             },
             voided,
             site,

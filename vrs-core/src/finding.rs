@@ -65,11 +65,18 @@ pub enum FindingKind {
     VoucherDeceased,
     /// The lot number does not look like one of the product's lots.
     LotImplausible,
+    /// The dose was given after its lot's expiry date (when the expiry is known, e.g. read
+    /// from the vial's GS1 label): a wrong vaccination (間違い接種) to follow up.
+    ExpiredLot,
+    /// A tablet's offline edit arrived after someone else had already changed the record at
+    /// the same version: the edit was not applied (sync is never last-write-wins) and waits
+    /// here, with what it wanted to change, for the municipality to review.
+    SyncConflict,
 }
 
 impl FindingKind {
     /// Every kind, in order.
-    pub const ALL: [FindingKind; 16] = [
+    pub const ALL: [FindingKind; 18] = [
         FindingKind::MalformedOcr,
         FindingKind::BadCheckDigit,
         FindingKind::UnknownMunicipality,
@@ -86,6 +93,8 @@ impl FindingKind {
         FindingKind::VoucherMovedOut,
         FindingKind::VoucherDeceased,
         FindingKind::LotImplausible,
+        FindingKind::ExpiredLot,
+        FindingKind::SyncConflict,
     ];
 
     /// The severity this kind always has.
@@ -93,9 +102,18 @@ impl FindingKind {
         use FindingKind::*;
         match self {
             MalformedOcr | BadCheckDigit | UnknownMunicipality | FutureDate | UnknownProduct | InvalidField => Severity::Rejected,
-            DateBeforePrevious | Duplicate | DoseOutOfSequence | BelowMinimumAge => Severity::MustFix,
-            Unmatched | ProbableDuplicate | IntervalTooShort | VoucherMovedOut | VoucherDeceased | LotImplausible => Severity::ToCheck,
+            DateBeforePrevious | Duplicate | DoseOutOfSequence | BelowMinimumAge | ExpiredLot => Severity::MustFix,
+            Unmatched | ProbableDuplicate | IntervalTooShort | VoucherMovedOut | VoucherDeceased | LotImplausible | SyncConflict => {
+                Severity::ToCheck
+            }
         }
+    }
+
+    /// Whether reconciliation ([`crate::reconcile::assess_person`]) decides this kind, so that
+    /// re-assessing a person opens and closes it. [`FindingKind::SyncConflict`] is raised by
+    /// sync instead, and stays open until the municipality resolves it (or the dose is voided).
+    pub fn is_assessed(self) -> bool {
+        !matches!(self, FindingKind::SyncConflict)
     }
 
     /// The snake_case name used in files and the CLI.
@@ -118,6 +136,8 @@ impl FindingKind {
             VoucherMovedOut => "voucher_moved_out",
             VoucherDeceased => "voucher_deceased",
             LotImplausible => "lot_implausible",
+            ExpiredLot => "expired_lot",
+            SyncConflict => "sync_conflict",
         }
     }
 

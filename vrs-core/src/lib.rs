@@ -23,9 +23,11 @@ pub mod municipalities;
 pub mod opendata;
 pub mod reconcile;
 pub mod resident;
+pub mod scan;
 pub mod service;
 pub mod stats;
 pub mod store;
+pub mod sync;
 pub mod text;
 pub mod vaccine;
 
@@ -41,3 +43,6 @@ pub mod testing;
 /// Service-level cases of the store conformance suite (feature `testing`).
 #[cfg(feature = "testing")]
 pub mod testing_service;
+/// Sync-batch cases of the store conformance suite (feature `testing`).
+#[cfg(feature = "testing")]
+pub mod testing_sync;

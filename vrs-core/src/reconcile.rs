@@ -62,6 +62,7 @@ pub fn validate_registration(reg: &DoseRegistration, site: &Site, catalogue: &Ca
             product: ProductCode::new(reg.product.trim()),
             maker: String::new(),
             lot: to_halfwidth(reg.lot.trim()).into_owned(),
+            lot_expiry: reg.lot_expiry,
         },
         catalogue,
         today,
@@ -106,7 +107,7 @@ pub fn validate_details(mut d: DoseDetails, catalogue: &Catalogue, today: NaiveD
 /// Assesses every active dose of one person (or of one unmatched voucher when
 /// `resident` is `None`) and returns what each dose's findings should be now.
 ///
-/// The rules: unmatched; lot plausibility; minimum age; voucher moved out or deceased;
+/// The rules: unmatched; lot plausibility; a lot used after its known expiry; minimum age; voucher moved out or deceased;
 /// three-way duplicates (duplicate, probable duplicate within 23 days, distinct); dose
 /// numbers that do not follow the history; a dose dated before the previous one; an
 /// interval shorter than the rule in force. Of two doses that collide, the one
@@ -155,6 +156,9 @@ pub fn assess_person(resident: Option<&Resident>, doses: &[&DoseRecord], catalog
         }
         if !catalogue.lot_plausible(&det.product, &det.lot) {
             push(FindingKind::LotImplausible, format!("lot {:?} does not look like a lot of {}", det.lot, det.product), None);
+        }
+        if let Some(expiry) = det.lot_expiry.filter(|expiry| det.date_given > *expiry) {
+            push(FindingKind::ExpiredLot, format!("lot {:?} expired on {expiry}, before the dose on {}", det.lot, det.date_given), None);
         }
 
         // Duplicates against every dose registered before this one.
@@ -249,7 +253,8 @@ fn consecutive_and_allowed(a: &DoseRecord, b: &DoseRecord, catalogue: &Catalogue
 }
 
 /// Turns assessments into the findings to write, given the findings stored for the
-/// same doses: new ones open, vanished ones close, unchanged ones are left alone.
+/// same doses: new ones open, vanished ones close, unchanged ones are left alone. Kinds
+/// that assessment does not decide ([`FindingKind::is_assessed`]) are never closed here.
 pub fn diff_findings(
     stored: &[Finding],
     assessed: &BTreeMap<DoseId, Vec<Assessment>>,
@@ -276,7 +281,7 @@ pub fn diff_findings(
                 }),
             }
         }
-        for f in stored.iter().filter(|f| f.dose == *dose && f.open && !wanted.iter().any(|a| a.kind == f.kind)) {
+        for f in stored.iter().filter(|f| f.dose == *dose && f.open && f.kind.is_assessed() && !wanted.iter().any(|a| a.kind == f.kind)) {
             out.push(Finding { open: false, closed_at: Some(now), ..f.clone() });
         }
     }
@@ -339,6 +344,7 @@ mod tests {
             product: ProductCode::new(product),
             maker: "ファイザー".into(),
             lot: lot.into(),
+            lot_expiry: None,
         };
         let at = Utc.with_ymd_and_hms(2021, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(registered_minute.into());
         let key = IdempotencyKey::parse(key).unwrap();
@@ -465,6 +471,7 @@ mod tests {
             lot: "FA5765".into(),
             doctor: "佐藤".into(),
             idempotency_key: IdempotencyKey::parse("k").unwrap(),
+            lot_expiry: None,
         }
     }
 

@@ -563,6 +563,9 @@ impl Registry {
             if let Some(s) = &correction.site_name {
                 d.site_name = s.trim().to_owned();
             }
+            if let Some(expiry) = correction.lot_expiry {
+                d.lot_expiry = Some(expiry);
+            }
             Ok(Some(d))
         })
         .await

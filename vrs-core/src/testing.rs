@@ -86,6 +86,12 @@ macro_rules! store_conformance_tests {
                 batch_registration,
                 statistics_equal_a_recount,
             }
+            // Tablet sync batches on the store (vrs_core::testing_sync).
+            testing_sync {
+                sync_batch_applied_twice_partly_and_out_of_order,
+                sync_conflicts_go_to_the_review_queue,
+                expired_lot_is_a_finding,
+            }
         }
     };
     ($make:expr) => {
@@ -291,6 +297,7 @@ pub fn dose(key: &str, voucher: VoucherRef, dose_number: u8, registered_at: &str
                 product: ProductCode::new("pfizer"),
                 maker: "ファイザー".into(),
                 lot: "FA5765".into(),
+                lot_expiry: None,
             },
             voided: false,
             recorded_at: registered_at,
@@ -1013,6 +1020,7 @@ pub async fn values_round_trip_exactly(store: DynStore) {
         product: ProductCode::new("moderna"),
         maker: "武田/モデルナ".into(),
         lot: "3004734".into(),
+        lot_expiry: None,
     };
     let d = DoseRecord {
         id: dose_id("every-field"),

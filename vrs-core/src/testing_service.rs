@@ -125,6 +125,7 @@ pub fn registration(key: &str, dose: u8, m: &str, voucher: &str, given: &str, pr
         lot: lot.into(),
         doctor: "佐藤一郎".into(),
         idempotency_key: IdempotencyKey::parse(key).unwrap(),
+        lot_expiry: None,
     }
 }
 

@@ -14,7 +14,8 @@
 //!
 //! - `products`: `code` (lowercase ASCII, digits, `-`), `name` (Japanese product name), `maker`
 //!   (the ledger's ワクチンメーカー string, at most 20 characters), `family` (vaccine group used
-//!   for duplicate detection), `cvx` (optional), `lot_pattern` (optional, see below),
+//!   for duplicate detection), `cvx` (optional), `lot_pattern` (optional, see below), `gtins`
+//!   (optional: the GS1 GTIN-14s of its packs, for reading vial labels),
 //!   `primary_series_doses`, `available_from`.
 //! - `age_rules`: `id`, `products`, `from`, `until`, `min_years`, `min_months`, `max_years`
 //!   (all three optional). Rules of one product must not overlap in time.
@@ -132,6 +133,12 @@ pub struct Product {
     /// Plausible lot number shape, in the module's pattern language; none accepts any lot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lot_pattern: Option<String>,
+    /// GS1 GTIN-14s printed on the product's packs (調剤包装単位 with a leading 0, 販売包装単位
+    /// with 1), so that a scanned GS1 label (AI 01) names the product; 14 digits each with a
+    /// valid check digit, unique in the catalogue. The builtin file ships none: a deployment
+    /// lists the GTINs of the packs it receives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gtins: Vec<String>,
     /// Doses in the primary series (初回接種); 0 for booster-only products.
     pub primary_series_doses: u8,
     /// First day the product was given in the programme.
@@ -441,6 +448,14 @@ impl Catalogue {
             if by_code.insert(product.code.as_str().to_owned(), at).is_some() {
                 return Err(catalogue_error(format!("{place}: duplicate code")));
             }
+            for gtin in &product.gtins {
+                if !crate::scan::label::gtin_is_valid(gtin) {
+                    return Err(catalogue_error(format!("{place}: gtin {gtin:?} is not 14 digits with a valid GS1 check digit")));
+                }
+                if file.products[..at].iter().any(|other| other.gtins.contains(gtin)) {
+                    return Err(catalogue_error(format!("{place}: gtin {gtin} is listed twice")));
+                }
+            }
             let pattern = product
                 .lot_pattern
                 .as_deref()
@@ -545,6 +560,11 @@ impl Catalogue {
     /// Every product, in file order.
     pub fn products(&self) -> impl Iterator<Item = &Product> {
         self.products.iter()
+    }
+
+    /// The product whose packs carry this GTIN-14 (see [`Product::gtins`]).
+    pub fn product_by_gtin(&self, gtin: &str) -> Option<&Product> {
+        self.products.iter().find(|product| product.gtins.iter().any(|g| g == gtin))
     }
 
     /// Earliest date dose `next_number` of product `next` may be given after dose `prev_number`

@@ -175,6 +175,7 @@ fn seed_doses(rt: &tokio::runtime::Runtime, store: &DynStore, persons: u64) -> u
                 product: ProductCode::new("pfizer"),
                 maker: "ファイザー".into(),
                 lot: format!("FA{:04}", i % 10_000),
+                lot_expiry: None,
             };
             let record = DoseRecord {
                 id: DoseId::for_key(&key),
@@ -250,6 +251,7 @@ fn registrations(prefix: &str, m: MunicipalityCode, options: &GenOptions, range:
                 lot: "FA5765".into(),
                 doctor: "佐藤一郎".into(),
                 idempotency_key: IdempotencyKey::parse(&format!("{prefix}-{i}")).unwrap(),
+                lot_expiry: None,
             }
         })
         .collect()
