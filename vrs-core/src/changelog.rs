@@ -89,7 +89,13 @@ fn csv_error(e: impl std::fmt::Display) -> Error {
 
 /// Writes the change log of `municipality` since `after` (0: everything). Access is
 /// checked by the service.
-pub async fn export(store: &dyn StoreBackend, municipality: MunicipalityCode, after: u64, options: &LedgerOptions, out: &mut (dyn Write + Send)) -> Result<ChangeLogExport> {
+pub async fn export(
+    store: &dyn StoreBackend,
+    municipality: MunicipalityCode,
+    after: u64,
+    options: &LedgerOptions,
+    out: &mut (dyn Write + Send),
+) -> Result<ChangeLogExport> {
     let mut buf = csv::WriterBuilder::new().from_writer(Vec::new());
     if !options.no_header {
         buf.write_record(HEADER).map_err(csv_error)?;
@@ -134,7 +140,11 @@ pub async fn export(store: &dyn StoreBackend, municipality: MunicipalityCode, af
             let text = String::from_utf8(bytes).map_err(csv_error)?;
             let (encoded, _, unmappable) = encoding_rs::SHIFT_JIS.encode(&text);
             if unmappable {
-                return Err(Error::Invalid { field: "export", value: String::new(), reason: "a value cannot be written in Shift_JIS".into() });
+                return Err(Error::Invalid {
+                    field: "export",
+                    value: String::new(),
+                    reason: "a value cannot be written in Shift_JIS".into(),
+                });
             }
             out.write_all(&encoded).map_err(csv_error)?;
         }

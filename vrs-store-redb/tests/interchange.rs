@@ -130,11 +130,16 @@ async fn chained_change_logs_cover_every_write_once_under_concurrency() {
             let venue = site_actor("venue");
             for i in 0..60u32 {
                 let voucher = format!("{:010}", 1000 + i);
-                let d = reg.register(&venue, &registration(&format!("cc{i}"), 1, CHIYODA, &voucher, "2021-06-01", "pfizer", "FA5765")).await.unwrap();
+                let d = reg
+                    .register(&venue, &registration(&format!("cc{i}"), 1, CHIYODA, &voucher, "2021-06-01", "pfizer", "FA5765"))
+                    .await
+                    .unwrap();
                 if i % 7 == 0 {
                     reg.void(&staff(CHIYODA), d.dose.id, "test void").await.unwrap();
                 } else if i % 5 == 0 {
-                    reg.correct(&staff(CHIYODA), d.dose.id, &DoseCorrection { lot: Some("FA9999".into()), ..Default::default() }, "lot").await.unwrap();
+                    reg.correct(&staff(CHIYODA), d.dose.id, &DoseCorrection { lot: Some("FA9999".into()), ..Default::default() }, "lot")
+                        .await
+                        .unwrap();
                 }
                 tokio::task::yield_now().await;
             }
