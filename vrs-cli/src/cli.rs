@@ -66,6 +66,27 @@ pub enum Command {
     Export(ExportCommand),
     /// Check the store's integrity; exit 0 when clean.
     Check,
+    /// Tablet sync batches.
+    #[command(subcommand)]
+    Sync(SyncCommand),
+}
+
+/// `vrs sync ...`
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Apply a tablet's sync batch (JSON) as its account, idempotently; prints the reply
+    /// (`--json`: the reply JSON itself, for the tablet's `acknowledge`).
+    Apply(SyncApplyArgs),
+}
+
+/// Options of `vrs sync apply`.
+#[derive(Debug, Args)]
+pub struct SyncApplyArgs {
+    /// The batch file (`-` for standard input).
+    pub file: PathBuf,
+    /// Also write the reply JSON to this file.
+    #[arg(long)]
+    pub reply: Option<PathBuf>,
 }
 
 /// Options of `vrs demo`.

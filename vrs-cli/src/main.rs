@@ -17,6 +17,7 @@ mod generate;
 mod import;
 mod output;
 mod progress;
+mod sync;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,7 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
                 Command::Doses(args) => commands::doses(&app, &args).await,
                 Command::Accounts(cmd) => commands::accounts(&app, &cmd).await,
                 Command::Export(cmd) => commands::export(&app, &cmd).await,
+                Command::Sync(cmd) => sync::run(&app, &cmd).await,
                 Command::Demo(_) | Command::Gen(_) | Command::Check => Err(CliError::Failure("unreachable command".into())),
             }
         }
