@@ -1,0 +1,95 @@
+"""Arrow results taken by pyarrow, polars and pandas with the right types: dates as
+date32, instants with their time zone, codes as strings that keep their leading zeros."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import vrs
+
+from conftest import ocr, write_residents
+
+
+@pytest.fixture
+def loaded(staff, municipality, tmp_path):
+    write_residents(
+        tmp_path / "r.csv",
+        [
+            ["000123", "0000000001", "接種太郎", "セッシュタロウ", "1950-04-01", "1"],
+            ["0045", "0012345678", "接種花子", "セッシュハナコ", "1990-12-31", "2"],
+        ],
+    )
+    staff.import_residents(tmp_path / "r.csv")
+    staff.issue_account(f"tab-{municipality}", site_id="clinic-1", site_name="クリニック")
+    site = staff.with_actor(f"site:tab-{municipality}")
+    for i, voucher in enumerate(["0000000001", "0012345678"]):
+        site.register_dose(
+            ocr(municipality, voucher), date_given="2021-06-01", product="pfizer", lot="FA5765", doctor="佐藤", idempotency_key=f"{municipality}-{i}"
+        )
+    return staff
+
+
+def test_pyarrow_types(loaded, municipality):
+    doses = pa.table(loaded.doses())
+    schema = doses.schema
+    assert schema.field("date_given").type == pa.date32()
+    assert schema.field("registered_at").type == pa.timestamp("us", tz="Asia/Tokyo")
+    for code in ("municipality", "voucher_number", "addressee_number", "administering_municipality"):
+        assert schema.field(code).type == pa.string_view(), code
+    assert schema.field("dose_number").type == pa.uint8()
+    assert sorted(doses["voucher_number"].to_pylist()) == ["0000000001", "0012345678"]
+    assert sorted(doses["addressee_number"].to_pylist()) == ["000123", "0045"]
+    assert doses["date_given"].to_pylist() == [dt.date(2021, 6, 1)] * 2
+    assert doses["registered_at"][0].as_py().utcoffset() == dt.timedelta(hours=9)
+
+    residents = pa.table(loaded.residents())
+    assert residents.schema.field("birth_date").type == pa.date32()
+    assert sorted(residents["addressee_number"].to_pylist()) == ["000123", "0045"]
+    assert set(residents["municipality"].to_pylist()) == {municipality}
+
+    stats = pa.table(loaded.stats())
+    assert stats.schema.field("date").type == pa.date32()
+    assert stats.schema.field("prefecture").type == pa.string_view()
+    assert stats["prefecture"].to_pylist()[0] == municipality[:2]
+
+    # The capsule can be taken more than once, and the schema alone too.
+    assert pa.table(loaded.doses()).num_rows == pa.table(loaded.doses()).num_rows == 2
+    assert pa.schema(loaded.doses()) == schema
+    t = loaded.doses()
+    assert len(t) == t.num_rows == 2 and t.column_names == schema.names and t.nbytes > 0
+
+
+def test_polars_types(loaded):
+    df = pl.DataFrame(loaded.doses())
+    assert df.schema["date_given"] == pl.Date
+    assert df.schema["registered_at"] == pl.Datetime("us", "Asia/Tokyo")
+    assert df.schema["voucher_number"] == pl.String
+    assert sorted(df["addressee_number"].to_list()) == ["000123", "0045"]
+    # from_arrow on a PyCapsule object gives a struct Series in polars ≥ 2; unnest it.
+    via = pl.from_arrow(loaded.doses())
+    frame = via.struct.unnest() if isinstance(via, pl.Series) else via
+    assert frame.columns == df.columns and frame.height == 2
+    residents = loaded.residents().to_polars()
+    assert residents.schema["birth_date"] == pl.Date
+    assert sorted(residents["addressee_number"].to_list()) == ["000123", "0045"]
+
+
+def test_pandas_types(loaded):
+    df = loaded.doses().to_pandas()
+    assert str(df["registered_at"].dtype) == "datetime64[us, Asia/Tokyo]"
+    assert pd.api.types.is_string_dtype(df["voucher_number"])
+    assert sorted(df["addressee_number"]) == ["000123", "0045"]
+    assert list(df["date_given"]) == [dt.date(2021, 6, 1)] * 2
+    residents = pa.table(loaded.residents()).to_pandas()
+    assert sorted(residents["voucher_number"]) == ["0000000001", "0012345678"]
+
+
+def test_empty_tables_keep_their_schema(staff):
+    t = pa.table(staff.doses())
+    assert t.num_rows == 0 and t.schema.field("date_given").type == pa.date32()
+    assert pl.DataFrame(staff.residents()).height == 0
