@@ -10,6 +10,7 @@ use vrs_core::clock::jst;
 use vrs_core::ids::{AccountId, MunicipalityCode};
 use vrs_core::service::{Clock, FixedClock, Registry};
 use vrs_core::store::DynStore;
+use vrs_store_postgres::PostgresStore;
 use vrs_store_redb::RedbStore;
 
 use crate::cli::StaffArgs;
@@ -53,19 +54,18 @@ pub fn clock_from_env() -> CliResult<Arc<dyn Clock>> {
 }
 
 /// Where the store is.
-enum StoreSpec {
+pub enum StoreSpec {
     /// An embedded redb file.
     Redb(PathBuf),
+    /// A PostgreSQL database (`postgres://...`, optionally `?schema=NAME`).
+    Postgres(String),
 }
 
-fn store_spec(spec: &str) -> CliResult<StoreSpec> {
+/// Reads `--store`: a `postgres://` (or `postgresql://`) URL, else a redb file path.
+pub fn store_spec(spec: &str) -> CliResult<StoreSpec> {
     let lower = spec.to_ascii_lowercase();
     if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        return Err(CliError::Failure(
-            "PostgreSQL stores are not available in this build: PostgreSQL support comes with vrs-store-postgres; \
-             use --store PATH for the embedded redb store"
-                .into(),
-        ));
+        return Ok(StoreSpec::Postgres(spec.to_owned()));
     }
     if spec.contains("://") {
         return Err(CliError::Input(format!("--store {spec:?}: expected a file path or postgres://...")));
@@ -81,6 +81,19 @@ pub fn open_redb(path: &Path) -> CliResult<RedbStore> {
     RedbStore::open(path).map_err(CliError::Core)
 }
 
+/// Connects to the PostgreSQL store at `url`, applying pending migrations.
+pub async fn open_postgres(url: &str) -> CliResult<PostgresStore> {
+    PostgresStore::connect(url).await.map_err(CliError::Core)
+}
+
+/// Opens the store named by `--store`.
+pub async fn open_store(spec: &str) -> CliResult<DynStore> {
+    Ok(match store_spec(spec)? {
+        StoreSpec::Redb(path) => Arc::new(open_redb(&path)?),
+        StoreSpec::Postgres(url) => Arc::new(open_postgres(&url).await?),
+    })
+}
+
 /// An opened store and the registry on it.
 pub struct App {
     /// The service every command goes through.
@@ -89,16 +102,19 @@ pub struct App {
 
 impl App {
     /// Opens the store named by `--store` with the clock from the environment.
-    pub fn open(spec: &str) -> CliResult<App> {
-        let StoreSpec::Redb(path) = store_spec(spec)?;
-        let store: DynStore = Arc::new(open_redb(&path)?);
+    pub async fn open(spec: &str) -> CliResult<App> {
+        let store = open_store(spec).await?;
         Ok(App { registry: Registry::new(store, clock_from_env()?) })
     }
 }
 
-/// `vrs check`: the store's integrity check.
+/// `vrs check`: the store's integrity check (redb's page checksums; for PostgreSQL, the
+/// migrations and the dose id index).
 pub async fn check(spec: &str) -> CliResult<Report> {
-    let StoreSpec::Redb(path) = store_spec(spec)?;
+    let path = match store_spec(spec)? {
+        StoreSpec::Redb(path) => path,
+        StoreSpec::Postgres(url) => return check_postgres(&url).await,
+    };
     if !path.exists() {
         return Err(CliError::Input(format!("no store at {}", path.display())));
     }
@@ -112,6 +128,54 @@ pub async fn check(spec: &str) -> CliResult<Report> {
             report: Box::new(Report::new(format!("store {}: integrity check found damage and repaired it", path.display()), &json)),
             error: Box::new(CliError::Failure(format!("store {} was not clean (repaired now)", path.display()))),
         })
+    }
+}
+
+async fn check_postgres(url: &str) -> CliResult<Report> {
+    let options = vrs_store_postgres::Options { migrate: false, max_connections: 1, ..Default::default() };
+    let store = PostgresStore::connect_with(url, options).await.map_err(CliError::Core)?;
+    let report = store.check().await.map_err(CliError::Core)?;
+    store.close().await;
+    let shown = vrs_store_postgres::redact_url(url);
+    let json = serde_json::json!({
+        "store": shown,
+        "clean": report.is_clean(),
+        "layout": report.layout.as_str(),
+        "migrations_applied": report.migrations_applied,
+        "migrations_known": report.migrations_known,
+        "orphan_dose_ids": report.orphan_dose_ids,
+    });
+    let text = format!(
+        "store {shown} ({} layout): {}/{} migrations applied, {} dose ids out of step",
+        report.layout, report.migrations_applied, report.migrations_known, report.orphan_dose_ids
+    );
+    if report.is_clean() {
+        Ok(Report::new(format!("{text}: clean"), &json))
+    } else {
+        Err(CliError::Reported {
+            report: Box::new(Report::new(text, &json)),
+            error: Box::new(CliError::Failure(format!("store {shown} is not clean"))),
+        })
+    }
+}
+
+/// `vrs migrate`: applies the PostgreSQL store's pending migrations (the redb store lays
+/// itself out when opened).
+pub async fn migrate(spec: &str, partitioned: bool) -> CliResult<Report> {
+    match store_spec(spec)? {
+        StoreSpec::Redb(path) => {
+            open_redb(&path)?;
+            let json = serde_json::json!({ "store": path, "layout": "redb" });
+            Ok(Report::new(format!("store {}: the redb store lays itself out when opened; nothing to migrate", path.display()), &json))
+        }
+        StoreSpec::Postgres(url) => {
+            let layout = partitioned.then_some(vrs_store_postgres::Layout::Partitioned);
+            let options = vrs_store_postgres::Options { layout, ..Default::default() };
+            let layout = PostgresStore::migrate(&url, options).await.map_err(CliError::Core)?;
+            let shown = vrs_store_postgres::redact_url(&url);
+            let json = serde_json::json!({ "store": shown, "layout": layout.as_str() });
+            Ok(Report::new(format!("store {shown}: migrations applied ({layout} layout)"), &json))
+        }
     }
 }
 

@@ -24,7 +24,8 @@ const AFTER_HELP: &str = concat!(
 #[derive(Debug, Parser)]
 #[command(name = "vrs", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The store: a redb file path, or `postgres://...` (not available yet).
+    /// The store: a redb file path, or a PostgreSQL URL `postgres://user@host:port/db`
+    /// (optionally `?schema=NAME`; migrated on first use).
     #[arg(long, global = true, value_name = "PATH_OR_URL", default_value = "./vrs-data/vrs.redb")]
     pub store: String,
     /// Machine-readable output (JSON) on stdout.
@@ -38,7 +39,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the whole VRS story on a fresh embedded store and print a summary.
+    /// Run the whole VRS story on a fresh store (embedded, or `--store postgres://...`,
+    /// whose schema `vrs_demo` is wiped first) and print a summary.
     Demo(DemoArgs),
     /// Generate test data.
     #[command(subcommand)]
@@ -66,6 +68,8 @@ pub enum Command {
     Export(ExportCommand),
     /// Check the store's integrity; exit 0 when clean.
     Check,
+    /// Apply the PostgreSQL store's schema migrations (connecting does it too).
+    Migrate(MigrateArgs),
     /// Tablet sync batches.
     #[command(subcommand)]
     Sync(SyncCommand),
@@ -87,6 +91,15 @@ pub struct SyncApplyArgs {
     /// Also write the reply JSON to this file.
     #[arg(long)]
     pub reply: Option<PathBuf>,
+}
+
+/// Options of `vrs migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Create the big tables hash-partitioned by municipality code (only for an empty
+    /// schema; a migrated schema keeps its layout).
+    #[arg(long)]
+    pub partitioned: bool,
 }
 
 /// Options of `vrs demo`.

@@ -1,4 +1,5 @@
-//! `vrs demo`: the whole VRS story on a fresh embedded store, with a clock stepping
+//! `vrs demo`: the whole VRS story on a fresh store (embedded, or PostgreSQL with
+//! `--store postgres://...`), with a clock stepping
 //! through 2021–2022. Every outcome it prints is what vrs-core decided; the demo only
 //! writes the script (who uploads what, which voucher is scanned where and when).
 
@@ -23,7 +24,7 @@ use vrs_core::stats::StatsQuery;
 use vrs_core::store::DynStore;
 use vrs_core::vaccine::age_in_years;
 
-use crate::app::open_redb;
+use crate::app::{StoreSpec, open_redb, store_spec};
 use crate::cli::DemoArgs;
 use crate::commands::{severity_label, write_stats_csv};
 use crate::error::{CliError, CliResult, write_error};
@@ -109,7 +110,7 @@ struct Cases {
 #[derive(Debug, Default, Serialize)]
 struct Summary {
     dir: PathBuf,
-    store: PathBuf,
+    store: String,
     uploads: Vec<Upload>,
     accounts: Vec<String>,
     cases: Cases,
@@ -296,17 +297,41 @@ fn adults(rows: &[GeneratedResident], day: NaiveDate, min_age: u32) -> Vec<usize
         .collect()
 }
 
-/// Runs `vrs demo`.
-pub async fn run(args: &DemoArgs) -> CliResult<Report> {
+/// The schema the demo wipes and runs in on PostgreSQL, unless the URL names one.
+const DEMO_SCHEMA: &str = "vrs_demo";
+
+/// A fresh store for the demo: a PostgreSQL schema wiped and migrated anew when `--store`
+/// is a `postgres://` URL, else a new redb file in the demo's directory. Returns the
+/// store and how to name it in `--store`.
+async fn fresh_store(dir: &Path, store: &str) -> CliResult<(DynStore, String)> {
+    match store_spec(store)? {
+        StoreSpec::Postgres(url) => {
+            let named = url.contains("schema=");
+            let url = if named { url } else { format!("{url}{}schema={DEMO_SCHEMA}", if url.contains('?') { '&' } else { '?' }) };
+            let options = vrs_store_postgres::Options::default();
+            let pg = vrs_store_postgres::PostgresStore::connect_fresh(&url, options).await.map_err(CliError::Core)?;
+            Ok((Arc::new(pg), vrs_store_postgres::redact_url(&url)))
+        }
+        StoreSpec::Redb(_) => {
+            let path = dir.join("vrs.redb");
+            let store: DynStore = Arc::new(open_redb(&path)?);
+            Ok((store, path.display().to_string()))
+        }
+    }
+}
+
+/// Runs `vrs demo` on a fresh store: `store` is the `--store` given (a PostgreSQL URL is
+/// used, its schema wiped first; a file path is not: the demo's redb file lives in its
+/// directory).
+pub async fn run(args: &DemoArgs, store: &str) -> CliResult<Report> {
     let started = Instant::now();
     let dir = args.dir.clone();
     if dir.exists() {
         std::fs::remove_dir_all(&dir).map_err(|e| write_error(&dir, e))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| write_error(&dir, e))?;
-    let store_path = dir.join("vrs.redb");
     let clock = Arc::new(FixedClock::new(at(ymd(2021, 4, 1)?, 9)?));
-    let store: DynStore = Arc::new(open_redb(&store_path)?);
+    let (store, store_name) = fresh_store(&dir, store).await?;
     let registry = Registry::new(store, clock.clone());
     let chiyoda = MunicipalityCode::parse(CHIYODA)?;
     let shinjuku = MunicipalityCode::parse(SHINJUKU)?;
@@ -316,7 +341,7 @@ pub async fn run(args: &DemoArgs) -> CliResult<Report> {
         dir: dir.clone(),
         chiyoda,
         shinjuku,
-        summary: Summary { dir: dir.clone(), store: store_path, ..Summary::default() },
+        summary: Summary { dir: dir.clone(), store: store_name, ..Summary::default() },
         lots: 0,
     };
     story(&mut s, u64::from(args.residents.max(100))).await?;
@@ -743,7 +768,7 @@ async fn exports(s: &mut Story) -> CliResult<()> {
 fn summary_text(sum: &Summary) -> String {
     let mut t = String::new();
     let c = &sum.cases;
-    let _ = writeln!(t, "vrs demo: the VRS story on a fresh embedded store ({})", sum.store.display());
+    let _ = writeln!(t, "vrs demo: the VRS story on a fresh store ({})", sum.store);
     let _ = writeln!(t);
     let _ = writeln!(t, "Uploads (接種対象者)");
     for u in &sum.uploads {
@@ -827,6 +852,6 @@ fn summary_text(sum: &Summary) -> String {
     }
     let _ = writeln!(t);
     let _ = writeln!(t, "Done in {:.1} s. Inspect the store with, e.g.:", sum.seconds);
-    let _ = writeln!(t, "  vrs --store {} findings --municipality {CHIYODA} --all", sum.store.display());
+    let _ = writeln!(t, "  vrs --store '{}' findings --municipality {CHIYODA} --all", sum.store);
     t
 }

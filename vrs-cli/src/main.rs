@@ -30,7 +30,7 @@ use crate::output::Report;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let json = cli.json;
-    let runtime = match tokio::runtime::Builder::new_current_thread().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return output::fail(&CliError::Failure(format!("cannot start the async runtime: {e}")), json),
     };
@@ -42,11 +42,12 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<Report, CliError> {
     match cli.command {
-        Command::Demo(args) => demo::run(&args).await,
+        Command::Demo(args) => demo::run(&args, &cli.store).await,
         Command::Gen(cmd) => generate::run(&cmd).await,
         Command::Check => app::check(&cli.store).await,
+        Command::Migrate(args) => app::migrate(&cli.store, args.partitioned).await,
         command => {
-            let app = app::App::open(&cli.store)?;
+            let app = app::App::open(&cli.store).await?;
             match command {
                 Command::Import(cmd) => import::run(&app, &cmd).await,
                 Command::Register(args) => commands::register(&app, &args).await,
@@ -58,7 +59,9 @@ async fn run(cli: Cli) -> Result<Report, CliError> {
                 Command::Accounts(cmd) => commands::accounts(&app, &cmd).await,
                 Command::Export(cmd) => commands::export(&app, &cmd).await,
                 Command::Sync(cmd) => sync::run(&app, &cmd).await,
-                Command::Demo(_) | Command::Gen(_) | Command::Check => Err(CliError::Failure("unreachable command".into())),
+                Command::Demo(_) | Command::Gen(_) | Command::Check | Command::Migrate(_) => {
+                    Err(CliError::Failure("unreachable command".into()))
+                }
             }
         }
     }

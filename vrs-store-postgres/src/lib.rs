@@ -180,18 +180,39 @@ fn check_schema_name(name: &str) -> Result<()> {
     }
 }
 
-/// The connect options of a URL, with the schema, application name and our settings.
-fn connect_options(url: &str, options: &Options) -> Result<PgConnectOptions> {
-    let mut connect = PgConnectOptions::from_str(url).map_err(|e| Error::Invalid {
+/// Takes the store's own `schema` parameter out of a URL's query string (sqlx would ignore
+/// it): `postgres://host/db?schema=tokyo` → (`postgres://host/db`, `Some("tokyo")`).
+fn split_schema_param(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_owned(), None) };
+    let mut schema = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some(("schema", value)) => {
+                schema = Some(value.to_owned());
+                false
+            }
+            _ => !pair.is_empty(),
+        })
+        .collect();
+    if kept.is_empty() { (base.to_owned(), schema) } else { (format!("{base}?{}", kept.join("&")), schema) }
+}
+
+/// The connect options of a URL, with the schema, application name and our settings;
+/// also the schema in effect (the options', else the URL's `schema` parameter).
+fn connect_options(url: &str, options: &Options) -> Result<(PgConnectOptions, Option<String>)> {
+    let (url, url_schema) = split_schema_param(url);
+    let mut connect = PgConnectOptions::from_str(&url).map_err(|e| Error::Invalid {
         field: "store",
-        value: redact_url(url),
+        value: redact_url(&url),
         reason: format!("not a PostgreSQL URL: {e}"),
     })?;
-    if let Some(schema) = &options.schema {
+    let schema = options.schema.clone().or(url_schema);
+    if let Some(schema) = &schema {
         check_schema_name(schema)?;
         connect = connect.options([("search_path", schema.as_str())]);
     }
-    Ok(connect.application_name(&options.application_name))
+    Ok((connect.application_name(&options.application_name), schema))
 }
 
 /// A URL without its password, for messages.
@@ -218,18 +239,22 @@ impl PostgresStore {
         Self::connect_with(url, Options::default()).await
     }
 
-    /// Connects with options (layout, schema, pool size).
+    /// Connects with options (layout, schema, pool size). The URL may name the schema
+    /// with a `schema` query parameter (`postgres://host/db?schema=tokyo`), used when
+    /// [`Options::schema`] is `None`.
     pub async fn connect_with(url: &str, options: Options) -> Result<Self> {
-        let connect = connect_options(url, &options)?;
-        if let Some(schema) = &options.schema {
-            // The schema must exist before `search_path` can put tables in it.
-            let mut conn = sqlx::PgConnection::connect_with(&connect).await.map_err(|e| unreachable(url, e))?;
+        let (connect, schema) = connect_options(url, &options)?;
+        // One connection first: a server that cannot be reached fails here at once (the
+        // pool would retry until its timeout), and the schema must exist before
+        // `search_path` can put tables in it.
+        let mut conn = sqlx::PgConnection::connect_with(&connect).await.map_err(|e| unreachable(url, e))?;
+        if let Some(schema) = &schema {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
                 .execute(&mut conn)
                 .await
                 .map_err(db("creating the store's schema"))?;
-            let _ = conn.close().await;
         }
+        let _ = conn.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(60))
@@ -245,6 +270,29 @@ impl PostgresStore {
             ))),
             (None, _) => Err(storage_message("the schema is not migrated: run `vrs migrate` (or connect with migrations on)")),
         }
+    }
+
+    /// Drops the schema named by `options` (or the URL's `schema` parameter) with
+    /// everything in it, then connects to it afresh: for demonstrations and tests. Refuses
+    /// when no schema is named (it never drops the default one).
+    pub async fn connect_fresh(url: &str, options: Options) -> Result<Self> {
+        let (connect, schema) = connect_options(url, &options)?;
+        let Some(schema) = schema else {
+            return Err(Error::Invalid {
+                field: "schema",
+                value: String::new(),
+                reason: "a fresh store needs a schema of its own to wipe (add ?schema=NAME to the URL)".into(),
+            });
+        };
+        drop_schema(url, &connect, &schema).await?;
+        Self::connect_with(url, Options { schema: Some(schema), ..options }).await
+    }
+
+    /// Drops a schema with every table in it (when it exists): for demonstrations and
+    /// tests that start over.
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+        let (connect, _) = connect_options(url, &Options { schema: Some(schema.to_owned()), ..Options::default() })?;
+        drop_schema(url, &connect, schema).await
     }
 
     /// Applies pending migrations to the database at `url` (the layout and schema of
@@ -362,6 +410,14 @@ impl PostgresStore {
 }
 
 const FETCH: &str = "FETCH 1000 FROM vrs_scan";
+
+async fn drop_schema(url: &str, connect: &PgConnectOptions, schema: &str) -> Result<()> {
+    check_schema_name(schema)?;
+    let mut conn = sqlx::PgConnection::connect_with(connect).await.map_err(|e| unreachable(url, e))?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE")).execute(&mut conn).await.map_err(db("dropping the store's schema"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
 
 fn unreachable(url: &str, e: sqlx::Error) -> Error {
     map(&format!("connecting to PostgreSQL at {}", redact_url(url)), e)
@@ -624,6 +680,16 @@ mod tests {
         assert_eq!(redact_url("postgres://vrs:secret@db:5432/vrs"), "postgres://vrs:***@db:5432/vrs");
         assert_eq!(redact_url("postgres://vrs@db/vrs"), "postgres://vrs@db/vrs");
         assert_eq!(redact_url("postgres://db/vrs"), "postgres://db/vrs");
+    }
+
+    #[test]
+    fn the_schema_parameter_is_taken_out_of_the_url() {
+        assert_eq!(split_schema_param("postgres://h/db"), ("postgres://h/db".into(), None));
+        assert_eq!(split_schema_param("postgres://h/db?schema=tokyo"), ("postgres://h/db".into(), Some("tokyo".into())));
+        assert_eq!(
+            split_schema_param("postgres://h/db?sslmode=disable&schema=t1&application_name=x"),
+            ("postgres://h/db?sslmode=disable&application_name=x".into(), Some("t1".into()))
+        );
     }
 
     #[test]

@@ -44,6 +44,5 @@ pub fn schema_name(prefix: &str, test: &str) -> String {
 /// A store on a fresh, empty schema of that name (see [`schema_name`]) and layout.
 pub async fn fresh_store(schema: &str, layout: Layout) -> PostgresStore {
     let schema = &schema.chars().take(63).collect::<String>();
-    drop_schema(schema).await;
-    PostgresStore::connect_with(&database_url(), options(schema, layout, 4)).await.expect("connecting a fresh store")
+    PostgresStore::connect_fresh(&database_url(), options(schema, layout, 4)).await.expect("connecting a fresh store")
 }
