@@ -128,7 +128,7 @@ pub enum DoseScan {
 }
 
 /// The storage a [`Registry`](crate::service::Registry) runs on. Implemented by
-/// vrs-store-redb and vrs-store-postgres; both must pass [`crate::testing`]'s suite.
+/// vrs-store-redb and vrs-store-postgres; both must pass the conformance suite of `vrs_core::testing` (feature `testing`).
 #[async_trait]
 pub trait StoreBackend: Send + Sync {
     /// One resident by (municipality, addressee number).
