@@ -22,6 +22,7 @@ use vrs_core::service::{Clock, FixedClock, Registry as CoreRegistry};
 use vrs_core::stats::StatsQuery;
 use vrs_core::store::DynStore;
 use vrs_core::{Error, Result};
+use vrs_store_postgres::{PostgresStore, redact_url};
 use vrs_store_redb::RedbStore;
 
 use crate::arrow::{DoseTable, ResidentTable, Table, stats_table};
@@ -66,15 +67,12 @@ impl Clock for SystemClock {
     }
 }
 
-/// What `open` connects to.
-fn open_store(spec: &str) -> Result<DynStore> {
+/// What `open` connects to: a PostgreSQL URL, or a redb file. Runs inside the runtime
+/// (sqlx needs tokio).
+async fn open_store(spec: &str) -> Result<DynStore> {
     let lower = spec.trim().to_ascii_lowercase();
     if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        return Err(Error::Invalid {
-            field: "path_or_url",
-            value: "postgres://...".into(),
-            reason: "this build of vrs has no PostgreSQL store".into(),
-        });
+        return Ok(Arc::new(PostgresStore::connect(spec.trim()).await?));
     }
     if spec.contains("://") {
         return Err(Error::Invalid {
@@ -87,6 +85,8 @@ fn open_store(spec: &str) -> Result<DynStore> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::storage(format!("creating {}", dir.display()), e))?;
     }
+    // redb blocks while it opens (and repairs) the file: this runs in `block_on` on the
+    // caller's thread (with the GIL released), never on an async worker.
     Ok(Arc::new(RedbStore::open(&path)?))
 }
 
@@ -128,11 +128,8 @@ pub fn open(
         Some(at) => Arc::new(FixedClock::new(instant(at)?)),
         None => Arc::new(SystemClock),
     };
-    let description = if spec.contains("://") { "postgres".to_owned() } else { spec.clone() };
-    let store = detached(py, || {
-        let _guard = runtime()?.enter();
-        open_store(&spec)
-    })?;
+    let description = if spec.contains("://") { redact_url(&spec) } else { spec.clone() };
+    let store = block_on(py, open_store(&spec))?;
     let registry = CoreRegistry::new(store, clock);
     Ok(PyRegistry { shared: Arc::new(Shared { registry: RwLock::new(Some(registry)), description }), actor })
 }

@@ -11,6 +11,8 @@ import os
 import pathlib
 
 import pytest
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 import vrs
 
@@ -26,8 +28,13 @@ _CODES = [
     if not row["code"].endswith("0006") and row["code"][2:5] != "000"
 ]
 _next_code = itertools.count(7)
+_next_schema = itertools.count(1)
 
 STORES = ["redb", "postgres"]
+
+# Hypothesis keeps its examples under target/, not in the source tree.
+settings.register_profile("vrs", database=DirectoryBasedExampleDatabase(str(REPO / "target" / "hypothesis")))
+settings.load_profile("vrs")
 
 
 def fresh_municipality() -> str:
@@ -43,7 +50,9 @@ def store(request, tmp_path) -> str:
     url = os.environ.get("DATABASE_URL")
     if not url:
         pytest.skip("DATABASE_URL is not set (scripts/test sets it and then this test must pass)")
-    return url
+    # A schema of its own per test: tests never see each other's data.
+    schema = f"vrs_py_{os.getpid()}_{next(_next_schema)}"
+    return f"{url}{'&' if '?' in url else '?'}schema={schema}"
 
 
 @pytest.fixture
