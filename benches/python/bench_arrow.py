@@ -1,0 +1,149 @@
+"""Doses and residents read from a vrs store as Arrow tables, beside pandas.read_csv of
+the same rows exported as CSV (UTF-8 and CP932), measured in the same run.
+
+Run by hand (the store is seeded by the Rust helper `py_seed`, which is not measured):
+
+    cargo build --release -p vrs-benches --bin py_seed
+    target/py-venv/bin/python benches/python/bench_arrow.py --rows 1000000 10000000
+
+Targets (issue 4): Arrow at least 1.5x faster than pandas.read_csv on UTF-8 and 3x faster
+than pandas.read_csv(encoding="cp932"); peak memory of building the table within 2x of
+the Arrow data size; strings as string_view, which polars takes without a copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+
+import vrs
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+MUNICIPALITY = "131016"
+
+
+def status_kib(field: str) -> int:
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak() -> None:
+    # Writing 5 to clear_refs resets VmHWM (Linux); ignored elsewhere.
+    try:
+        pathlib.Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def timed(f):
+    gc.collect()
+    t = time.perf_counter()
+    out = f()
+    return out, time.perf_counter() - t
+
+
+def line(name: str, rows: int, secs: float, base_name: str, base_secs: float, target: float) -> bool:
+    rate, base = rows / secs, rows / base_secs
+    ratio = base_secs / secs
+    ok = ratio >= target
+    print(
+        f"  {name:<34} {rate:>12,.0f} rows/s | {base_name:<34} {base:>12,.0f} rows/s | "
+        f"{ratio:5.2f}x (target >= {target:.1f}x) {'ok' if ok else 'BELOW TARGET'}"
+    )
+    return ok
+
+
+def transcode_cp932(src: pathlib.Path, dst: pathlib.Path) -> None:
+    with src.open("r", encoding="utf-8", newline="") as i, dst.open("w", encoding="cp932", newline="") as o:
+        while chunk := i.read(1 << 24):
+            o.write(chunk)
+
+
+def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path) -> bool:
+    store = work / f"bench-{rows}.redb"
+    if not store.exists():
+        _, secs = timed(lambda: subprocess.run([str(seeder), str(store), str(rows), MUNICIPALITY], check=True, capture_output=True))
+        print(f"  (seeded {rows:,} residents and doses in {secs:.0f} s; not measured)")
+    db = vrs.open(store, actor=vrs.Staff(MUNICIPALITY, user="bench"))
+    ok = True
+    for kind in ("doses", "residents"):
+        read = getattr(db, kind)
+        read()  # warm the page cache, as the CSV baselines are warm after being written
+        reset_peak()
+        rss0 = status_kib("VmRSS")
+        table, secs = timed(lambda: pa.table(read()))
+        peak_mib = (status_kib("VmHWM") - rss0) / 1024
+        data_mib = table.nbytes / 2**20
+        # The conversions alone, from a table already built: string_view is polars' own
+        # layout, so it takes the buffers as they are; the same data as large_string must
+        # be converted.
+        built = read()
+        _, pa_secs = timed(lambda: pa.table(built))
+        frame_pl, pl_secs = timed(lambda: pl.DataFrame(built))
+        assert frame_pl.height == rows == table.num_rows
+        del frame_pl
+        large = table.cast(pa.schema([f.with_type(pa.large_string()) if f.type == pa.string_view() else f for f in table.schema]))
+        frame_pl, pl_large_secs = timed(lambda: pl.from_arrow(large))
+        del frame_pl, large, built
+        csv_utf8 = work / f"{kind}-{rows}.csv"
+        csv_sjis = work / f"{kind}-{rows}-cp932.csv"
+        pl.from_arrow(table).write_csv(csv_utf8)  # the same rows, as CSV
+        transcode_cp932(csv_utf8, csv_sjis)
+        del table
+        pandas_df, pandas_secs = timed(lambda: pd.read_csv(csv_utf8))
+        zeros_lost = str(pandas_df["voucher_number"].dtype)
+        del pandas_df
+        _, sjis_secs = timed(lambda: pd.read_csv(csv_sjis, encoding="cp932"))
+        _, to_pandas_secs = timed(lambda: read().to_pandas())
+        print(f" {kind}: {rows:,} rows, Arrow data {data_mib:,.0f} MiB, CSV {csv_utf8.stat().st_size / 2**20:,.0f} MiB")
+        ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv (UTF-8)", pandas_secs, 1.5)
+        ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv(encoding=cp932)", sjis_secs, 3.0)
+        print(f"  pyarrow.table(t) of a built table    {pa_secs * 1000:9.1f} ms")
+        print(f"  polars.DataFrame(t), string_view     {pl_secs * 1000:9.1f} ms  (same data as large_string: {pl_large_secs * 1000:,.1f} ms)")
+        print(f"  {kind + '() -> .to_pandas()':<34} {rows / to_pandas_secs:>12,.0f} rows/s (strings to pandas' own)")
+        mem_ok = peak_mib <= 2 * data_mib
+        ok &= mem_ok
+        print(
+            f"  peak memory building the table      {peak_mib:>9,.0f} MiB vs Arrow data {data_mib:,.0f} MiB: "
+            f"{peak_mib / data_mib:4.2f}x (target <= 2x) {'ok' if mem_ok else 'ABOVE TARGET'}"
+        )
+        print(f"  pandas.read_csv reads voucher_number as {zeros_lost} (the Arrow path keeps the zeros as strings)")
+        csv_utf8.unlink()
+        csv_sjis.unlink()
+    db.close()
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--dir", type=pathlib.Path, default=None, help="where to keep stores and CSVs (default: a temp dir)")
+    parser.add_argument("--seeder", type=pathlib.Path, default=REPO / "target" / "release" / "py_seed")
+    args = parser.parse_args()
+    work = args.dir or pathlib.Path(tempfile.mkdtemp(prefix="vrs-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"vrs {vrs.__version__}, pyarrow {pa.__version__}, polars {pl.__version__}, pandas {pd.__version__}")
+    ok = True
+    try:
+        for rows in args.rows:
+            print(f"\n== {rows:,} rows")
+            ok &= bench(rows, work, args.seeder)
+    finally:
+        if args.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print("\nall targets met" if ok else "\nsome targets missed")
+
+
+if __name__ == "__main__":
+    main()

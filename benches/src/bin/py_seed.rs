@@ -1,0 +1,109 @@
+//! Seeds a redb store for the Python benchmark (benches/python/bench_arrow.py): N
+//! generated residents of one municipality and one matched dose each, written straight
+//! through the store in bulk change sets (the seeding is not what is measured).
+//!
+//! `py_seed STORE_FILE N [MUNICIPALITY]`
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use vrs_core::dose::{DoseDetails, DoseRecord, DoseVersion};
+use vrs_core::generate::{GenOptions, ResidentGenerator};
+use vrs_core::ids::{AccountId, DoseId, IdempotencyKey, MunicipalityCode, SiteId, VoucherRef};
+use vrs_core::import::ImportReport;
+use vrs_core::resident::Resident;
+use vrs_core::stats::{key_for, merge_deltas};
+use vrs_core::store::{ChangeSet, DynStore, ResidentSource};
+use vrs_core::vaccine::ProductCode;
+use vrs_store_redb::RedbStore;
+
+/// The generated residents, pulled in batches by the store's import.
+struct Generated {
+    generator: ResidentGenerator,
+    municipality: MunicipalityCode,
+    next: u64,
+    count: u64,
+}
+
+impl ResidentSource for Generated {
+    fn next_batch(&mut self, max: usize) -> vrs_core::Result<Option<Vec<Resident>>> {
+        if self.next >= self.count {
+            return Ok(None);
+        }
+        let end = (self.next + max as u64).min(self.count);
+        let batch =
+            (self.next..end).map(|i| self.generator.row(i)?.to_resident(self.municipality, b"")).collect::<vrs_core::Result<_>>()?;
+        self.next = end;
+        Ok(Some(batch))
+    }
+    fn may_commit(&self) -> bool {
+        true
+    }
+    fn into_report(self: Box<Self>) -> ImportReport {
+        ImportReport { rows_read: self.count, rows_valid: self.count, ..ImportReport::default() }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).expect("usage: py_seed STORE_FILE N [MUNICIPALITY]");
+    let count: u64 = args.get(2).and_then(|n| n.parse().ok()).expect("N");
+    let m = MunicipalityCode::parse(args.get(3).map(String::as_str).unwrap_or("131016")).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let store: DynStore = Arc::new(RedbStore::open(path).unwrap());
+    let options = GenOptions::new(m, count, 1);
+    let generator = ResidentGenerator::new(&options).unwrap();
+    let source = Generated { generator: generator.clone(), municipality: m, next: 0, count };
+    let (_, applied) = rt.block_on(store.import_residents(Box::new(source))).unwrap();
+    assert!(applied.committed);
+    let at = Utc.with_ymd_and_hms(2021, 6, 1, 0, 0, 0).unwrap();
+    let site = SiteId::parse("venue-1").unwrap();
+    let account = AccountId::parse("tablet-1").unwrap();
+    let mut cs = ChangeSet::default();
+    let mut counters = Vec::new();
+    let flush = |cs: &mut ChangeSet, counters: &mut Vec<_>| {
+        cs.counters = merge_deltas(std::mem::take(counters));
+        rt.block_on(store.apply(vec![std::mem::take(cs)])).unwrap();
+    };
+    for i in 0..count {
+        let resident = generator.row(i).unwrap().to_resident(m, b"").unwrap();
+        let key = IdempotencyKey::parse(&format!("seed-{i}")).unwrap();
+        let details = DoseDetails {
+            dose_number: 1,
+            date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap() + chrono::Duration::days((i % 60) as i64),
+            administering_municipality: m,
+            site: site.clone(),
+            site_name: "千代田区民会館".into(),
+            doctor: format!("医師{:02}", i % 40),
+            product: ProductCode::new("pfizer"),
+            maker: "ファイザー".into(),
+            lot: format!("FA{:04}", i % 10_000),
+            lot_expiry: None,
+        };
+        let record = DoseRecord {
+            id: DoseId::for_key(&key),
+            idempotency_key: key,
+            voucher: VoucherRef { municipality: m, number: resident.voucher },
+            ticket_kind: 1,
+            registered_at: at + chrono::Duration::seconds(i as i64),
+            registered_by: account.clone(),
+            matched: Some(resident.person.clone()),
+            versions: vec![DoseVersion { version: 1, details, voided: false, recorded_at: at, recorded_by: "bench".into(), reason: None }],
+            revision: 1,
+            seq: 0,
+        };
+        if let Some(k) = key_for(&record, Some(&resident)) {
+            counters.push((k, 1));
+        }
+        cs.new_doses.push(record);
+        if cs.new_doses.len() >= 50_000 {
+            flush(&mut cs, &mut counters);
+        }
+    }
+    if !cs.new_doses.is_empty() {
+        flush(&mut cs, &mut counters);
+    }
+    println!("seeded {count} residents and {count} doses of {m} into {path}");
+}
