@@ -38,8 +38,9 @@ pub const BATCH_ROWS: usize = 1 << 16;
 /// The time zone of timestamp columns.
 pub const TIME_ZONE: &str = "Asia/Tokyo";
 
-/// An Arrow table returned by vrs: hand it to `pyarrow.table()`, `polars.from_arrow()`
-/// or `polars.DataFrame()`; nothing is copied row by row.
+/// An Arrow table returned by vrs: hand it to `pyarrow.table()` or `polars.DataFrame()`
+/// (polars 2's `polars.from_arrow()` makes a struct Series of it: `.struct.unnest()`);
+/// nothing is copied row by row.
 #[pyclass(module = "vrs", name = "Table", frozen)]
 pub struct Table {
     schema: SchemaRef,

@@ -465,8 +465,8 @@ impl PyRegistry {
     /// voucher_number, ticket_kind, dose_number, date_given (date32), registered_at
     /// (timestamp[us, Asia/Tokyo]), registered_by, administering_municipality, site_id,
     /// site_name, doctor, product, maker, lot, lot_expiry (date32), resident_municipality,
-    /// addressee_number,
-    /// voided, version, updated_at, seq. Codes are strings (leading zeros kept).
+    /// addressee_number, voided, version, updated_at, seq. Codes are strings (leading
+    /// zeros kept).
     ///
     /// Raises `PermissionDenied` for anyone but the municipality's staff.
     #[pyo3(signature = (municipality = None, *, since = None))]

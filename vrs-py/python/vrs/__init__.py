@@ -8,7 +8,7 @@ pyarrow, polars or pandas without copying row by row::
     db = vrs.open("vrs-data/vrs.redb", actor=vrs.Staff("131016", user="suzuki"))
     report = db.import_residents("chiyoda.csv")          # UTF-8 or Shift_JIS, detected
     doses = db.doses()                                   # a vrs.Table (Arrow)
-    df = polars.from_arrow(doses)                        # or pyarrow.table(doses)
+    df = polars.DataFrame(doses)                         # or pyarrow.table(doses)
 
 Every error is a :class:`VrsError`: :class:`InvalidInput` (with ``line``/``column``
 where there is one; :class:`ImportRejected` and :class:`DoseRejected` are kinds of it),

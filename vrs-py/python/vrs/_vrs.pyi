@@ -243,8 +243,9 @@ class Account:
 class Table:
     """An Arrow table (Arrow PyCapsule interface).
 
-    Pass it to ``pyarrow.table()``, ``polars.DataFrame()`` or ``polars.from_arrow()``;
-    the buffers are shared, not copied row by row. Codes are strings (leading zeros kept),
+    Pass it to ``pyarrow.table()`` or ``polars.DataFrame()`` (polars 2's
+    ``polars.from_arrow()`` makes a struct Series of it: ``.struct.unnest()``); the buffers
+    are shared, not copied row by row. Codes are strings (leading zeros kept),
     strings are ``string_view``, dates ``date32``, instants ``timestamp[us, tz=Asia/Tokyo]``.
     """
 
