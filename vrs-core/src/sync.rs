@@ -28,8 +28,8 @@
 //!
 //! # Applying it ([`Registry::apply_sync_batch`])
 //!
-//! Registrations go through [`Registry::register_batch`] in one commit: a key already used
-//! replays the first result. A change names the version it creates: when the dose already has
+//! Registrations go through [`Registry::register_batch`], a durable commit per 500: a key
+//! already used replays the first result. A change names the version it creates: when the dose already has
 //! that version, written by this account with the same reason, it is a replay; when it has the
 //! version before, the change is applied through [`Registry::correct`] / [`Registry::void`];
 //! when an earlier change has not arrived yet, the entry is to be retried. A change that cannot
@@ -44,6 +44,8 @@
 //! `rejected` (refused at input: nothing stored; the tablet shows why), `conflict` (in the
 //! review queue) or `retry` (send it again later). Every status but `retry` is final
 //! ([`EntryStatus::is_final`]): the tablet may forget the entry once acknowledged.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -62,6 +64,9 @@ pub const BATCH_FORMAT: &str = "vrs.sync.batch";
 pub const REPLY_FORMAT: &str = "vrs.sync.reply";
 /// The version of both formats this code writes and reads.
 pub const SYNC_VERSION: u32 = 1;
+
+/// Registrations of a batch committed together.
+const REGISTRATION_CHUNK: usize = 500;
 
 /// A batch of what a tablet recorded, in the order it recorded it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,20 +362,24 @@ impl Registry {
         // Registrations, in one commit; a key repeated within the batch is one registration.
         let mut regs: Vec<DoseRegistration> = Vec::new();
         let mut reg_of_entry: Vec<(usize, usize)> = Vec::new();
+        let mut by_key: HashMap<&IdempotencyKey, usize> = HashMap::new();
         for (at, entry) in batch.entries.iter().enumerate() {
             if let SyncChange::Register { registration } = &entry.change {
-                let index = match regs.iter().position(|r| r.idempotency_key == registration.idempotency_key) {
-                    Some(i) => i,
-                    None => {
-                        regs.push(registration.clone());
-                        regs.len() - 1
-                    }
-                };
+                let index = *by_key.entry(&registration.idempotency_key).or_insert_with(|| {
+                    regs.push(registration.clone());
+                    regs.len() - 1
+                });
                 reg_of_entry.push((at, index));
             }
         }
         if !regs.is_empty() {
-            let results = self.register_batch(actor, &regs).await?;
+            // In chunks: each is one durable commit, and the batch's in-memory overlay of
+            // what it registered stays small. A crash between chunks is harmless: the
+            // tablet sends the batch again and what was committed replays.
+            let mut results = Vec::with_capacity(regs.len());
+            for chunk in regs.chunks(REGISTRATION_CHUNK) {
+                results.extend(self.register_batch(actor, chunk).await?);
+            }
             for (at, index) in reg_of_entry {
                 let entry_id = &batch.entries[at].entry_id;
                 replies[at] = Some(match results.get(index) {

@@ -44,7 +44,6 @@
 //! assert_eq!(c.mismatches, vec![14]);
 //! ```
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use serde::Serialize;
@@ -347,43 +346,91 @@ fn codabar_digits(text: &str) -> Option<String> {
 
 // ---- municipality repair --------------------------------------------------------------------
 
-fn code_from(b: &[u8; 6]) -> Option<MunicipalityCode> {
-    std::str::from_utf8(b).ok().and_then(|s| MunicipalityCode::parse(s).ok())
+/// The shipped list indexed for reading: a slot per five leading digits (the sixth is their
+/// check digit), so that "is this a real code" is an array look-up, and for every real code
+/// the other real codes one digit away, precomputed.
+struct Index {
+    /// `slot[first five digits]`: 1 + the entry's position, or 0 for no real municipality.
+    slot: Vec<u16>,
+    entries: Vec<Entry>,
 }
 
-/// Real municipalities whose code differs from `read` in exactly one digit (and passes the
-/// check digit, as every real code does).
-fn known_neighbours(read: &[u8; 6]) -> Vec<MunicipalityCode> {
-    let mut out = Vec::new();
-    for pos in 0..6 {
-        for d in b'0'..=b'9' {
-            if d == read[pos] {
-                continue;
+struct Entry {
+    code: MunicipalityCode,
+    neighbours: Vec<MunicipalityCode>,
+}
+
+fn first_five(b: &[u8; 6]) -> usize {
+    b[..5].iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'))
+}
+
+/// The code if `b` passes the prefecture and check digit rules.
+fn valid(b: &[u8; 6]) -> bool {
+    let pref = (b[0] - b'0') * 10 + (b[1] - b'0');
+    (1..=47).contains(&pref) && MunicipalityCode::check_digit(b) == b[5] - b'0'
+}
+
+impl Index {
+    fn get() -> &'static Index {
+        static INDEX: OnceLock<Index> = OnceLock::new();
+        INDEX.get_or_init(|| {
+            let all = crate::municipalities::all();
+            let mut slot = vec![0u16; 100_000];
+            for (i, m) in all.iter().enumerate() {
+                let b: [u8; 6] = m.code.as_str().as_bytes().try_into().unwrap_or([b'0'; 6]);
+                slot[first_five(&b)] = u16::try_from(i + 1).unwrap_or(0);
             }
-            let mut b = *read;
-            b[pos] = d;
-            if let Some(code) = code_from(&b).filter(MunicipalityCode::is_known) {
-                out.push(code);
+            let mut index = Index { slot, entries: Vec::with_capacity(all.len()) };
+            let neighbours: Vec<Vec<MunicipalityCode>> = all
+                .iter()
+                .map(|m| {
+                    let b: [u8; 6] = m.code.as_str().as_bytes().try_into().unwrap_or([b'0'; 6]);
+                    index.known_neighbours(&b)
+                })
+                .collect();
+            index.entries = all.iter().zip(neighbours).map(|(m, neighbours)| Entry { code: m.code, neighbours }).collect();
+            index
+        })
+    }
+
+    /// The real municipality with exactly these digits.
+    fn known(&self, b: &[u8; 6]) -> Option<MunicipalityCode> {
+        if !b.iter().all(u8::is_ascii_digit) || !valid(b) {
+            return None;
+        }
+        let at = usize::from(self.slot[first_five(b)]);
+        let code = if self.entries.is_empty() {
+            // While the index itself is being built: every slotted code is real.
+            std::str::from_utf8(b).ok().and_then(|s| MunicipalityCode::parse(s).ok())
+        } else {
+            self.entries.get(at.checked_sub(1)?).map(|e| e.code)
+        };
+        (at > 0).then_some(code).flatten()
+    }
+
+    /// Real municipalities whose code differs from `read` in exactly one digit. Only the
+    /// changes that keep the check digit valid are looked up.
+    fn known_neighbours(&self, read: &[u8; 6]) -> Vec<MunicipalityCode> {
+        let mut out = Vec::new();
+        for pos in 0..6 {
+            for d in b'0'..=b'9' {
+                if d == read[pos] {
+                    continue;
+                }
+                let mut b = *read;
+                b[pos] = d;
+                if let Some(code) = self.known(&b) {
+                    out.push(code);
+                }
             }
         }
+        out
     }
-    out
-}
 
-/// For every real code, the other real codes one digit away: precomputed once, so that the
-/// common case (a clean line) costs one lookup.
-fn neighbour_index() -> &'static HashMap<MunicipalityCode, Vec<MunicipalityCode>> {
-    static INDEX: OnceLock<HashMap<MunicipalityCode, Vec<MunicipalityCode>>> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        crate::municipalities::all()
-            .into_iter()
-            .filter_map(|m| {
-                let b: [u8; 6] = m.code.as_str().as_bytes().try_into().ok()?;
-                let near = known_neighbours(&b);
-                (!near.is_empty()).then_some((m.code, near))
-            })
-            .collect()
-    })
+    fn neighbours_of(&self, b: &[u8; 6]) -> &[MunicipalityCode] {
+        let at = usize::from(self.slot[first_five(b)]);
+        at.checked_sub(1).and_then(|i| self.entries.get(i)).map(|e| e.neighbours.as_slice()).unwrap_or(&[])
+    }
 }
 
 fn candidates(codes: &[MunicipalityCode]) -> Vec<MunicipalityCandidate> {
@@ -395,26 +442,25 @@ type Repair = (usize, u8, u8);
 
 /// Resolves the municipality digits: accepted as read, repaired, or refused.
 fn resolve_municipality(read: &[u8; 6]) -> Result<(MunicipalityCode, Option<Repair>, Vec<MunicipalityCandidate>)> {
-    let read_text = || String::from_utf8_lossy(read).into_owned();
-    match code_from(read) {
-        Some(code) if code.is_known() => {
-            let alternatives = neighbour_index().get(&code).map(|near| candidates(near)).unwrap_or_default();
-            Ok((code, None, alternatives))
-        }
-        valid => {
-            let near = known_neighbours(read);
-            if let [only] = near.as_slice() {
-                let b = only.as_str().as_bytes();
-                let pos = (0..6).find(|&i| b[i] != read[i]).unwrap_or(0);
-                return Ok((*only, Some((pos, read[pos] - b'0', b[pos] - b'0')), Vec::new()));
-            }
-            let problem = match valid {
-                Some(_) => ScanProblem::UnknownMunicipality { code: read_text(), candidates: candidates(&near) },
-                None => ScanProblem::BadMunicipalityCode { read: read_text(), candidates: candidates(&near) },
-            };
-            Err(problem.into())
-        }
+    let index = Index::get();
+    if let Some(code) = index.known(read) {
+        let near = index.neighbours_of(read);
+        let alternatives = if near.is_empty() { Vec::new() } else { candidates(near) };
+        return Ok((code, None, alternatives));
     }
+    let near = index.known_neighbours(read);
+    if let [only] = near.as_slice() {
+        let b = only.as_str().as_bytes();
+        let pos = (0..6).find(|&i| b[i] != read[i]).unwrap_or(0);
+        return Ok((*only, Some((pos, read[pos] - b'0', b[pos] - b'0')), Vec::new()));
+    }
+    let read_text = String::from_utf8_lossy(read).into_owned();
+    let problem = if valid(read) {
+        ScanProblem::UnknownMunicipality { code: read_text, candidates: candidates(&near) }
+    } else {
+        ScanProblem::BadMunicipalityCode { read: read_text, candidates: candidates(&near) }
+    };
+    Err(problem.into())
 }
 
 fn reading_from(run: &Run) -> Result<VoucherReading> {
