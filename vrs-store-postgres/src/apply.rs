@@ -18,8 +18,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::NaiveDate;
-use sqlx::postgres::PgArguments;
-use sqlx::{Arguments, PgPool, Row};
+use sqlx::postgres::{PgArguments, PgConnection};
+use sqlx::{Arguments, Connection, Row};
 use vrs_core::access::TabletAccount;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::{Finding, FindingKind};
@@ -29,6 +29,7 @@ use vrs_core::store::{AuditEvent, ChangeSet, DoseSlot};
 use vrs_core::{Error, Result};
 
 use crate::codec::{age_band_code, kind_code, municipality_number, sex_code};
+use crate::conn::{Conns, Lease};
 use crate::error::{db, storage_message};
 
 /// The first key of the advisory locks that order dose writes per municipality (the second
@@ -433,51 +434,55 @@ fn statement(net: &Net, slots: &[SlotBatch]) -> Result<(Stmt, bool)> {
 }
 
 /// The highest sequence number given so far (0 before the first).
-async fn last_seq(pool: &PgPool) -> Result<u64> {
-    let row = sqlx::query("SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS seq FROM dose_seq")
-        .fetch_one(pool)
-        .await
-        .map_err(db("reading the dose sequence"))?;
-    let seq: i64 = row.try_get("seq").map_err(db("reading the dose sequence"))?;
+async fn last_seq(c: &mut Lease<'_>) -> Result<u64> {
+    let row = sqlx::query("SELECT CASE WHEN is_called THEN last_value ELSE 0 END AS seq FROM dose_seq").fetch_one(&mut **c).await;
+    let seq: i64 = c.check(row.and_then(|r| r.try_get("seq"))).map_err(db("reading the dose sequence"))?;
     Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// Runs the statement, then each slot batch after it, in one transaction.
+async fn in_transaction(conn: &mut PgConnection, stmt: Option<(String, PgArguments)>, batches: &[SlotBatch]) -> sqlx::Result<Option<i64>> {
+    let mut tx = conn.begin().await?;
+    let mut seq = None;
+    if let Some((sql, args)) = stmt {
+        seq = sqlx::query_with(&sql, args).fetch_one(&mut *tx).await?.try_get::<Option<i64>, _>("seq")?;
+    }
+    for batch in batches {
+        let mut s = Stmt::new();
+        add_slots(&mut s, batch, "sl").map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let (sql, args) = s.finish(false);
+        sqlx::query_with(&sql, args).fetch_one(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(seq)
 }
 
 /// Applies change sets all or nothing; returns the highest sequence number given (or the
 /// last one given before, when no dose was written).
-pub(crate) async fn apply(pool: &PgPool, changes: Vec<ChangeSet>) -> Result<u64> {
+pub(crate) async fn apply(conns: &Conns, changes: Vec<ChangeSet>) -> Result<u64> {
     let mut net = Net::fold(changes)?;
     let one_statement = net.slots_fit_one_statement();
     let slots = std::mem::take(&mut net.slots);
     let (inline, separate): (&[SlotBatch], &[SlotBatch]) = if one_statement { (&slots, &[]) } else { (&[], &slots) };
     let (stmt, has_seq) = statement(&net, inline)?;
+    let mut c = conns.get().await?;
     if stmt.is_empty() && separate.is_empty() {
-        return last_seq(pool).await;
+        return last_seq(&mut c).await;
     }
     let seq = if separate.is_empty() {
+        // One statement: its own transaction, one round trip.
         let (sql, args) = stmt.finish(has_seq);
-        let row = sqlx::query_with(&sql, args).fetch_one(pool).await.map_err(db("applying a change set"))?;
-        row.try_get::<Option<i64>, _>("seq").map_err(db("applying a change set"))?
+        let row = sqlx::query_with(&sql, args).fetch_one(&mut *c).await;
+        c.check(row.and_then(|r| r.try_get::<Option<i64>, _>("seq"))).map_err(db("applying a change set"))?
     } else {
         // Slot operations that touch a slot twice go one statement each, in order, in one
         // transaction with the rest.
-        let mut tx = pool.begin().await.map_err(db("starting a transaction"))?;
-        let mut seq = None;
-        if !stmt.is_empty() {
-            let (sql, args) = stmt.finish(has_seq);
-            let row = sqlx::query_with(&sql, args).fetch_one(&mut *tx).await.map_err(db("applying a change set"))?;
-            seq = row.try_get::<Option<i64>, _>("seq").map_err(db("applying a change set"))?;
-        }
-        for batch in separate {
-            let mut s = Stmt::new();
-            add_slots(&mut s, batch, "sl")?;
-            let (sql, args) = s.finish(false);
-            sqlx::query_with(&sql, args).fetch_one(&mut *tx).await.map_err(db("applying slot claims"))?;
-        }
-        tx.commit().await.map_err(db("committing a change set"))?;
-        seq
+        let stmt = (!stmt.is_empty()).then(|| stmt.finish(has_seq));
+        let applied = in_transaction(&mut c, stmt, separate).await;
+        c.check(applied).map_err(db("applying a change set"))?
     };
     match seq {
         Some(s) => u64::try_from(s).map_err(|_| storage_message(format!("sequence number {s} is negative"))),
-        None => last_seq(pool).await,
+        None => last_seq(&mut c).await,
     }
 }

@@ -6,13 +6,15 @@
 
 use std::collections::HashSet;
 
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
-use vrs_core::Result;
 use vrs_core::resident::Resident;
 use vrs_core::store::{ImportApplied, ResidentSource};
+use vrs_core::{Error, Result};
 
 use crate::codec::{STAGING_COLUMNS, copy_resident, municipality_number};
+use crate::conn::{Conns, leaves_connection_usable};
 use crate::error::{db, map, storage_message};
 
 /// Residents asked from the source at a time.
@@ -109,8 +111,20 @@ fn produce(source: &mut dyn ResidentSource, out: &mpsc::Sender<Vec<u8>>) -> Resu
 }
 
 /// Applies an import atomically (see the module documentation).
-pub(crate) async fn import(pool: &PgPool, mut source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
-    let mut tx = pool.begin().await.map_err(db("starting an import"))?;
+pub(crate) async fn import(conns: &Conns, source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
+    let mut c = conns.get().await?;
+    let result = import_on(&mut c, source).await;
+    // Errors of the server or the source leave the connection usable (the transaction
+    // rolls back before its next use); a lost connection is not put back.
+    match &result {
+        Err(Error::Storage { source: Some(e), .. }) if e.downcast_ref::<sqlx::Error>().is_some_and(|e| !leaves_connection_usable(e)) => {}
+        _ => c.done(),
+    }
+    result
+}
+
+async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
+    let mut tx = conn.begin().await.map_err(db("starting an import"))?;
     sqlx::query(CREATE_STAGING).execute(&mut *tx).await.map_err(db("creating the import's staging table"))?;
     let import_id: i64 = sqlx::query("SELECT nextval('import_seq') AS id")
         .fetch_one(&mut *tx)

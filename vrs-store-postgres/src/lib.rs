@@ -36,17 +36,18 @@
 
 mod apply;
 mod codec;
+mod conn;
 mod error;
 mod import;
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{Connection, PgPool, Row};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgRow};
 use vrs_core::access::TabletAccount;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
@@ -58,6 +59,7 @@ use vrs_core::vaccine::ProductCode;
 use vrs_core::{Error, Result};
 
 use crate::codec::{RESIDENT_COLUMNS, addressee_len, col, record};
+use crate::conn::Conns;
 use crate::error::{db, map, storage_message};
 
 /// Rows fetched from a scan's cursor at a time.
@@ -131,12 +133,15 @@ impl Default for Options {
     }
 }
 
-/// The PostgreSQL store. Cheap to clone (the pool is shared); `Send + Sync`.
+/// The PostgreSQL store. Cheap to clone (the connections are shared); `Send + Sync`.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    conns: Arc<Conns>,
     layout: Layout,
 }
+
+/// A query with its arguments bound.
+type Query<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -244,9 +249,8 @@ impl PostgresStore {
     /// [`Options::schema`] is `None`.
     pub async fn connect_with(url: &str, options: Options) -> Result<Self> {
         let (connect, schema) = connect_options(url, &options)?;
-        // One connection first: a server that cannot be reached fails here at once (the
-        // pool would retry until its timeout), and the schema must exist before
-        // `search_path` can put tables in it.
+        // One connection to set up: the schema must exist before `search_path` can put
+        // tables in it, and the migrations run before the store is used.
         let mut conn = sqlx::PgConnection::connect_with(&connect).await.map_err(|e| unreachable(url, e))?;
         if let Some(schema) = &schema {
             sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
@@ -254,17 +258,12 @@ impl PostgresStore {
                 .await
                 .map_err(db("creating the store's schema"))?;
         }
+        let layout = if options.migrate { migrate(&mut conn, options.layout).await? } else { existing_layout(&mut conn).await? };
         let _ = conn.close().await;
-        let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(connect)
-            .await
-            .map_err(|e| unreachable(url, e))?;
-        let layout = if options.migrate { migrate_pool(&pool, options.layout).await? } else { existing_layout(&pool).await? };
+        let conns = Arc::new(Conns::new(connect, options.max_connections, redact_url(url)));
         match (layout, options.layout) {
-            (Some(layout), None) => Ok(Self { pool, layout }),
-            (Some(layout), Some(wanted)) if layout == wanted => Ok(Self { pool, layout }),
+            (Some(layout), None) => Ok(Self { conns, layout }),
+            (Some(layout), Some(wanted)) if layout == wanted => Ok(Self { conns, layout }),
             (Some(layout), Some(wanted)) => Err(storage_message(format!(
                 "the schema has the {layout} layout, not the {wanted} one asked for: use a schema of its own for each layout"
             ))),
@@ -300,7 +299,7 @@ impl PostgresStore {
     /// same; this is `vrs migrate`.
     pub async fn migrate(url: &str, options: Options) -> Result<Layout> {
         let store = Self::connect_with(url, Options { migrate: true, max_connections: 1, ..options }).await?;
-        store.pool.close().await;
+        store.close().await;
         Ok(store.layout)
     }
 
@@ -309,35 +308,45 @@ impl PostgresStore {
         self.layout
     }
 
-    /// The connection pool, for operations outside the store's trait (administration,
-    /// monitoring, benchmarks). Writing to the store's tables behind its back voids its
-    /// guarantees.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// Closes the store's connections; calls made afterwards fail.
+    pub async fn close(&self) {
+        self.conns.close().await;
     }
 
-    /// Closes every connection of the pool.
-    pub async fn close(&self) {
-        self.pool.close().await;
+    /// Runs one query on a connection of the store and returns its rows.
+    async fn fetch_all(&self, what: &'static str, query: Query<'_>) -> Result<Vec<PgRow>> {
+        let mut c = self.conns.get().await?;
+        let rows = query.fetch_all(&mut *c).await;
+        c.check(rows).map_err(db(what))
+    }
+
+    /// Runs one query on a connection of the store and returns its row, if any.
+    async fn fetch_optional(&self, what: &'static str, query: Query<'_>) -> Result<Option<PgRow>> {
+        let mut c = self.conns.get().await?;
+        let row = query.fetch_optional(&mut *c).await;
+        c.check(row).map_err(db(what))
+    }
+
+    /// Runs one query on a connection of the store and returns its one row.
+    async fn fetch_one(&self, what: &'static str, query: Query<'_>) -> Result<PgRow> {
+        let mut c = self.conns.get().await?;
+        let row = query.fetch_one(&mut *c).await;
+        c.check(row).map_err(db(what))
     }
 
     /// Checks the schema: every migration this build knows is applied, and the dose id
     /// index matches the doses.
     pub async fn check(&self) -> Result<CheckReport> {
         let migrator = self.layout.migrator();
-        let applied: i64 = sqlx::query("SELECT count(*) AS n FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pool)
-            .await
-            .and_then(|r| r.try_get("n"))
-            .map_err(db("reading the applied migrations"))?;
-        let orphans: i64 = sqlx::query(
+        let row = self
+            .fetch_one("reading the applied migrations", sqlx::query("SELECT count(*) AS n FROM _sqlx_migrations WHERE success"))
+            .await?;
+        let applied: i64 = col(&row, "n")?;
+        let query = sqlx::query(
             "SELECT (SELECT count(*) FROM doses AS d WHERE NOT EXISTS (SELECT 1 FROM dose_ids AS k WHERE k.id = d.id AND k.municipality = d.municipality))
                   + (SELECT count(*) FROM dose_ids AS k WHERE NOT EXISTS (SELECT 1 FROM doses AS d WHERE d.id = k.id AND d.municipality = k.municipality)) AS n",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .and_then(|r| r.try_get("n"))
-        .map_err(db("checking the dose id index"))?;
+        );
+        let orphans: i64 = col(&self.fetch_one("checking the dose id index", query).await?, "n")?;
         Ok(CheckReport {
             layout: self.layout,
             migrations_applied: usize::try_from(applied).unwrap_or(0),
@@ -351,12 +360,13 @@ impl PostgresStore {
     async fn scan<T>(
         &self,
         what: &'static str,
-        select: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        select: Query<'_>,
         decode: impl Fn(&PgRow) -> Result<T> + Send,
         visit: Visit<'_, T>,
         mut seen: impl FnMut(&T) + Send,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(db(what))?;
+        let mut c = self.conns.get().await?;
+        let mut tx = c.begin().await.map_err(db(what))?;
         select.persistent(false).execute(&mut *tx).await.map_err(db(what))?;
         loop {
             // Not a prepared statement: its columns are those of whichever cursor is open.
@@ -364,13 +374,16 @@ impl PostgresStore {
             for row in &rows {
                 let value = decode(row)?;
                 seen(&value);
+                // A visitor's error ends the scan; the transaction rolls back (which closes
+                // the cursor) before the connection's next use.
                 visit(value)?;
             }
             if rows.len() < SCAN_CHUNK {
                 break;
             }
         }
-        tx.commit().await.map_err(db(what))
+        let committed = tx.commit().await;
+        c.check(committed).map_err(db(what))
     }
 
     /// The highest sequence number of `m`'s dose writes that is certainly committed: taken
@@ -382,30 +395,17 @@ impl PostgresStore {
              SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM dose_seq WHERE l.x IS NOT NULL) AS bound FROM l",
         )
         .bind(apply::LOCK_SPACE)
-        .bind(codec::municipality_number(m))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db("waiting for dose writes in flight"))?;
-        let bound: i64 = col(&row, "bound")?;
+        .bind(codec::municipality_number(m));
+        let bound: i64 = col(&self.fetch_one("waiting for dose writes in flight", row).await?, "bound")?;
         Ok(u64::try_from(bound).unwrap_or(0))
     }
 
-    async fn doses_where(
-        &self,
-        what: &'static str,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<Vec<DoseRecord>> {
-        let rows = query.fetch_all(&self.pool).await.map_err(db(what))?;
-        rows.iter().map(codec::dose).collect()
+    async fn doses_where(&self, what: &'static str, query: Query<'_>) -> Result<Vec<DoseRecord>> {
+        self.fetch_all(what, query).await?.iter().map(codec::dose).collect()
     }
 
-    async fn residents_where(
-        &self,
-        what: &'static str,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<Vec<Resident>> {
-        let rows = query.fetch_all(&self.pool).await.map_err(db(what))?;
-        rows.iter().map(codec::resident).collect()
+    async fn residents_where(&self, what: &'static str, query: Query<'_>) -> Result<Vec<Resident>> {
+        self.fetch_all(what, query).await?.iter().map(codec::resident).collect()
     }
 }
 
@@ -424,14 +424,16 @@ fn unreachable(url: &str, e: sqlx::Error) -> Error {
 }
 
 /// The layout recorded in the schema, if it is migrated.
-async fn existing_layout(pool: &PgPool) -> Result<Option<Layout>> {
-    let row =
-        sqlx::query("SELECT to_regclass('vrs_meta') IS NOT NULL AS migrated").fetch_one(pool).await.map_err(db("reading the schema"))?;
+async fn existing_layout(conn: &mut PgConnection) -> Result<Option<Layout>> {
+    let row = sqlx::query("SELECT to_regclass('vrs_meta') IS NOT NULL AS migrated")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db("reading the schema"))?;
     if !col::<bool>(&row, "migrated")? {
         return Ok(None);
     }
     let value: Option<String> = sqlx::query("SELECT value FROM vrs_meta WHERE name = 'layout'")
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db("reading the schema's layout"))?
         .map(|r| col(&r, "value"))
@@ -443,15 +445,15 @@ async fn existing_layout(pool: &PgPool) -> Result<Option<Layout>> {
 }
 
 /// Applies pending migrations of the schema's layout (or `wanted` for an empty schema).
-async fn migrate_pool(pool: &PgPool, wanted: Option<Layout>) -> Result<Option<Layout>> {
-    let layout = match existing_layout(pool).await? {
+async fn migrate(conn: &mut PgConnection, wanted: Option<Layout>) -> Result<Option<Layout>> {
+    let layout = match existing_layout(conn).await? {
         Some(existing) => existing,
         None => wanted.unwrap_or(Layout::Plain),
     };
     if wanted.is_some_and(|w| w != layout) {
         return Ok(Some(layout));
     }
-    layout.migrator().run(pool).await.map_err(|e| match e {
+    layout.migrator().run(&mut *conn).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(inner) => map("applying the store's migrations", inner),
         other => Error::storage(format!("applying the store's migrations ({layout} layout)"), other),
     })?;
@@ -462,13 +464,9 @@ async fn migrate_pool(pool: &PgPool, wanted: Option<Layout>) -> Result<Option<La
 impl StoreBackend for PostgresStore {
     async fn resident(&self, person: &PersonRef) -> Result<Option<Resident>> {
         let sql = format!("SELECT {RESIDENT_COLUMNS} FROM residents WHERE municipality = $1 AND addressee_len = $2 AND addressee = $3");
-        let row = sqlx::query(&sql)
-            .bind(person.municipality.as_str())
-            .bind(addressee_len(&person.addressee))
-            .bind(person.addressee.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("reading a resident"))?;
+        let query =
+            sqlx::query(&sql).bind(person.municipality.as_str()).bind(addressee_len(&person.addressee)).bind(person.addressee.as_str());
+        let row = self.fetch_optional("reading a resident", query).await?;
         row.as_ref().map(codec::resident).transpose()
     }
 
@@ -478,12 +476,8 @@ impl StoreBackend for PostgresStore {
             "SELECT {RESIDENT_COLUMNS} FROM residents WHERE municipality = $1 AND voucher = $2
              ORDER BY voucher_import DESC, addressee_len DESC, addressee DESC LIMIT 1"
         );
-        let row = sqlx::query(&sql)
-            .bind(voucher.municipality.as_str())
-            .bind(voucher.number.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("reading a resident by voucher"))?;
+        let query = sqlx::query(&sql).bind(voucher.municipality.as_str()).bind(voucher.number.as_str());
+        let row = self.fetch_optional("reading a resident by voucher", query).await?;
         row.as_ref().map(codec::resident).transpose()
     }
 
@@ -516,17 +510,15 @@ impl StoreBackend for PostgresStore {
     }
 
     async fn import_residents(&self, source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
-        import::import(&self.pool, source).await
+        import::import(&self.conns, source).await
     }
 
     async fn dose(&self, id: DoseId) -> Result<Option<DoseRecord>> {
-        let row = sqlx::query(
+        let query = sqlx::query(
             "SELECT d.record, d.seq FROM dose_ids AS k JOIN doses AS d ON d.municipality = k.municipality AND d.id = k.id WHERE k.id = $1",
         )
-        .bind(id.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db("reading a dose"))?;
+        .bind(id.as_bytes().as_slice());
+        let row = self.fetch_optional("reading a dose", query).await?;
         row.as_ref().map(codec::dose).transpose()
     }
 
@@ -586,56 +578,46 @@ impl StoreBackend for PostgresStore {
         } else {
             "SELECT record FROM findings WHERE municipality = $1 ORDER BY open DESC, dose, kind"
         };
-        let rows = sqlx::query(sql).bind(municipality.as_str()).fetch_all(&self.pool).await.map_err(db("reading findings"))?;
+        let rows = self.fetch_all("reading findings", sqlx::query(sql).bind(municipality.as_str())).await?;
         rows.iter().map(|r| record(r, "record")).collect()
     }
 
     async fn findings_for_dose(&self, dose: DoseId) -> Result<Vec<Finding>> {
-        let rows = sqlx::query("SELECT record FROM findings WHERE dose = $1 ORDER BY kind")
-            .bind(dose.as_bytes().as_slice())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading a dose's findings"))?;
+        let query = sqlx::query("SELECT record FROM findings WHERE dose = $1 ORDER BY kind").bind(dose.as_bytes().as_slice());
+        let rows = self.fetch_all("reading a dose's findings", query).await?;
         rows.iter().map(|r| record(r, "record")).collect()
     }
 
     async fn account(&self, id: &AccountId) -> Result<Option<TabletAccount>> {
-        let row = sqlx::query("SELECT record FROM accounts WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("reading an account"))?;
+        let row =
+            self.fetch_optional("reading an account", sqlx::query("SELECT record FROM accounts WHERE id = $1").bind(id.as_str())).await?;
         row.as_ref().map(|r| record(r, "record")).transpose()
     }
 
     async fn accounts(&self, municipality: MunicipalityCode) -> Result<Vec<TabletAccount>> {
-        let rows = sqlx::query("SELECT record FROM accounts WHERE municipality = $1 ORDER BY id")
-            .bind(municipality.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading accounts"))?;
+        let query = sqlx::query("SELECT record FROM accounts WHERE municipality = $1 ORDER BY id").bind(municipality.as_str());
+        let rows = self.fetch_all("reading accounts", query).await?;
         rows.iter().map(|r| record(r, "record")).collect()
     }
 
     async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>> {
         const COLUMNS: &str = "SELECT municipality, day, dose_number, sex, age_band, product, count FROM counters WHERE count > 0";
-        let rows = match query {
-            StatsQuery::National => sqlx::query(COLUMNS).fetch_all(&self.pool).await,
+        const PREFECTURE: &str = "SELECT municipality, day, dose_number, sex, age_band, product, count FROM counters
+            WHERE count > 0 AND municipality >= $1 AND municipality < $2";
+        const MUNICIPALITY: &str =
+            "SELECT municipality, day, dose_number, sex, age_band, product, count FROM counters WHERE count > 0 AND municipality = $1";
+        let (low, high);
+        let query = match query {
+            StatsQuery::National => sqlx::query(COLUMNS),
             StatsQuery::Prefecture(p) => {
                 // Codes of a prefecture sort between "PP" and "PP" + 1.
-                let low = format!("{p:02}");
-                let high = format!("{:02}", u16::from(p) + 1);
-                sqlx::query(&format!("{COLUMNS} AND municipality >= $1 AND municipality < $2"))
-                    .bind(low)
-                    .bind(high)
-                    .fetch_all(&self.pool)
-                    .await
+                low = format!("{p:02}");
+                high = format!("{:02}", u16::from(p) + 1);
+                sqlx::query(PREFECTURE).bind(low.as_str()).bind(high.as_str())
             }
-            StatsQuery::Municipality(m) => {
-                sqlx::query(&format!("{COLUMNS} AND municipality = $1")).bind(m.as_str()).fetch_all(&self.pool).await
-            }
-        }
-        .map_err(db("reading statistics"))?;
+            StatsQuery::Municipality(m) => sqlx::query(MUNICIPALITY).bind(m.as_str().to_owned()),
+        };
+        let rows = self.fetch_all("reading statistics", query).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let municipality = MunicipalityCode::parse(&col::<String>(row, "municipality")?)
@@ -657,16 +639,13 @@ impl StoreBackend for PostgresStore {
     }
 
     async fn audit(&self, municipality: MunicipalityCode) -> Result<Vec<AuditEvent>> {
-        let rows = sqlx::query("SELECT record FROM audit WHERE municipality = $1 ORDER BY seq")
-            .bind(municipality.as_str())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("reading the audit trail"))?;
+        let query = sqlx::query("SELECT record FROM audit WHERE municipality = $1 ORDER BY seq").bind(municipality.as_str());
+        let rows = self.fetch_all("reading the audit trail", query).await?;
         rows.iter().map(|r| record(r, "record")).collect()
     }
 
     async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied> {
-        let seq = apply::apply(&self.pool, changes).await?;
+        let seq = apply::apply(&self.conns, changes).await?;
         Ok(Applied { seq })
     }
 }
