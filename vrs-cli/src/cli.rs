@@ -63,7 +63,8 @@ pub enum Command {
     /// Tablet accounts of vaccination sites.
     #[command(subcommand)]
     Accounts(AccountsCommand),
-    /// Export the ledger, the unmatched list or statistics.
+    /// Export the ledger, the unmatched list, statistics, FHIR, HL7, open data or the
+    /// change log.
     #[command(subcommand)]
     Export(ExportCommand),
     /// Check the store's integrity; exit 0 when clean.
@@ -189,6 +190,19 @@ pub enum InEncoding {
 pub enum ImportCommand {
     /// Import a residents upload (接種対象者) as one atomic change.
     Residents(ImportResidentsArgs),
+    /// Register a FHIR R4 Bundle's Immunizations as doses from a site, in one batch
+    /// (`entered-in-error` ones are voided); importing the same Bundle again stores nothing new.
+    Fhir(ImportFhirArgs),
+}
+
+/// Options of `vrs import fhir`.
+#[derive(Debug, Args)]
+pub struct ImportFhirArgs {
+    /// The Bundle (JSON; `-` for standard input).
+    pub file: PathBuf,
+    /// The site's tablet account registering the doses.
+    #[arg(long)]
+    pub account: String,
 }
 
 /// Options of `vrs import residents`.
@@ -403,6 +417,71 @@ pub enum ExportCommand {
     Unmatched(ExportUnmatchedArgs),
     /// Statistics: counts by date, municipality, dose number, sex, age band and product.
     Stats(ExportStatsArgs),
+    /// A FHIR R4 Bundle (collection) of a municipality's (or one resident's) Patients and
+    /// Immunizations, as JSON.
+    Fhir(ExportFhirArgs),
+    /// HL7 v2.5.1 VXU^V04 messages, one per dose (segments end in CR, messages in LF).
+    Hl7(ExportFhirArgs),
+    /// Open data in VRS's public schema: prefecture.ndjson and summary_by_date.csv.
+    Opendata(ExportOpendataArgs),
+    /// The ledger change log (台帳差分) since a cursor: registrations, corrections (補正)
+    /// and voids (取消), one line per dose; prints the next cursor.
+    Changes(ExportChangesArgs),
+}
+
+/// Options of `vrs export fhir` and `vrs export hl7`.
+#[derive(Debug, Args)]
+pub struct ExportFhirArgs {
+    /// Municipality and actor.
+    #[command(flatten)]
+    pub staff: StaffArgs,
+    /// Only this resident (個別宛名番号); default: every resident and unmatched dose.
+    #[arg(long)]
+    pub addressee: Option<String>,
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Options of `vrs export opendata`.
+#[derive(Debug, Args)]
+pub struct ExportOpendataArgs {
+    /// Who reads: `national`, `prefecture:NN` or `staff:CODE` (default: staff of
+    /// `--municipality`, the reader of `--prefecture`, else national).
+    #[arg(long = "as", value_name = "ACTOR")]
+    pub as_actor: Option<String>,
+    /// Staff user name when acting as staff.
+    #[arg(long, default_value = "cli")]
+    pub user: String,
+    /// Only this prefecture (01–47).
+    #[arg(long, conflicts_with = "municipality")]
+    pub prefecture: Option<String>,
+    /// Only this municipality.
+    #[arg(long)]
+    pub municipality: Option<String>,
+    /// Small-cell suppression: leave out groups of fewer doses than this (0: keep all).
+    #[arg(long, default_value_t = 0)]
+    pub suppress_below: u64,
+    /// Directory for prefecture.ndjson and summary_by_date.csv (created when missing).
+    #[arg(long)]
+    pub out_dir: PathBuf,
+}
+
+/// Options of `vrs export changes`.
+#[derive(Debug, Args)]
+pub struct ExportChangesArgs {
+    /// Municipality and actor.
+    #[command(flatten)]
+    pub staff: StaffArgs,
+    /// Only changes after this cursor (printed by the previous export); default: all.
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// Output encoding.
+    #[arg(long, value_enum, default_value_t = Encoding::Utf8)]
+    pub encoding: Encoding,
+    /// Output file.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Options of `vrs export ledger`.

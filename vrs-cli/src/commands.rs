@@ -392,6 +392,10 @@ pub async fn export(app: &App, cmd: &ExportCommand) -> CliResult<Report> {
         ExportCommand::Ledger(a) => export_ledger(app, a).await,
         ExportCommand::Unmatched(a) => export_unmatched(app, a).await,
         ExportCommand::Stats(a) => export_stats(app, a).await,
+        ExportCommand::Fhir(a) => crate::interchange::export_fhir(app, a).await,
+        ExportCommand::Hl7(a) => crate::interchange::export_hl7(app, a).await,
+        ExportCommand::Opendata(a) => crate::interchange::export_opendata(app, a).await,
+        ExportCommand::Changes(a) => crate::interchange::export_changes(app, a).await,
     }
 }
 
@@ -469,10 +473,21 @@ pub fn write_stats_csv(rows: &[StatsRow], w: &mut dyn std::io::Write) -> std::io
 
 /// The statistics query and its default reader for `--prefecture` / `--municipality`.
 pub fn stats_query(a: &ExportStatsArgs) -> CliResult<(StatsQuery, Actor)> {
-    let (query, default_actor) = match (&a.municipality, &a.prefecture) {
+    stats_reader(a.as_actor.as_deref(), &a.user, a.prefecture.as_deref(), a.municipality.as_deref())
+}
+
+/// The statistics query for `--prefecture` / `--municipality` and its reader: `--as`, or
+/// by default the municipality's staff, the prefecture's reader, else the national one.
+pub fn stats_reader(
+    as_actor: Option<&str>,
+    user: &str,
+    prefecture: Option<&str>,
+    municipality: Option<&str>,
+) -> CliResult<(StatsQuery, Actor)> {
+    let (query, default_actor) = match (municipality, prefecture) {
         (Some(m), _) => {
             let m = app::municipality(m)?;
-            (StatsQuery::Municipality(m), Actor::MunicipalStaff { municipality: m, user: a.user.clone() })
+            (StatsQuery::Municipality(m), Actor::MunicipalStaff { municipality: m, user: user.to_owned() })
         }
         (None, Some(p)) => {
             let p = app::prefecture(p)?;
@@ -480,8 +495,8 @@ pub fn stats_query(a: &ExportStatsArgs) -> CliResult<(StatsQuery, Actor)> {
         }
         (None, None) => (StatsQuery::National, Actor::StatisticsReader { scope: StatsScope::National }),
     };
-    let actor = match &a.as_actor {
-        Some(spec) => app::parse_actor(spec, &a.user)?,
+    let actor = match as_actor {
+        Some(spec) => app::parse_actor(spec, user)?,
         None => default_actor,
     };
     Ok((query, actor))

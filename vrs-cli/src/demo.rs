@@ -29,6 +29,7 @@ use crate::cli::DemoArgs;
 use crate::commands::{severity_label, write_stats_csv};
 use crate::error::{CliError, CliResult, write_error};
 use crate::import::import_file;
+use crate::interchange;
 use crate::output::Report;
 
 const CHIYODA: &str = "131016";
@@ -762,6 +763,32 @@ async fn exports(s: &mut Story) -> CliResult<()> {
     out.finish()?;
     let total: u64 = rows.iter().map(|r| r.count).sum();
     s.file(&path, format!("national statistics: {} groups, {total} doses", rows.len()));
+    interchange_exports(s).await
+}
+
+/// The interchange files: FHIR R4, HL7 v2.5.1 VXU, open data and the ledger change log.
+async fn interchange_exports(s: &mut Story) -> CliResult<()> {
+    let a = s.chiyoda;
+    let path = s.path("fhir.json");
+    let w = interchange::write_fhir(&s.registry, &staff(a), a, None, &path).await?;
+    s.file(
+        &path,
+        format!(
+            "FHIR R4 Bundle of 千代田区: {} Patients, {} Immunizations ({} entered-in-error)",
+            w.patients, w.immunizations, w.entered_in_error
+        ),
+    );
+    let path = s.path("vxu.hl7");
+    let n = interchange::write_hl7(&s.registry, &staff(a), a, None, &path).await?;
+    s.file(&path, format!("HL7 v2.5.1 VXU^V04 messages of 千代田区: {n}"));
+    let national = Actor::StatisticsReader { scope: StatsScope::National };
+    let dir = s.dir.clone();
+    let w = interchange::write_opendata(&s.registry, &national, StatsQuery::National, 0, &dir).await?;
+    s.file(&w.ndjson, format!("open data (VRS's public schema): {} lines, {} doses", w.rows, w.doses));
+    s.file(&w.summary, "open data: doses per date, dose number and age group");
+    let path = s.path("changes-131016.csv");
+    let e = interchange::write_changes(&s.registry, &staff(a), a, 0, OutputEncoding::Utf8, &path).await?;
+    s.file(&path, format!("change log of 千代田区 (台帳差分): {} changes, {} voids (取消), next cursor {}", e.changes, e.voids, e.cursor));
     Ok(())
 }
 

@@ -90,6 +90,7 @@ pub fn report_text(file: &Path, r: &ImportReport) -> String {
 pub async fn run(app: &App, cmd: &ImportCommand) -> CliResult<Report> {
     match cmd {
         ImportCommand::Residents(a) => residents(app, a).await,
+        ImportCommand::Fhir(a) => crate::interchange::import_fhir(app, a).await,
     }
 }
 

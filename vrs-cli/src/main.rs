@@ -15,6 +15,7 @@ mod demo;
 mod error;
 mod generate;
 mod import;
+mod interchange;
 mod output;
 mod progress;
 mod sync;

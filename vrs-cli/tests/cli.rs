@@ -154,6 +154,15 @@ fn demo_tells_the_whole_story_and_writes_its_files() {
     assert_eq!(sjis, utf8, "both encodings carry the same ledger");
     assert!(files.iter().any(|f| f.to_string_lossy().contains("unmatched")));
     assert!(files.iter().any(|f| f.to_string_lossy().contains("stat")));
+    // The interchange files: FHIR, HL7, open data, the change log.
+    let named = |name: &str| files.iter().find(|f| f.file_name().is_some_and(|n| n == name)).unwrap_or_else(|| panic!("no {name}"));
+    let bundle: Value = serde_json::from_str(&std::fs::read_to_string(named("fhir.json")).expect("read")).expect("fhir.json is JSON");
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert!(std::fs::read_to_string(named("vxu.hl7")).expect("read").starts_with("MSH|^~\\&|"));
+    let ndjson = std::fs::read_to_string(named("prefecture.ndjson")).expect("read");
+    assert!(ndjson.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()));
+    assert!(std::fs::read_to_string(named("summary_by_date.csv")).expect("read").starts_with("date,"));
+    assert!(files.iter().any(|f| f.to_string_lossy().contains("changes")));
 
     // The JSON summary parses and carries the same story; the store is clean afterwards.
     let dir2 = tmp.path().join("demo-json");
