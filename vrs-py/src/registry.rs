@@ -129,7 +129,9 @@ pub fn open(
         None => Arc::new(SystemClock),
     };
     let description = if spec.contains("://") { redact_url(&spec) } else { spec.clone() };
-    let store = block_on(py, open_store(&spec))?;
+    // Driven by `Runtime::block_on` inside the closure, so the connect future need not be
+    // `Send` (sqlx's PostgreSQL connect future trips rustc's higher-ranked `Send` check).
+    let store = detached(py, || runtime()?.block_on(open_store(&spec)))?;
     let registry = CoreRegistry::new(store, clock);
     Ok(PyRegistry { shared: Arc::new(Shared { registry: RwLock::new(Some(registry)), description }), actor })
 }
