@@ -1,6 +1,6 @@
 //! HL7 v2.5.1 `VXU^V04` messages per the CDC immunization implementation guide:
 //! MSH, PID, ORC, RXA (CVX and MVX codes where they exist, lot in RXA-15, manufacturer in
-//! RXA-17), RXR. Delimiters in names and free text are escaped (`\F\ \S\ \T\ \R\ \E\`).
+//! RXA-17, RXA-4 the same as RXA-3), RXR. Delimiters in names and free text are escaped (`\F\ \S\ \T\ \R\ \E\`).
 
 use chrono::{DateTime, Utc};
 
@@ -85,8 +85,9 @@ pub fn vxu(dose: &DoseRecord, resident: Option<&Resident>, catalogue: &Catalogue
     } else {
         "A"
     };
+    // RXA-4 (end of administration) is required in v2.5.1: the same instant as RXA-3.
     msg.push_str(&format!(
-        "RXA|0|{number}|{date}||{vaccine}|999|||00^New immunization record^NIP001|^{doctor}|^^^{site}||||{lot}||{maker}|||CP|{action}\r",
+        "RXA|0|{number}|{date}|{date}|{vaccine}|999|||00^New immunization record^NIP001|^{doctor}|^^^{site}||||{lot}||{maker}|||CP|{action}\r",
         number = det.dose_number,
         date = det.date_given.format("%Y%m%d"),
         doctor = escape(&det.doctor),
