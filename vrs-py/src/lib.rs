@@ -45,6 +45,7 @@ fn _vrs(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::RowError>()?;
     m.add_class::<types::Reconciliation>()?;
     m.add_class::<types::LedgerExport>()?;
+    m.add_class::<types::FhirImport>()?;
     m.add_class::<types::Account>()?;
     m.add_class::<types::OcrLine>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

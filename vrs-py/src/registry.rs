@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use pyo3::prelude::*;
-use pyo3::types::{PyDate, PyString};
+use pyo3::types::{PyDate, PyDict, PyString};
 use vrs_core::access::{Actor, Site as CoreSite, StatsScope};
 use vrs_core::dose::{DoseCorrection, DoseRegistration};
-use vrs_core::ids::{AccountId, DoseId, IdempotencyKey, MunicipalityCode, SiteId};
+use vrs_core::ids::{AccountId, AddresseeNumber, DoseId, IdempotencyKey, MunicipalityCode, PersonRef, SiteId};
 use vrs_core::import::{ImportOptions, ImportProgress, InputEncoding, ResidentCsvSource};
 use vrs_core::ledger::{LedgerOptions, OutputEncoding};
+use vrs_core::opendata::{write_ndjson, write_summary_by_date};
 use vrs_core::service::{Clock, FixedClock, Registry as CoreRegistry};
 use vrs_core::stats::StatsQuery;
 use vrs_core::store::DynStore;
@@ -28,7 +29,7 @@ use vrs_store_redb::RedbStore;
 use crate::arrow::{DoseTable, ResidentTable, Table, stats_table};
 use crate::errors::{InvalidInput, StorageError, VrsError, panicked, to_py};
 use crate::types::{
-    Account, Dose, DoseChange, Finding, ImportReport, LedgerExport, Reconciliation, Registration, actor_to_py, extract_actor,
+    Account, Dose, DoseChange, FhirImport, Finding, ImportReport, LedgerExport, Reconciliation, Registration, actor_to_py, extract_actor,
     parse_municipality,
 };
 
@@ -203,6 +204,26 @@ impl PyRegistry {
             Ok(g) => g.clone().ok_or_else(|| VrsError::new_err("the registry is closed")),
             Err(_) => Err(StorageError::new_err("the registry's lock is poisoned")),
         }
+    }
+
+    /// The statistics a call is about: the municipality or prefecture given, else the
+    /// staff's municipality, the reader's prefecture, or the whole country.
+    fn stats_query(&self, municipality: Option<&str>, prefecture: Option<u8>) -> PyResult<StatsQuery> {
+        Ok(match (municipality, prefecture, &self.actor) {
+            (Some(m), _, _) => StatsQuery::Municipality(parse_municipality(m)?),
+            (None, Some(p), _) if (1..=47).contains(&p) => StatsQuery::Prefecture(p),
+            (None, Some(p), _) => return Err(InvalidInput::new_err(format!("prefecture {p}: expected 1 to 47"))),
+            (None, None, Actor::MunicipalStaff { municipality, .. }) => StatsQuery::Municipality(*municipality),
+            (None, None, Actor::StatisticsReader { scope: StatsScope::Prefecture(p) }) => StatsQuery::Prefecture(*p),
+            (None, None, _) => StatsQuery::National,
+        })
+    }
+
+    /// A resident of `m` named by its addressee number, when one is given.
+    fn person(&self, py: Python<'_>, m: MunicipalityCode, addressee: Option<&str>) -> PyResult<Option<PersonRef>> {
+        addressee
+            .map(|a| AddresseeNumber::parse(a).map(|addressee| PersonRef { municipality: m, addressee }).map_err(|e| core_err(py, e)))
+            .transpose()
     }
 
     /// The municipality a call is about: the one given, or the staff actor's own.
@@ -513,14 +534,7 @@ impl PyRegistry {
     #[pyo3(signature = (*, municipality = None, prefecture = None))]
     fn stats(&self, py: Python<'_>, municipality: Option<&str>, prefecture: Option<u8>) -> PyResult<Table> {
         let registry = self.registry()?;
-        let query = match (municipality, prefecture, &self.actor) {
-            (Some(m), _, _) => StatsQuery::Municipality(parse_municipality(m)?),
-            (None, Some(p), _) if (1..=47).contains(&p) => StatsQuery::Prefecture(p),
-            (None, Some(p), _) => return Err(InvalidInput::new_err(format!("prefecture {p}: expected 1 to 47"))),
-            (None, None, Actor::MunicipalStaff { municipality, .. }) => StatsQuery::Municipality(*municipality),
-            (None, None, Actor::StatisticsReader { scope: StatsScope::Prefecture(p) }) => StatsQuery::Prefecture(*p),
-            (None, None, _) => StatsQuery::National,
-        };
+        let query = self.stats_query(municipality, prefecture)?;
         let rows = block_on(py, registry.statistics(&self.actor, query))?;
         stats_table(&rows).map_err(|e| to_py(py, e))
     }
@@ -553,5 +567,147 @@ impl PyRegistry {
         })?;
         flushed?;
         Ok(LedgerExport { rows: e.rows, doses: e.doses, blocks: e.blocks, cursor: e.cursor })
+    }
+
+    /// A FHIR R4 `Bundle` (type `collection`) of the municipality's Patients and
+    /// Immunizations, or of one resident's (`addressee`, the 個別宛名番号), as a dict.
+    ///
+    /// Voided doses are `entered-in-error`; doses under a previous municipality's voucher
+    /// follow a moved-in resident; unmatched doses refer to their voucher by identifier.
+    /// Raises `PermissionDenied` for anyone but the municipality's staff, `NotFound` for
+    /// an unknown resident.
+    #[pyo3(signature = (*, municipality = None, addressee = None))]
+    fn export_fhir<'py>(&self, py: Python<'py>, municipality: Option<&str>, addressee: Option<&str>) -> PyResult<Bound<'py, PyAny>> {
+        let registry = self.registry()?;
+        let m = self.municipality(municipality)?;
+        let person = self.person(py, m, addressee)?;
+        let actor = &self.actor;
+        let text = block_on(py, async move { Ok(registry.export_fhir(actor, m, person.as_ref()).await?.to_string()) })?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
+    /// HL7 v2.5.1 `VXU^V04` messages of the municipality (or of one resident), one per
+    /// dose: segments end in `\r`, each message in `\n`.
+    ///
+    /// RXA-21 is `A` for a dose as registered, `U` for a corrected one, `D` for a voided
+    /// one. Raises `PermissionDenied` for anyone but the municipality's staff.
+    #[pyo3(signature = (*, municipality = None, addressee = None))]
+    fn export_hl7(&self, py: Python<'_>, municipality: Option<&str>, addressee: Option<&str>) -> PyResult<String> {
+        let registry = self.registry()?;
+        let m = self.municipality(municipality)?;
+        let person = self.person(py, m, addressee)?;
+        let actor = &self.actor;
+        let bytes = block_on(py, async move {
+            let mut out = Vec::new();
+            registry.export_hl7(actor, m, person.as_ref(), &mut out).await?;
+            Ok(out)
+        })?;
+        String::from_utf8(bytes).map_err(|e| StorageError::new_err(format!("HL7 export is not UTF-8: {e}")))
+    }
+
+    /// Open data in the schema of VRS's public statistics: one dict per line of
+    /// `prefecture.ndjson` (`date` as `"YYYY-MM-DD"`, `prefecture`, `gender` F/M/U, `age`
+    /// -64/65-/UNK, `medical_worker`, `status` = dose number, `count`).
+    ///
+    /// The scope is chosen as in `stats()`. Groups of fewer than `suppress_below` doses
+    /// are left out (small-cell suppression). With `out_dir`, `prefecture.ndjson` and
+    /// `summary_by_date.csv` are also written there. Raises `PermissionDenied` outside
+    /// the actor's scope.
+    #[pyo3(signature = (*, municipality = None, prefecture = None, suppress_below = 0, out_dir = None))]
+    fn opendata<'py>(
+        &self,
+        py: Python<'py>,
+        municipality: Option<&str>,
+        prefecture: Option<u8>,
+        suppress_below: u64,
+        out_dir: Option<PathBuf>,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let registry = self.registry()?;
+        let query = self.stats_query(municipality, prefecture)?;
+        let (rows, _) = block_on(py, registry.export_opendata(&self.actor, query, suppress_below))?;
+        if let Some(dir) = out_dir {
+            std::fs::create_dir_all(&dir)?;
+            let rows = &rows;
+            let (a, b) = detached(py, || {
+                let mut ndjson = BufWriter::new(
+                    File::create(dir.join("prefecture.ndjson")).map_err(|e| Error::storage("creating prefecture.ndjson", e))?,
+                );
+                write_ndjson(rows, &mut ndjson)?;
+                let mut summary = BufWriter::new(
+                    File::create(dir.join("summary_by_date.csv")).map_err(|e| Error::storage("creating summary_by_date.csv", e))?,
+                );
+                write_summary_by_date(rows, &mut summary)?;
+                Ok((ndjson.flush(), summary.flush()))
+            })?;
+            a?;
+            b?;
+        }
+        rows.iter()
+            .map(|r| {
+                let d = PyDict::new(py);
+                d.set_item("date", r.date.format("%Y-%m-%d").to_string())?;
+                d.set_item("prefecture", &r.prefecture)?;
+                d.set_item("gender", &r.gender)?;
+                d.set_item("age", &r.age)?;
+                d.set_item("medical_worker", r.medical_worker)?;
+                d.set_item("status", r.status)?;
+                d.set_item("count", r.count)?;
+                Ok(d)
+            })
+            .collect()
+    }
+
+    /// Writes the municipality's ledger change log (台帳差分) to `path` as CSV: one line per
+    /// dose written after the cursor `since` (0: all), in its newest version, marked
+    /// 登録 (registered), 補正 (corrected), 取消 (voided) or 突合 (matched since).
+    ///
+    /// Returns the cursor to pass as `since` next time: chained exports cover every
+    /// change exactly once, even while doses are being registered. `encoding` is
+    /// `"utf8"` or `"sjis"`. Raises `PermissionDenied`, `InvalidInput` (a value Shift_JIS
+    /// cannot encode).
+    #[pyo3(signature = (path, *, municipality = None, since = 0, encoding = "utf8", header = true))]
+    fn export_changes(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        municipality: Option<&str>,
+        since: u64,
+        encoding: &str,
+        header: bool,
+    ) -> PyResult<u64> {
+        let registry = self.registry()?;
+        let m = self.municipality(municipality)?;
+        let options = LedgerOptions { encoding: output_encoding(encoding)?, since: None, no_header: !header };
+        let actor = &self.actor;
+        let mut out = BufWriter::new(File::create(&path)?);
+        let (e, flushed) = detached(py, || {
+            let e = runtime()?.block_on(registry.export_ledger_changes(actor, m, since, &options, &mut out))?;
+            Ok((e, out.flush()))
+        })?;
+        flushed?;
+        Ok(e.cursor)
+    }
+
+    /// Registers a FHIR R4 Bundle's Immunizations as doses, from the site this handle
+    /// acts as (a `vrs.Site`), in one batch; `entered-in-error` ones are voided after.
+    ///
+    /// `bundle` is a dict (as `export_fhir()` returns), JSON text, or a path to a JSON
+    /// file. Importing the same Bundle again stores nothing new (`replayed`). Returns a
+    /// `FhirImport`; Immunizations refused one by one are in its `rejected`. Raises
+    /// `InvalidInput` when the Bundle cannot be read (naming the entry and field),
+    /// `PermissionDenied` when the actor is not an active site account.
+    fn import_fhir(&self, py: Python<'_>, bundle: &Bound<'_, PyAny>) -> PyResult<FhirImport> {
+        let registry = self.registry()?;
+        let text: String = if bundle.is_instance_of::<PyDict>() {
+            py.import("json")?.call_method1("dumps", (bundle,))?.extract()?
+        } else if let Ok(s) = bundle.cast::<PyString>() {
+            s.to_str()?.to_owned()
+        } else if let Ok(path) = bundle.extract::<PathBuf>() {
+            std::fs::read_to_string(path)?
+        } else {
+            return Err(InvalidInput::new_err(format!("bundle: expected a dict, JSON text or a path, got {}", bundle.get_type().name()?)));
+        };
+        let report = block_on(py, registry.import_fhir(&self.actor, &text))?;
+        Ok(FhirImport::from(report))
     }
 }

@@ -543,6 +543,38 @@ impl LedgerExport {
     }
 }
 
+/// What importing a FHIR Bundle did.
+#[pyclass(module = "vrs", frozen, get_all)]
+pub struct FhirImport {
+    /// Immunizations registered as new doses.
+    pub registered: u64,
+    /// Immunizations registered before (same resource id): nothing new stored.
+    pub replayed: u64,
+    /// `entered-in-error` Immunizations voided after registration.
+    pub voided: u64,
+    /// Immunizations refused: `(resource id, reason)`.
+    pub rejected: Vec<(String, String)>,
+}
+
+impl From<vrs_core::interchange::FhirImportReport> for FhirImport {
+    fn from(r: vrs_core::interchange::FhirImportReport) -> Self {
+        FhirImport { registered: r.registered, replayed: r.replayed, voided: r.voided, rejected: r.rejected }
+    }
+}
+
+#[pymethods]
+impl FhirImport {
+    fn __repr__(&self) -> String {
+        format!(
+            "FhirImport(registered={}, replayed={}, voided={}, rejected={})",
+            self.registered,
+            self.replayed,
+            self.voided,
+            self.rejected.len()
+        )
+    }
+}
+
 /// A tablet account issued to a site.
 #[pyclass(module = "vrs", frozen, get_all)]
 pub struct Account {

@@ -10,6 +10,11 @@ pyarrow, polars or pandas without copying row by row::
     doses = db.doses()                                   # a vrs.Table (Arrow)
     df = polars.DataFrame(doses)                         # or pyarrow.table(doses)
 
+Interchange: ``db.export_fhir()`` (a FHIR R4 Bundle as a dict), ``db.export_hl7()``
+(HL7 v2.5.1 VXU^V04 messages), ``db.opendata()`` (VRS's public open-data rows),
+``db.export_changes(path, since=cursor)`` (the ledger change log) and, from a site,
+``db.import_fhir(bundle)``.
+
 Every error is a :class:`VrsError`: :class:`InvalidInput` (with ``line``/``column``
 where there is one; :class:`ImportRejected` and :class:`DoseRejected` are kinds of it),
 :class:`PermissionDenied`, :class:`NotFound`, :class:`Conflict` and :class:`StorageError`.
@@ -27,6 +32,7 @@ from ._vrs import (
     DoseChange,
     DoseRejected,
     DoseVersion,
+    FhirImport,
     Finding,
     ImportRejected,
     ImportReport,
@@ -62,6 +68,7 @@ __all__ = [
     "DoseChange",
     "DoseRejected",
     "DoseVersion",
+    "FhirImport",
     "Finding",
     "ImportRejected",
     "ImportReport",

@@ -228,6 +228,19 @@ class LedgerExport:
     cursor: int
 
 @final
+class FhirImport:
+    """What importing a FHIR Bundle did."""
+
+    registered: int
+    """Immunizations registered as new doses."""
+    replayed: int
+    """Immunizations registered before (same resource id): nothing new stored."""
+    voided: int
+    """``entered-in-error`` Immunizations voided after registration."""
+    rejected: list[tuple[str, str]]
+    """Immunizations refused: ``(resource id, reason)``."""
+
+@final
 class Account:
     """A tablet account issued to a site."""
 
@@ -416,3 +429,74 @@ class Registry:
         header: bool = True,
     ) -> LedgerExport:
         """Write the municipality's ledger (予防接種台帳向け出力) to ``path`` as CSV."""
+    def export_fhir(self, *, municipality: str | None = None, addressee: str | None = None) -> dict[str, Any]:
+        """A FHIR R4 ``Bundle`` (type ``collection``) of Patients and Immunizations, as a dict.
+
+        The municipality's residents with their doses (voided ones ``entered-in-error``,
+        doses under a previous municipality's voucher with a moved-in resident) and its
+        unmatched doses (referring to their voucher); or one resident's (``addressee``,
+        the 個別宛名番号). Products are coded in ``urn:jp:vrs:vaccine-product`` and CVX.
+
+        Raises:
+            PermissionDenied: the actor is not the municipality's staff.
+            NotFound: no such resident.
+        """
+    def export_hl7(self, *, municipality: str | None = None, addressee: str | None = None) -> str:
+        """HL7 v2.5.1 ``VXU^V04`` messages, one per dose: segments end in ``\\r``, messages in ``\\n``.
+
+        MSH, PID, ORC, RXA (CVX and MVX codes, lot in RXA-15, manufacturer in RXA-17,
+        action ``A``/``U``/``D`` in RXA-21), RXR; delimiters in names are escaped.
+
+        Raises:
+            PermissionDenied: the actor is not the municipality's staff.
+        """
+    def opendata(
+        self,
+        *,
+        municipality: str | None = None,
+        prefecture: int | None = None,
+        suppress_below: int = 0,
+        out_dir: _Path | None = None,
+    ) -> list[dict[str, Any]]:
+        """Open data in VRS's public schema: one dict per ``prefecture.ndjson`` line.
+
+        Keys: ``date`` (``"YYYY-MM-DD"``), ``prefecture``, ``gender`` (F/M/U), ``age``
+        (-64/65-/UNK), ``medical_worker``, ``status`` (the dose number), ``count``. The
+        scope is chosen as in :meth:`stats`; groups of fewer than ``suppress_below`` doses
+        are left out. With ``out_dir``, ``prefecture.ndjson`` and ``summary_by_date.csv``
+        are written there too.
+
+        Raises:
+            PermissionDenied: outside the actor's scope.
+        """
+    def export_changes(
+        self,
+        path: _Path,
+        *,
+        municipality: str | None = None,
+        since: int = 0,
+        encoding: Literal["utf8", "utf-8", "sjis", "shift_jis", "cp932"] = "utf8",
+        header: bool = True,
+    ) -> int:
+        """Write the ledger change log (台帳差分) after cursor ``since`` to ``path``; return the next cursor.
+
+        One CSV line per dose written since, in its newest version, marked 登録
+        (registered), 補正 (corrected), 取消 (voided) or 突合 (matched since). Exports
+        chained by their cursors cover every change exactly once, even while doses are
+        being registered.
+
+        Raises:
+            PermissionDenied: the actor is not the municipality's staff.
+            InvalidInput: a value Shift_JIS cannot encode.
+        """
+    def import_fhir(self, bundle: dict[str, Any] | str | os.PathLike[str]) -> FhirImport:
+        """Register a FHIR R4 Bundle's Immunizations as doses from this site (a :class:`Site`).
+
+        ``bundle`` is a dict (as :meth:`export_fhir` returns), JSON text, or a path to a
+        JSON file. ``entered-in-error`` Immunizations are voided after registration;
+        importing the same Bundle again stores nothing new.
+
+        Raises:
+            InvalidInput: the Bundle cannot be read (the entry and field are named).
+            PermissionDenied: the actor is not an active site account.
+        """
