@@ -453,7 +453,7 @@ async fn migrate(conn: &mut PgConnection, wanted: Option<Layout>) -> Result<Opti
     if wanted.is_some_and(|w| w != layout) {
         return Ok(Some(layout));
     }
-    layout.migrator().run(&mut *conn).await.map_err(|e| match e {
+    layout.migrator().run_direct(conn).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(inner) => map("applying the store's migrations", inner),
         other => Error::storage(format!("applying the store's migrations ({layout} layout)"), other),
     })?;
