@@ -6,6 +6,7 @@
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgSeverity};
 use sqlx::{ConnectOptions, Connection};
@@ -35,6 +36,9 @@ pub(crate) fn leaves_connection_usable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// How long a call waits for a connection when all are busy.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// At most `max` connections to one server, reused.
 pub(crate) struct Conns {
     options: PgConnectOptions,
@@ -51,7 +55,17 @@ impl Conns {
 
     /// A connection: an idle one, or a new one while fewer than `max` are out.
     pub(crate) async fn get(&self) -> Result<Lease<'_>> {
-        let permit = self.permits.acquire().await.map_err(|_| storage_message("the store is closed"))?;
+        let permit = match tokio::time::timeout(ACQUIRE_TIMEOUT, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(storage_message("the store is closed")),
+            Err(_) => {
+                return Err(storage_message(format!(
+                    "every connection to {} stayed busy for {} s",
+                    self.server,
+                    ACQUIRE_TIMEOUT.as_secs()
+                )));
+            }
+        };
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let conn = match idle {
             Some(conn) => conn,
