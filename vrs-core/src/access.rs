@@ -80,8 +80,10 @@ pub struct TabletAccount {
     /// Who issued it.
     pub issued_by: String,
     /// When.
+    #[serde(with = "crate::clock::serde_instant")]
     pub issued_at: DateTime<Utc>,
     /// When revoked; a revoked account can do nothing.
+    #[serde(default, with = "crate::clock::serde_instant::option")]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

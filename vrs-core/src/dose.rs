@@ -25,6 +25,7 @@ pub struct DoseDetails {
     /// Dose number (接種回数), cumulative: 1, 2, then boosters 3, 4, ...
     pub dose_number: u8,
     /// Date given (接種日).
+    #[serde(with = "crate::clock::serde_date")]
     pub date_given: NaiveDate,
     /// Where the site is (接種自治体コード).
     pub administering_municipality: MunicipalityCode,
@@ -43,7 +44,7 @@ pub struct DoseDetails {
     /// The lot's expiry date when it is known (read from the vial's GS1 label or the maker's
     /// sticker; FHIR `Immunization.expirationDate`, HL7 v2 RXA-16). A dose given after it
     /// carries the finding [`FindingKind::ExpiredLot`](crate::finding::FindingKind::ExpiredLot).
-    #[serde(default)]
+    #[serde(default, with = "crate::clock::serde_date::option")]
     pub lot_expiry: Option<NaiveDate>,
 }
 
@@ -57,6 +58,7 @@ pub struct DoseVersion {
     /// `true` when this version voids the dose (取消).
     pub voided: bool,
     /// When this version was written.
+    #[serde(with = "crate::clock::serde_instant")]
     pub recorded_at: DateTime<Utc>,
     /// Who wrote it (an actor description, no personal data).
     pub recorded_by: String,
@@ -76,6 +78,7 @@ pub struct DoseRecord {
     /// Ticket kind (券種) from the OCR line.
     pub ticket_kind: u8,
     /// When the dose was first registered (接種履歴登録日時).
+    #[serde(with = "crate::clock::serde_instant")]
     pub registered_at: DateTime<Utc>,
     /// The tablet account that registered it.
     pub registered_by: AccountId,

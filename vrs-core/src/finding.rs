@@ -172,8 +172,10 @@ pub struct Finding {
     /// Still open, or closed because the cause went away (e.g. the upload arrived).
     pub open: bool,
     /// When first raised.
+    #[serde(with = "crate::clock::serde_instant")]
     pub raised_at: DateTime<Utc>,
     /// When closed.
+    #[serde(default, with = "crate::clock::serde_instant::option")]
     pub closed_at: Option<DateTime<Utc>>,
 }
 

@@ -28,6 +28,12 @@ macro_rules! serde_via_str {
                 <$t>::parse(&s).map_err(serde::de::Error::custom)
             }
         }
+        str_traits!($t);
+    };
+}
+
+macro_rules! str_traits {
+    ($t:ty) => {
         impl FromStr for $t {
             type Err = Error;
             fn from_str(s: &str) -> Result<Self> {
@@ -40,6 +46,44 @@ macro_rules! serde_via_str {
             }
         }
     };
+}
+
+/// Serde for a fixed-width digit code: its text in human-readable formats, its value as a
+/// number in binary ones (a store's values), which skips text normalisation on reading.
+macro_rules! serde_via_number {
+    ($t:ty, $n:ty, $serialize:ident, $from_number:ident) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                if s.is_human_readable() { s.serialize_str(self.as_str()) } else { s.$serialize(digits_value(&self.0) as $n) }
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                    <$t>::parse(&s).map_err(serde::de::Error::custom)
+                } else {
+                    <$t>::$from_number(<$n>::deserialize(d)?.into()).map_err(serde::de::Error::custom)
+                }
+            }
+        }
+        str_traits!($t);
+    };
+}
+
+/// The value of a string of ASCII digits.
+fn digits_value(digits: &[u8]) -> u64 {
+    digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d.wrapping_sub(b'0')))
+}
+
+/// `value` as `N` ASCII digits with leading zeros, or `None` when it has more digits.
+fn value_digits<const N: usize>(mut value: u64) -> Option<[u8; N]> {
+    let mut b = [b'0'; N];
+    for d in b.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    (value == 0).then_some(b)
 }
 
 /// Municipality code (全国地方公共団体コード): five digits and a check digit.
@@ -59,6 +103,20 @@ impl MunicipalityCode {
             return Err(invalid("municipality_code", text, "must be exactly 6 digits"));
         }
         let b: [u8; 6] = s.as_bytes().try_into().map_err(|_| invalid("municipality_code", text, "must be exactly 6 digits"))?;
+        Self::from_digits(b, text)
+    }
+
+    /// The code whose six digits, read as a number, are `value` (as a store keeps it).
+    pub fn from_number(value: u64) -> Result<Self> {
+        match value_digits::<6>(value) {
+            Some(b) => Self::from_digits(b, ""),
+            None => Err(invalid("municipality_code", &value.to_string(), "must be exactly 6 digits")),
+        }
+    }
+
+    /// Checks the prefecture and check digit of six ASCII digits (`text` as given, for errors).
+    fn from_digits(b: [u8; 6], text: &str) -> Result<Self> {
+        let text = if text.is_empty() { std::str::from_utf8(&b).unwrap_or_default() } else { text };
         let pref = (b[0] - b'0') * 10 + (b[1] - b'0');
         if !(1..=47).contains(&pref) {
             return Err(invalid("municipality_code", text, "prefecture (first two digits) must be 01-47"));
@@ -100,7 +158,7 @@ impl MunicipalityCode {
         crate::municipalities::lookup(*self).map(|m| m.name)
     }
 }
-serde_via_str!(MunicipalityCode);
+serde_via_number!(MunicipalityCode, u32, serialize_u32, from_number);
 
 /// Voucher number (券番号): exactly 10 digits, no check digit. Whether a number was
 /// issued is known only from the residents upload.
@@ -119,12 +177,17 @@ impl VoucherNumber {
         b.copy_from_slice(s.as_bytes());
         Ok(Self(b))
     }
+
+    /// The voucher number whose ten digits, read as a number, are `value` (as a store keeps it).
+    pub fn from_number(value: u64) -> Result<Self> {
+        value_digits::<10>(value).map(Self).ok_or_else(|| invalid("voucher_number", &value.to_string(), "must be exactly 10 digits"))
+    }
     /// The number as ten ASCII digits.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("0000000000")
     }
 }
-serde_via_str!(VoucherNumber);
+serde_via_number!(VoucherNumber, u64, serialize_u64, from_number);
 
 /// A voucher: the issuing municipality and its voucher number. A dose belongs to the
 /// municipality that issued the voucher it was registered with.
@@ -380,15 +443,43 @@ impl fmt::Display for DoseId {
     }
 }
 
+/// 32 hex digits in human-readable formats, the 16 bytes in binary ones.
 impl Serialize for DoseId {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() { s.collect_str(self) } else { s.serialize_bytes(&self.0) }
     }
 }
 impl<'de> Deserialize<'de> for DoseId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        DoseId::parse(&s).map_err(serde::de::Error::custom)
+        if d.is_human_readable() {
+            let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+            DoseId::parse(&s).map_err(serde::de::Error::custom)
+        } else {
+            d.deserialize_bytes(DoseIdBytes)
+        }
+    }
+}
+
+/// Reads a [`DoseId`] from its 16 bytes (or a sequence of them, for formats without bytes).
+struct DoseIdBytes;
+
+impl<'de> serde::de::Visitor<'de> for DoseIdBytes {
+    type Value = DoseId;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the 16 bytes of a dose id")
+    }
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<DoseId, E> {
+        <[u8; 16]>::try_from(v).map(DoseId).map_err(|_| E::invalid_length(v.len(), &self))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<DoseId, A::Error> {
+        let mut b = [0u8; 16];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = seq.next_element()?.ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+        }
+        if seq.next_element::<u8>()?.is_some() {
+            return Err(serde::de::Error::invalid_length(17, &self));
+        }
+        Ok(DoseId(b))
     }
 }
 
@@ -474,6 +565,27 @@ mod tests {
         assert_eq!(format!("{p:?}"), "PersonalNumber(<redacted>)");
         assert_eq!(p.keyed_hash(b"k1"), p.keyed_hash(b"k1"));
         assert_ne!(p.keyed_hash(b"k1"), p.keyed_hash(b"k2"));
+    }
+
+    #[test]
+    fn codes_and_ids_are_text_in_json_and_numbers_or_bytes_in_binary_formats() {
+        let v =
+            VoucherRef { municipality: MunicipalityCode::parse("011002").unwrap(), number: VoucherNumber::parse("0000012345").unwrap() };
+        let id = DoseId::for_key(&IdempotencyKey::parse("k").unwrap());
+        assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"municipality":"011002","number":"0000012345"}"#);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<DoseId>(&serde_json::to_string(&id).unwrap()).unwrap(), id);
+        let bytes = postcard::to_stdvec(&(v, id)).unwrap();
+        assert_eq!(bytes.len(), 2 + 2 + 17, "{bytes:?}");
+        assert_eq!(postcard::from_bytes::<(VoucherRef, DoseId)>(&bytes).unwrap(), (v, id));
+        let max = VoucherNumber::parse("9999999999").unwrap();
+        assert_eq!(postcard::from_bytes::<VoucherNumber>(&postcard::to_stdvec(&max).unwrap()).unwrap(), max);
+        // A number that is not a valid code is refused on reading, as text would be.
+        assert!(postcard::from_bytes::<MunicipalityCode>(&postcard::to_stdvec(&131017u32).unwrap()).is_err(), "check digit");
+        assert!(postcard::from_bytes::<MunicipalityCode>(&postcard::to_stdvec(&481001u32).unwrap()).is_err(), "prefecture");
+        assert!(postcard::from_bytes::<MunicipalityCode>(&postcard::to_stdvec(&1_310_160u32).unwrap()).is_err(), "7 digits");
+        assert!(postcard::from_bytes::<VoucherNumber>(&postcard::to_stdvec(&10_000_000_000u64).unwrap()).is_err(), "11 digits");
+        assert!(postcard::from_bytes::<DoseId>(&postcard::to_stdvec(&[1u8; 15].as_slice()).unwrap()).is_err(), "15 bytes");
     }
 
     proptest! {

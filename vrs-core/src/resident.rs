@@ -107,6 +107,7 @@ pub struct Resident {
     /// Name in kana (氏名カナ).
     pub name_kana: PersonalText,
     /// Birth date (生年月日).
+    #[serde(with = "crate::clock::serde_date")]
     pub birth_date: NaiveDate,
     /// Sex (性別).
     pub sex: Sex,
@@ -119,6 +120,7 @@ pub struct Resident {
     /// Status (異動事由).
     pub status: ResidentStatus,
     /// Date the status changed, when not active.
+    #[serde(default, with = "crate::clock::serde_date::option")]
     pub status_date: Option<NaiveDate>,
 }
 

@@ -96,6 +96,7 @@ pub struct StatsKey {
     /// Issuing municipality (the resident's).
     pub municipality: MunicipalityCode,
     /// Date given.
+    #[serde(with = "crate::clock::serde_date")]
     pub date: NaiveDate,
     /// Dose number.
     pub dose_number: u8,

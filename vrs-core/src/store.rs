@@ -32,6 +32,7 @@ pub struct DoseSlot {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// When.
+    #[serde(with = "crate::clock::serde_instant")]
     pub at: DateTime<Utc>,
     /// The municipality whose data it touched (leading key for partitioning).
     pub municipality: MunicipalityCode,

@@ -67,7 +67,7 @@ pub(crate) const META_DOSE_SEQ: &str = "seq";
 /// `meta` entry: the last sequence number given to an audit event.
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 /// Length of a municipality code in a key.
 pub(crate) const M: usize = 6;
