@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::ledger_timestamp;
 use crate::dose::DoseRecord;
-use crate::ids::{MunicipalityCode, PersonRef, VoucherNumber};
+use crate::ids::{MunicipalityCode, PersonRef, VoucherNumber, VoucherRef};
 use crate::reconcile::vouchers_of;
 use crate::stats::StatsQuery;
 use crate::store::{DoseScan, StoreBackend};
@@ -241,14 +241,15 @@ pub async fn export(
     out: &mut (dyn Write + Send),
 ) -> Result<LedgerExport> {
     // Doses registered under a previous municipality's voucher follow the person here.
+    // The previous voucher names the same person (転入), whichever resident record the
+    // doses were matched to at the previous municipality. One read for all of them.
+    let moved_in = store.moved_in_residents(municipality).await?;
+    let elsewhere: Vec<Vec<VoucherRef>> =
+        moved_in.iter().map(|r| vouchers_of(r).into_iter().filter(|v| v.municipality != municipality).collect()).collect();
+    let mut found = store.doses_by_vouchers(&elsewhere.concat()).await?.into_iter();
     let mut extras: HashMap<VoucherNumber, (PersonRef, Vec<DoseRecord>)> = HashMap::new();
-    for r in store.moved_in_residents(municipality).await? {
-        let mut doses = Vec::new();
-        // The previous voucher names the same person (転入), whichever resident record
-        // the doses were matched to at the previous municipality.
-        for v in vouchers_of(&r).into_iter().filter(|v| v.municipality != municipality) {
-            doses.extend(store.doses_by_voucher(v).await?);
-        }
+    for (r, vouchers) in moved_in.iter().zip(&elsewhere) {
+        let doses: Vec<DoseRecord> = found.by_ref().take(vouchers.len()).flatten().collect();
         if !doses.is_empty() {
             extras.insert(r.voucher, (r.person.clone(), doses));
         }

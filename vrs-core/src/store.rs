@@ -150,6 +150,16 @@ pub trait StoreBackend: Send + Sync {
     async fn dose(&self, id: DoseId) -> Result<Option<DoseRecord>>;
     /// Every dose registered with this voucher.
     async fn doses_by_voucher(&self, voucher: VoucherRef) -> Result<Vec<DoseRecord>>;
+    /// The doses registered with each of `vouchers`: one list per voucher, in the order
+    /// given, each as [`doses_by_voucher`](Self::doses_by_voucher) returns it. The default
+    /// asks for each voucher in turn; a store may read them all at once.
+    async fn doses_by_vouchers(&self, vouchers: &[VoucherRef]) -> Result<Vec<Vec<DoseRecord>>> {
+        let mut out = Vec::with_capacity(vouchers.len());
+        for v in vouchers {
+            out.push(self.doses_by_voucher(*v).await?);
+        }
+        Ok(out)
+    }
     /// Doses of a municipality not matched to any resident yet.
     async fn unmatched_doses(&self, municipality: MunicipalityCode) -> Result<Vec<DoseRecord>>;
     /// Doses registered by a site's accounts on a day (JST).

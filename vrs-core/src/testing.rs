@@ -71,6 +71,7 @@ macro_rules! store_conformance_tests {
                 audit_in_order,
                 visitor_error_stops_the_scan,
                 values_round_trip_exactly,
+                doses_by_vouchers_answer_each_voucher_in_order,
             }
             // The service run end to end on the store (vrs_core::testing_service).
             testing_service {
@@ -1122,4 +1123,31 @@ pub async fn values_round_trip_exactly(store: DynStore) {
     assert_eq!(store.accounts(code(OSAKA)).await.unwrap(), vec![acc]);
     assert_eq!(store.statistics(StatsQuery::Municipality(code(CHIYODA))).await.unwrap(), vec![StatsRow { key, count: 5 }]);
     assert_eq!(store.audit(code(CHIYODA)).await.unwrap(), vec![ev]);
+}
+
+/// [`StoreBackend::doses_by_vouchers`] answers each voucher as
+/// [`StoreBackend::doses_by_voucher`] does, in the order asked (repeats and vouchers without
+/// doses included).
+pub async fn doses_by_vouchers_answer_each_voucher_in_order(store: DynStore) {
+    let doses = vec![
+        dose("a", voucher(CHIYODA, "0000000001"), 1, "2021-06-01T01:00:00Z", "venue-1"),
+        dose("b", voucher(CHIYODA, "0000000001"), 2, "2021-06-22T01:00:00Z", "venue-1"),
+        dose("c", voucher(SAPPORO, "0000000001"), 1, "2021-06-01T01:00:00Z", "venue-1"),
+        dose("d", voucher(CHIYODA, "0000000002"), 1, "2021-06-01T01:00:00Z", "venue-1"),
+    ];
+    store.apply(vec![new_doses(doses)]).await.unwrap();
+    let asked = [
+        voucher(SAPPORO, "0000000001"),
+        voucher(CHIYODA, "0000000009"),
+        voucher(CHIYODA, "0000000001"),
+        voucher(SAPPORO, "0000000001"),
+        voucher(CHIYODA, "0000000002"),
+    ];
+    let mut expected = Vec::new();
+    for v in asked {
+        expected.push(store.doses_by_voucher(v).await.unwrap());
+    }
+    assert_eq!(expected.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 0, 2, 1, 1]);
+    assert_eq!(store.doses_by_vouchers(&asked).await.unwrap(), expected);
+    assert!(store.doses_by_vouchers(&[]).await.unwrap().is_empty());
 }

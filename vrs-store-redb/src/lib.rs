@@ -175,6 +175,11 @@ impl StoreBackend for RedbStore {
         self.run(move |db| ops::doses_via(db, schema::DOSES_BY_VOUCHER, &prefix)).await
     }
 
+    async fn doses_by_vouchers(&self, vouchers: &[VoucherRef]) -> Result<Vec<Vec<DoseRecord>>> {
+        let prefixes: Vec<_> = vouchers.iter().map(schema::voucher_key).collect();
+        self.run(move |db| ops::doses_via_each(db, schema::DOSES_BY_VOUCHER, &prefixes)).await
+    }
+
     async fn unmatched_doses(&self, municipality: MunicipalityCode) -> Result<Vec<DoseRecord>> {
         let prefix = schema::muni(&municipality);
         self.run(move |db| ops::doses_via(db, schema::UNMATCHED, &prefix)).await

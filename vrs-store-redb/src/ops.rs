@@ -466,10 +466,30 @@ pub(crate) fn doses_via(db: &Database, index: TableDefinition<Bytes, ()>, prefix
     let txn = begin_read(db)?;
     let index = open_read(&txn, index)?;
     let doses = open_read(&txn, DOSES)?;
+    doses_under(&index, &doses, prefix)
+}
+
+/// [`doses_via`] for each prefix, in one read transaction.
+pub(crate) fn doses_via_each<P: AsRef<[u8]>>(
+    db: &Database,
+    index: TableDefinition<Bytes, ()>,
+    prefixes: &[P],
+) -> Result<Vec<Vec<DoseRecord>>> {
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, index)?;
+    let doses = open_read(&txn, DOSES)?;
+    prefixes.iter().map(|p| doses_under(&index, &doses, p.as_ref())).collect()
+}
+
+fn doses_under<I, T>(index: &I, doses: &T, prefix: &[u8]) -> Result<Vec<DoseRecord>>
+where
+    I: ReadableTable<Bytes, ()>,
+    T: ReadableTable<&'static [u8; 16], Bytes>,
+{
     let mut out = Vec::new();
-    for entry in prefixed(&index, prefix)? {
+    for entry in prefixed(index, prefix)? {
         let (k, _) = entry.map_err(storage("scanning a dose index"))?;
-        if let Some(d) = get_dose(&doses, &id_suffix(k.value()))? {
+        if let Some(d) = get_dose(doses, &id_suffix(k.value()))? {
             out.push(d);
         }
     }
