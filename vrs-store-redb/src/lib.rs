@@ -172,12 +172,12 @@ impl StoreBackend for RedbStore {
 
     async fn doses_by_voucher(&self, voucher: VoucherRef) -> Result<Vec<DoseRecord>> {
         let prefix = schema::voucher_key(&voucher);
-        self.run(move |db| ops::doses_via(db, schema::DOSES_BY_VOUCHER, &prefix)).await
+        self.run(move |db| ops::doses_by_voucher(db, &prefix)).await
     }
 
     async fn doses_by_vouchers(&self, vouchers: &[VoucherRef]) -> Result<Vec<Vec<DoseRecord>>> {
-        let prefixes: Vec<_> = vouchers.iter().map(schema::voucher_key).collect();
-        self.run(move |db| ops::doses_via_each(db, schema::DOSES_BY_VOUCHER, &prefixes)).await
+        let keys: Vec<_> = vouchers.iter().map(schema::voucher_key).collect();
+        self.run(move |db| ops::doses_by_vouchers(db, &keys)).await
     }
 
     async fn unmatched_doses(&self, municipality: MunicipalityCode) -> Result<Vec<DoseRecord>> {
@@ -191,7 +191,7 @@ impl StoreBackend for RedbStore {
     }
 
     async fn scan_doses(&self, municipality: MunicipalityCode, scan: DoseScan, visit: Visit<'_, DoseRecord>) -> Result<u64> {
-        self.stream(move |db, out| ops::scan_doses(db, &municipality, scan, out), visit).await
+        self.stream(move |db, out| ops::scan_doses(db, &municipality, scan, ops::SCAN_CHUNK, out), visit).await
     }
 
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {

@@ -104,7 +104,7 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
     open_write(txn, PREVIOUS_VOUCHERS)?;
     open_write(txn, MOVED_IN)?;
     open_write(txn, DOSES)?;
-    open_write(txn, DOSES_BY_VOUCHER)?;
+    open_write(txn, DOSE_IDS)?;
     open_write(txn, DOSES_BY_SEQ)?;
     open_write(txn, UNMATCHED)?;
     open_write(txn, DOSES_BY_SITE)?;
@@ -438,9 +438,28 @@ fn write_runs<T>(
 // ---------------------------------------------------------------------------------------
 // Doses
 
-fn get_dose<T: ReadableTable<&'static [u8; 16], Bytes>>(doses: &T, id: &[u8; 16]) -> Result<Option<DoseRecord>> {
-    match doses.get(id).map_err(storage("reading a dose"))? {
+/// The `doses` key of a dose, found by its id.
+fn dose_key_of<T: ReadableTable<&'static [u8; 16], &'static [u8; VOUCHER_KEY]>>(ids: &T, id: &[u8; 16]) -> Result<Option<[u8; DOSE_KEY]>> {
+    Ok(ids.get(id).map_err(storage("reading the dose id index"))?.map(|g| dose_key(g.value(), id)))
+}
+
+/// The dose stored under a `doses` key, decoded as `D`.
+fn get_dose_at<D: DeserializeOwned, T: ReadableTable<Bytes, Bytes>>(doses: &T, key: &[u8]) -> Result<Option<D>> {
+    match doses.get(key).map_err(storage("reading a dose"))? {
         Some(g) => Ok(Some(decode("decoding a dose", g.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// A dose by its id.
+fn get_dose<D, T, I>(doses: &T, ids: &I, id: &[u8; 16]) -> Result<Option<D>>
+where
+    D: DeserializeOwned,
+    T: ReadableTable<Bytes, Bytes>,
+    I: ReadableTable<&'static [u8; 16], &'static [u8; VOUCHER_KEY]>,
+{
+    match dose_key_of(ids, id)? {
+        Some(key) => get_dose_at(doses, &key),
         None => Ok(None),
     }
 }
@@ -457,8 +476,29 @@ fn id_suffix(key: &[u8]) -> [u8; 16] {
 /// One dose.
 pub(crate) fn dose(db: &Database, id: &DoseId) -> Result<Option<DoseRecord>> {
     let txn = begin_read(db)?;
+    get_dose(&open_read(&txn, DOSES)?, &open_read(&txn, DOSE_IDS)?, id.as_bytes())
+}
+
+/// The doses registered with a voucher, by id.
+pub(crate) fn doses_by_voucher(db: &Database, voucher: &[u8; VOUCHER_KEY]) -> Result<Vec<DoseRecord>> {
+    let txn = begin_read(db)?;
+    voucher_doses(&open_read(&txn, DOSES)?, voucher)
+}
+
+/// The doses registered with each voucher, in one read transaction.
+pub(crate) fn doses_by_vouchers(db: &Database, vouchers: &[[u8; VOUCHER_KEY]]) -> Result<Vec<Vec<DoseRecord>>> {
+    let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    get_dose(&doses, id.as_bytes())
+    vouchers.iter().map(|v| voucher_doses(&doses, v)).collect()
+}
+
+fn voucher_doses<T: ReadableTable<Bytes, Bytes>>(doses: &T, voucher: &[u8; VOUCHER_KEY]) -> Result<Vec<DoseRecord>> {
+    let mut out = Vec::new();
+    for entry in prefixed(doses, voucher)? {
+        let (_, v) = entry.map_err(storage("scanning a voucher's doses"))?;
+        out.push(decode("decoding a dose", v.value())?);
+    }
+    Ok(out)
 }
 
 /// The doses whose ids end the keys of `index` under `prefix`, in key order.
@@ -466,56 +506,53 @@ pub(crate) fn doses_via(db: &Database, index: TableDefinition<Bytes, ()>, prefix
     let txn = begin_read(db)?;
     let index = open_read(&txn, index)?;
     let doses = open_read(&txn, DOSES)?;
-    doses_under(&index, &doses, prefix)
-}
-
-/// [`doses_via`] for each prefix, in one read transaction.
-pub(crate) fn doses_via_each<P: AsRef<[u8]>>(
-    db: &Database,
-    index: TableDefinition<Bytes, ()>,
-    prefixes: &[P],
-) -> Result<Vec<Vec<DoseRecord>>> {
-    let txn = begin_read(db)?;
-    let index = open_read(&txn, index)?;
-    let doses = open_read(&txn, DOSES)?;
-    prefixes.iter().map(|p| doses_under(&index, &doses, p.as_ref())).collect()
-}
-
-fn doses_under<I, T>(index: &I, doses: &T, prefix: &[u8]) -> Result<Vec<DoseRecord>>
-where
-    I: ReadableTable<Bytes, ()>,
-    T: ReadableTable<&'static [u8; 16], Bytes>,
-{
+    let ids = open_read(&txn, DOSE_IDS)?;
     let mut out = Vec::new();
-    for entry in prefixed(index, prefix)? {
+    for entry in prefixed(&index, prefix)? {
         let (k, _) = entry.map_err(storage("scanning a dose index"))?;
-        if let Some(d) = get_dose(doses, &id_suffix(k.value()))? {
+        if let Some(d) = get_dose(&doses, &ids, &id_suffix(k.value()))? {
             out.push(d);
         }
     }
     Ok(out)
 }
 
-/// Sends a municipality's doses in the order `scan` asks for; returns the highest
-/// sequence number sent (or `after`, or 0).
-pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, out: &async_channel::Sender<Vec<DoseRecord>>) -> Result<u64> {
+/// What a dose scan decodes each stored record into: the whole record, or a projection
+/// that deserializes from the same bytes.
+pub(crate) trait ScannedDose: DeserializeOwned + Send + 'static {
+    /// The record's change sequence number.
+    fn seq(&self) -> u64;
+}
+
+impl ScannedDose for DoseRecord {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Sends a municipality's doses in the order `scan` asks for, decoded as `T`, in chunks of
+/// `chunk` records; returns the highest sequence number sent (or `after`, or 0).
+pub(crate) fn scan_doses<T: ScannedDose>(
+    db: &Database,
+    m: &MunicipalityCode,
+    scan: DoseScan,
+    chunk_len: usize,
+    out: &async_channel::Sender<Vec<T>>,
+) -> Result<u64> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    let mut chunk = Vec::with_capacity(chunk_len);
     let mut high = 0u64;
-    let send = |chunk: &mut Vec<DoseRecord>, d: DoseRecord, high: &mut u64| -> bool {
-        *high = (*high).max(d.seq);
+    let send = |chunk: &mut Vec<T>, d: T, high: &mut u64| -> bool {
+        *high = (*high).max(d.seq());
         chunk.push(d);
-        chunk.len() < SCAN_CHUNK || out.send_blocking(std::mem::replace(chunk, Vec::with_capacity(SCAN_CHUNK))).is_ok()
+        chunk.len() < chunk_len || out.send_blocking(std::mem::replace(chunk, Vec::with_capacity(chunk_len))).is_ok()
     };
     match scan {
         DoseScan::ByVoucher => {
-            let index = open_read(&txn, DOSES_BY_VOUCHER)?;
-            for entry in prefixed(&index, &muni(m))? {
-                let (k, _) = entry.map_err(storage("scanning doses by voucher"))?;
-                if let Some(d) = get_dose(&doses, &id_suffix(k.value()))?
-                    && !send(&mut chunk, d, &mut high)
-                {
+            for entry in prefixed(&doses, &muni(m))? {
+                let (_, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                if !send(&mut chunk, decode("decoding a dose", v.value())?, &mut high) {
                     return Ok(high);
                 }
             }
@@ -527,8 +564,8 @@ pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, ou
             let end = prefix_end(&muni(m)).unwrap_or_default();
             let index = open_read(&txn, DOSES_BY_SEQ)?;
             for entry in index.range::<&[u8]>(start.as_slice()..end.as_slice()).map_err(storage("scanning doses by sequence"))? {
-                let (_, id) = entry.map_err(storage("scanning doses by sequence"))?;
-                if let Some(d) = get_dose(&doses, id.value())?
+                let (_, key) = entry.map_err(storage("scanning doses by sequence"))?;
+                if let Some(d) = get_dose_at(&doses, key.value())?
                     && !send(&mut chunk, d, &mut high)
                 {
                     return Ok(high);
@@ -658,9 +695,9 @@ pub(crate) fn audit(db: &Database, m: &MunicipalityCode) -> Result<Vec<AuditEven
 
 /// Every table a change set writes, opened once per transaction.
 struct Writer<'t> {
-    doses: Table<'t, &'static [u8; 16], Bytes>,
-    by_voucher: Table<'t, Bytes, ()>,
-    by_seq: Table<'t, Bytes, &'static [u8; 16]>,
+    doses: Table<'t, Bytes, Bytes>,
+    ids: Table<'t, &'static [u8; 16], &'static [u8; VOUCHER_KEY]>,
+    by_seq: Table<'t, Bytes, &'static [u8; DOSE_KEY]>,
     unmatched: Table<'t, Bytes, ()>,
     by_site: Table<'t, Bytes, ()>,
     slots: Table<'t, &'static [u8; SLOT_KEY], &'static [u8; 16]>,
@@ -696,7 +733,7 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
     let audit_seq = meta.get(META_AUDIT_SEQ).map_err(storage("reading the audit sequence number"))?.map(|g| g.value()).unwrap_or(0);
     let mut w = Writer {
         doses: open_write(txn, DOSES)?,
-        by_voucher: open_write(txn, DOSES_BY_VOUCHER)?,
+        ids: open_write(txn, DOSE_IDS)?,
         by_seq: open_write(txn, DOSES_BY_SEQ)?,
         unmatched: open_write(txn, UNMATCHED)?,
         by_site: open_write(txn, DOSES_BY_SITE)?,
@@ -726,13 +763,13 @@ impl Writer<'_> {
     fn apply(&mut self, change: ChangeSet) -> Result<()> {
         let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit } = change;
         for mut dose in new_doses {
-            if self.doses.get(dose.id.as_bytes()).map_err(storage("reading a dose"))?.is_some() {
+            if self.ids.get(dose.id.as_bytes()).map_err(storage("reading the dose id index"))?.is_some() {
                 return Err(conflict(format!("dose {} already exists", dose.id)));
             }
             self.write_dose(None, &mut dose)?;
         }
         for mut dose in updated_doses {
-            let Some(stored) = get_dose(&self.doses, dose.id.as_bytes())? else {
+            let Some(stored) = get_dose::<DoseRecord, _, _>(&self.doses, &self.ids, dose.id.as_bytes())? else {
                 return Err(conflict(format!("dose {} to update does not exist", dose.id)));
             };
             if dose.revision.checked_sub(1) != Some(stored.revision) {
@@ -789,8 +826,12 @@ impl Writer<'_> {
 
     /// Stores a dose record with a fresh sequence number and moves its index entries.
     fn write_dose(&mut self, stored: Option<&DoseRecord>, dose: &mut DoseRecord) -> Result<()> {
+        let voucher = voucher_key(&dose.voucher);
+        let key = dose_key(&voucher, dose.id.as_bytes());
         if let Some(old) = stored {
-            self.by_voucher.remove(dose_voucher_key(&old.voucher, &old.id).as_slice()).map_err(storage("moving a dose index entry"))?;
+            if old.voucher != dose.voucher {
+                self.doses.remove(dose_key(&voucher_key(&old.voucher), old.id.as_bytes()).as_slice()).map_err(storage("moving a dose"))?;
+            }
             self.by_seq.remove(seq_key(&old.owner(), old.seq).as_slice()).map_err(storage("moving a dose index entry"))?;
             self.unmatched.remove(unmatched_key(&old.owner(), &old.id).as_slice()).map_err(storage("moving a dose index entry"))?;
             self.by_site
@@ -801,9 +842,11 @@ impl Writer<'_> {
         dose.seq = self.seq;
         let value = encode("encoding a dose", &*dose)?;
         let id = dose.id;
-        self.doses.insert(id.as_bytes(), value.as_slice()).map_err(storage("writing a dose"))?;
-        self.by_voucher.insert(dose_voucher_key(&dose.voucher, &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
-        self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), id.as_bytes()).map_err(storage("writing a dose index entry"))?;
+        self.doses.insert(key.as_slice(), value.as_slice()).map_err(storage("writing a dose"))?;
+        if stored.is_none_or(|old| old.voucher != dose.voucher) {
+            self.ids.insert(id.as_bytes(), &voucher).map_err(storage("writing the dose id index"))?;
+        }
+        self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), &key).map_err(storage("writing a dose index entry"))?;
         if dose.matched.is_none() {
             self.unmatched.insert(unmatched_key(&dose.owner(), &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }

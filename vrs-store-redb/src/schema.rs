@@ -10,9 +10,9 @@
 //! | `vouchers` | m(6) · voucher(10) | addressee (length byte · digits) |
 //! | `previous_vouchers` | prev m(6) · prev voucher(10) · m(6) · addressee | () |
 //! | `moved_in` | m(6) · addressee | () |
-//! | `doses` | dose id(16) | [`DoseRecord`] |
-//! | `doses_by_voucher` | m(6) · voucher(10) · dose id(16) | () |
-//! | `doses_by_seq` | m(6) · seq(8, big-endian) | dose id(16) |
+//! | `doses` | m(6) · voucher(10) · dose id(16) | [`DoseRecord`] |
+//! | `dose_ids` | dose id(16) | m(6) · voucher(10) |
+//! | `doses_by_seq` | m(6) · seq(8, big-endian) | `doses` key(32) |
 //! | `unmatched` | m(6) · dose id(16) | () |
 //! | `doses_by_site` | site id length(1) · site id · JST date(4) · dose id(16) | () |
 //! | `slots` | m(6) · voucher(10) · dose number(1) | dose id(16) |
@@ -26,6 +26,9 @@
 //!
 //! An addressee is written as one length byte then its digits, so that within a
 //! municipality shorter (smaller) numbers sort first and no number is a prefix of another.
+//!
+//! Doses are stored in voucher order, so that a municipality's ledger and a person's
+//! doses are read as ranges of neighbouring pages; `dose_ids` finds a dose by its id.
 //!
 //! [`Resident`]: vrs_core::resident::Resident
 //! [`DoseRecord`]: vrs_core::dose::DoseRecord
@@ -46,9 +49,9 @@ pub(crate) const RESIDENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new
 pub(crate) const VOUCHERS: TableDefinition<Bytes, Bytes> = TableDefinition::new("vouchers");
 pub(crate) const PREVIOUS_VOUCHERS: TableDefinition<Bytes, ()> = TableDefinition::new("previous_vouchers");
 pub(crate) const MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("moved_in");
-pub(crate) const DOSES: TableDefinition<&[u8; 16], Bytes> = TableDefinition::new("doses");
-pub(crate) const DOSES_BY_VOUCHER: TableDefinition<Bytes, ()> = TableDefinition::new("doses_by_voucher");
-pub(crate) const DOSES_BY_SEQ: TableDefinition<Bytes, &[u8; 16]> = TableDefinition::new("doses_by_seq");
+pub(crate) const DOSES: TableDefinition<Bytes, Bytes> = TableDefinition::new("doses");
+pub(crate) const DOSE_IDS: TableDefinition<&[u8; 16], &[u8; VOUCHER_KEY]> = TableDefinition::new("dose_ids");
+pub(crate) const DOSES_BY_SEQ: TableDefinition<Bytes, &[u8; DOSE_KEY]> = TableDefinition::new("doses_by_seq");
 pub(crate) const UNMATCHED: TableDefinition<Bytes, ()> = TableDefinition::new("unmatched");
 pub(crate) const DOSES_BY_SITE: TableDefinition<Bytes, ()> = TableDefinition::new("doses_by_site");
 pub(crate) const SLOTS: TableDefinition<&[u8; SLOT_KEY], &[u8; 16]> = TableDefinition::new("slots");
@@ -67,12 +70,14 @@ pub(crate) const META_DOSE_SEQ: &str = "seq";
 /// `meta` entry: the last sequence number given to an audit event.
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+pub(crate) const SCHEMA_VERSION: u64 = 3;
 
 /// Length of a municipality code in a key.
 pub(crate) const M: usize = 6;
 /// Length of a `vouchers` key: municipality and voucher number.
 pub(crate) const VOUCHER_KEY: usize = M + 10;
+/// Length of a `doses` key: voucher key and dose id.
+pub(crate) const DOSE_KEY: usize = VOUCHER_KEY + 16;
 /// Length of a `slots` key: voucher key and dose number.
 pub(crate) const SLOT_KEY: usize = VOUCHER_KEY + 1;
 /// An encoded addressee: one length byte and at most 15 digits.
@@ -128,11 +133,11 @@ pub(crate) fn previous_key(previous: &VoucherRef, person_key: &[u8]) -> Vec<u8> 
     k
 }
 
-/// The `doses_by_voucher` key.
-pub(crate) fn dose_voucher_key(v: &VoucherRef, id: &DoseId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(VOUCHER_KEY + 16);
-    k.extend_from_slice(&voucher_key(v));
-    k.extend_from_slice(id.as_bytes());
+/// The `doses` key: the voucher (whose municipality owns the dose), then the dose id.
+pub(crate) fn dose_key(voucher: &[u8; VOUCHER_KEY], id: &[u8; 16]) -> [u8; DOSE_KEY] {
+    let mut k = [0u8; DOSE_KEY];
+    k[..VOUCHER_KEY].copy_from_slice(voucher);
+    k[VOUCHER_KEY..].copy_from_slice(id);
     k
 }
 
