@@ -1,6 +1,6 @@
 //! Time as the domain needs it. The core never reads a clock: callers pass `now`.
 
-use chrono::{DateTime, FixedOffset, NaiveDate, Offset, Utc};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Offset, Timelike, Utc};
 
 /// Japan Standard Time, UTC+9 (no daylight saving).
 pub fn jst() -> FixedOffset {
@@ -15,7 +15,55 @@ pub fn jst_date(at: DateTime<Utc>) -> NaiveDate {
 
 /// `YYYYMMDDHHMMSS` in Japan time, as the ledger writes 接種履歴登録日時.
 pub fn ledger_timestamp(at: DateTime<Utc>) -> String {
-    at.with_timezone(&jst()).format("%Y%m%d%H%M%S").to_string()
+    let mut s = String::with_capacity(14);
+    push_ledger_timestamp(&mut s, at);
+    s
+}
+
+/// Appends [`ledger_timestamp`] to `out` without allocating: the same text as chrono's
+/// `%Y%m%d%H%M%S`, written digit by digit (years outside 0–9999 and leap seconds, which
+/// chrono writes its own way, take chrono's formatter).
+pub fn push_ledger_timestamp(out: &mut String, at: DateTime<Utc>) {
+    // Only the last instants chrono can represent have no Japan time; they keep UTC.
+    let local = at.naive_utc().checked_add_offset(jst()).unwrap_or(at.naive_utc());
+    let year = local.year();
+    if !(0..=9999).contains(&year) || local.nanosecond() >= 1_000_000_000 {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{}", local.format("%Y%m%d%H%M%S"));
+        return;
+    }
+    let mut b = [0u8; 14];
+    put_digits(&mut b[..4], year as u32);
+    put_digits(&mut b[4..6], local.month());
+    put_digits(&mut b[6..8], local.day());
+    put_digits(&mut b[8..10], local.hour());
+    put_digits(&mut b[10..12], local.minute());
+    put_digits(&mut b[12..14], local.second());
+    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
+}
+
+/// Appends `YYYYMMDD` (接種日 in the ledger) to `out`: the same text as chrono's `%Y%m%d`.
+pub fn push_ledger_date(out: &mut String, date: NaiveDate) {
+    let year = date.year();
+    if !(0..=9999).contains(&year) {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{}", date.format("%Y%m%d"));
+        return;
+    }
+    let mut b = [0u8; 8];
+    put_digits(&mut b[..4], year as u32);
+    put_digits(&mut b[4..6], date.month());
+    put_digits(&mut b[6..8], date.day());
+    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
+}
+
+/// Writes `value` as ASCII digits filling `out`, zero-padded (its top digits are dropped
+/// if it has more).
+fn put_digits(out: &mut [u8], mut value: u32) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
 }
 
 /// Serde for instants (`DateTime<Utc>`): chrono's RFC 3339 text in human-readable formats
@@ -171,6 +219,36 @@ mod tests {
                 since: Some(NaiveDate::MAX),
             },
         ]
+    }
+
+    #[test]
+    fn ledger_digits_are_chrono_strftime() {
+        let mut cases: Vec<DateTime<Utc>> = vec![
+            at("2021-06-01T14:59:59.999999999Z"),
+            at("2021-06-01T15:00:00Z"),
+            at("2021-12-31T15:00:00Z"),
+            at("0000-01-01T00:00:00Z"),
+            at("9999-12-31T14:59:59Z"),
+            at("9999-12-31T15:00:00Z"),
+            DateTime::<Utc>::MIN_UTC,
+            // A leap second (chrono writes :60).
+            NaiveDate::from_ymd_opt(2016, 12, 31).unwrap().and_hms_nano_opt(23, 59, 59, 1_500_000_000).unwrap().and_utc(),
+        ];
+        let mut x: i64 = 0x1234_5678;
+        for _ in 0..2000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(DateTime::from_timestamp(x.rem_euclid(400 * 366 * 86_400) - 200 * 366 * 86_400, 0).unwrap());
+        }
+        assert_eq!(super::ledger_timestamp(DateTime::<Utc>::MAX_UTC), "+2621421231235959", "no panic at the end of time");
+        for t in cases {
+            let local = t.with_timezone(&super::jst());
+            assert_eq!(super::ledger_timestamp(t), local.format("%Y%m%d%H%M%S").to_string(), "{t:?}");
+            let mut d = String::new();
+            super::push_ledger_date(&mut d, local.date_naive());
+            assert_eq!(d, local.date_naive().format("%Y%m%d").to_string(), "{t:?}");
+        }
     }
 
     #[test]

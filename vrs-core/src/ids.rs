@@ -116,13 +116,16 @@ impl MunicipalityCode {
 
     /// Checks the prefecture and check digit of six ASCII digits (`text` as given, for errors).
     fn from_digits(b: [u8; 6], text: &str) -> Result<Self> {
-        let text = if text.is_empty() { std::str::from_utf8(&b).unwrap_or_default() } else { text };
+        let error = |reason| {
+            let text = if text.is_empty() { std::str::from_utf8(&b).unwrap_or_default() } else { text };
+            Err(invalid("municipality_code", text, reason))
+        };
         let pref = (b[0] - b'0') * 10 + (b[1] - b'0');
         if !(1..=47).contains(&pref) {
-            return Err(invalid("municipality_code", text, "prefecture (first two digits) must be 01-47"));
+            return error("prefecture (first two digits) must be 01-47");
         }
         if Self::check_digit(&b) != b[5] - b'0' {
-            return Err(invalid("municipality_code", text, "check digit does not match"));
+            return error("check digit does not match");
         }
         Ok(Self(b))
     }

@@ -15,6 +15,7 @@ use crate::dose::DoseRecord;
 use crate::finding::Finding;
 use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
 use crate::import::ImportReport;
+use crate::ledger::LedgerDose;
 use crate::resident::Resident;
 use crate::stats::{StatsKey, StatsQuery, StatsRow};
 
@@ -167,6 +168,14 @@ pub trait StoreBackend: Send + Sync {
     /// Scans a municipality's doses; returns the highest change sequence number seen
     /// (or `after` when nothing changed), the cursor for the next delta.
     async fn scan_doses(&self, municipality: MunicipalityCode, scan: DoseScan, visit: Visit<'_, DoseRecord>) -> Result<u64>;
+    /// Scans a municipality's doses in voucher order, as [`DoseScan::ByVoucher`] does, each
+    /// as the ledger export reads it; returns the highest change sequence number seen. The
+    /// default projects [`scan_doses`](Self::scan_doses); a store may decode the
+    /// [`LedgerDose`]s straight from its stored records instead (they deserialize from a
+    /// [`DoseRecord`]'s serde representation), which skips most of a record's decoding.
+    async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
+        self.scan_doses(municipality, DoseScan::ByVoucher, &mut |d: DoseRecord| visit(LedgerDose::from(&d))).await
+    }
 
     /// Findings in a municipality's review queue (open only, or all).
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>>;

@@ -33,6 +33,7 @@ use crate::ids::{
     AccountId, AddresseeNumber, DoseId, IdempotencyKey, MunicipalityCode, PersonRef, PersonalNumberHash, SiteId, VoucherNumber, VoucherRef,
 };
 use crate::import::ImportReport;
+use crate::ledger::LedgerDose;
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
 use crate::stats::{AgeBand, StatsKey, StatsQuery, StatsRow};
 use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, ResidentSource, StoreBackend};
@@ -71,6 +72,7 @@ macro_rules! store_conformance_tests {
                 audit_in_order,
                 visitor_error_stops_the_scan,
                 values_round_trip_exactly,
+                ledger_scan_is_the_by_voucher_scan_projected,
                 doses_by_vouchers_answer_each_voucher_in_order,
             }
             // The service run end to end on the store (vrs_core::testing_service).
@@ -1123,6 +1125,69 @@ pub async fn values_round_trip_exactly(store: DynStore) {
     assert_eq!(store.accounts(code(OSAKA)).await.unwrap(), vec![acc]);
     assert_eq!(store.statistics(StatsQuery::Municipality(code(CHIYODA))).await.unwrap(), vec![StatsRow { key, count: 5 }]);
     assert_eq!(store.audit(code(CHIYODA)).await.unwrap(), vec![ev]);
+}
+
+/// [`StoreBackend::scan_ledger_doses`] yields what a `ByVoucher` scan does, each dose as
+/// [`LedgerDose::from`] projects it (newest version, voids and matches included), and the
+/// same cursor; a visitor's error stops it.
+pub async fn ledger_scan_is_the_by_voucher_scan_projected(store: DynStore) {
+    let matched = DoseRecord {
+        matched: Some(person(CHIYODA, "000042")),
+        ..dose("m", voucher(CHIYODA, "0000000200"), 1, "2021-06-01T16:00:00.25Z", "venue-1")
+    };
+    let unmatched = dose("u", voucher(CHIYODA, "0000000100"), 2, "2021-06-02T01:00:00Z", "venue-2");
+    let corrected = dose("c", voucher(CHIYODA, "0000000100"), 1, "2021-06-03T01:00:00Z", "venue-1");
+    let voided = dose("v", voucher(CHIYODA, "0000000300"), 1, "2021-06-04T01:00:00Z", "venue-1");
+    let elsewhere = dose("e", voucher(CHUO, "0000000100"), 1, "2021-06-04T01:00:00Z", "venue-1");
+    store.apply(vec![new_doses(vec![matched, unmatched, corrected.clone(), voided.clone(), elsewhere])]).await.unwrap();
+    let fix = |d: &DoseRecord, change: fn(&mut DoseVersion)| {
+        next_revision(d, |d| {
+            let mut v = d.current().clone();
+            v.version += 1;
+            v.reason = Some("テスト, \"訂正\"".into());
+            change(&mut v);
+            d.versions.push(v);
+        })
+    };
+    let corrected = fix(&store.dose(corrected.id).await.unwrap().unwrap(), |v| {
+        v.details.lot = "EY0779".into();
+        v.details.dose_number = 3;
+    });
+    let voided = fix(&store.dose(voided.id).await.unwrap().unwrap(), |v| v.voided = true);
+    store.apply(vec![updated_doses(vec![corrected, voided])]).await.unwrap();
+
+    let (records, cursor) = scanned_doses(&store, CHIYODA, DoseScan::ByVoucher).await;
+    assert_eq!(records.len(), 4);
+    let mut projected = Vec::new();
+    let ledger_cursor = store
+        .scan_ledger_doses(code(CHIYODA), &mut |d| {
+            projected.push(d);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(projected, records.iter().map(LedgerDose::from).collect::<Vec<_>>());
+    assert_eq!(ledger_cursor, cursor);
+    assert!(projected.iter().any(|d| d.voided) && projected.iter().any(|d| d.lot() == "EY0779" && d.dose_number == 3));
+    assert_eq!(projected.iter().filter_map(|d| d.matched()).collect::<Vec<_>>(), vec![(code(CHIYODA), "000042")]);
+
+    let mut none = 0;
+    let empty = store
+        .scan_ledger_doses(code(OSAKA), &mut |_| {
+            none += 1;
+            Ok(())
+        })
+        .await;
+    assert_eq!((empty.unwrap(), none), (0, 0));
+    let mut seen = 0;
+    let stopped = store
+        .scan_ledger_doses(code(CHIYODA), &mut |_| {
+            seen += 1;
+            Err(Error::NotFound { what: "stop".into() })
+        })
+        .await;
+    assert!(matches!(stopped, Err(Error::NotFound { .. })), "{stopped:?}");
+    assert_eq!(seen, 1);
 }
 
 /// [`StoreBackend::doses_by_vouchers`] answers each voucher as

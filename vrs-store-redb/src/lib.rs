@@ -36,6 +36,7 @@ use vrs_core::access::TabletAccount;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
+use vrs_core::ledger::LedgerDose;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsQuery, StatsRow};
 use vrs_core::store::{Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource, StoreBackend, Visit};
@@ -191,7 +192,11 @@ impl StoreBackend for RedbStore {
     }
 
     async fn scan_doses(&self, municipality: MunicipalityCode, scan: DoseScan, visit: Visit<'_, DoseRecord>) -> Result<u64> {
-        self.stream(move |db, out| ops::scan_doses(db, &municipality, scan, ops::SCAN_CHUNK, out), visit).await
+        self.stream(move |db, out| ops::scan_doses(db, &municipality, scan, out), visit).await
+    }
+
+    async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
+        self.stream(move |db, out| ops::scan_ledger_doses(db, &municipality, out), visit).await
     }
 
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {

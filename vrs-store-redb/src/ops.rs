@@ -14,6 +14,7 @@ use vrs_core::access::TabletAccount;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{DoseId, MunicipalityCode};
+use vrs_core::ledger::{LedgerBatch, LedgerDose};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
 use vrs_core::store::{AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource};
@@ -25,6 +26,8 @@ use crate::schema::*;
 pub(crate) const IMPORT_BATCH: usize = 8192;
 /// Records sent from a scan's read transaction to the visitor at a time.
 pub(crate) const SCAN_CHUNK: usize = 1024;
+/// Ledger doses (small, and read by the million) sent at a time.
+pub(crate) const LEDGER_SCAN_CHUNK: usize = 4096;
 
 /// Maps a redb (or postcard) error into [`Error::Storage`], saying what was being done.
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> Error {
@@ -517,36 +520,17 @@ pub(crate) fn doses_via(db: &Database, index: TableDefinition<Bytes, ()>, prefix
     Ok(out)
 }
 
-/// What a dose scan decodes each stored record into: the whole record, or a projection
-/// that deserializes from the same bytes.
-pub(crate) trait ScannedDose: DeserializeOwned + Send + 'static {
-    /// The record's change sequence number.
-    fn seq(&self) -> u64;
-}
-
-impl ScannedDose for DoseRecord {
-    fn seq(&self) -> u64 {
-        self.seq
-    }
-}
-
-/// Sends a municipality's doses in the order `scan` asks for, decoded as `T`, in chunks of
-/// `chunk` records; returns the highest sequence number sent (or `after`, or 0).
-pub(crate) fn scan_doses<T: ScannedDose>(
-    db: &Database,
-    m: &MunicipalityCode,
-    scan: DoseScan,
-    chunk_len: usize,
-    out: &async_channel::Sender<Vec<T>>,
-) -> Result<u64> {
+/// Sends a municipality's doses in the order `scan` asks for, in chunks; returns the
+/// highest sequence number sent (or `after`, or 0).
+pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, out: &async_channel::Sender<Vec<DoseRecord>>) -> Result<u64> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    let mut chunk = Vec::with_capacity(chunk_len);
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
     let mut high = 0u64;
-    let send = |chunk: &mut Vec<T>, d: T, high: &mut u64| -> bool {
-        *high = (*high).max(d.seq());
+    let send = |chunk: &mut Vec<DoseRecord>, d: DoseRecord, high: &mut u64| -> bool {
+        *high = (*high).max(d.seq);
         chunk.push(d);
-        chunk.len() < chunk_len || out.send_blocking(std::mem::replace(chunk, Vec::with_capacity(chunk_len))).is_ok()
+        chunk.len() < SCAN_CHUNK || out.send_blocking(std::mem::replace(chunk, Vec::with_capacity(SCAN_CHUNK))).is_ok()
     };
     match scan {
         DoseScan::ByVoucher => {
@@ -575,6 +559,32 @@ pub(crate) fn scan_doses<T: ScannedDose>(
     }
     if !chunk.is_empty() {
         let _ = out.send_blocking(chunk);
+    }
+    Ok(high)
+}
+
+/// Sends a municipality's doses in voucher order as the ledger reads them, decoded
+/// straight from the stored records in batches; returns the highest sequence number sent.
+pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDose>>) -> Result<u64> {
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    let mut batch = LedgerBatch::default();
+    let mut high = 0u64;
+    let mut send = |batch: &mut LedgerBatch| -> Result<bool> {
+        let chunk = batch.take()?;
+        high = chunk.iter().fold(high, |h, d| h.max(d.seq));
+        Ok(out.send_blocking(chunk).is_ok())
+    };
+    for entry in prefixed(&doses, &muni(m))? {
+        let (_, v) = entry.map_err(storage("scanning doses by voucher"))?;
+        batch.push(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
+        if batch.len() == LEDGER_SCAN_CHUNK && !send(&mut batch)? {
+            // The visitor stopped the scan.
+            return Ok(high);
+        }
+    }
+    if !batch.is_empty() {
+        send(&mut batch)?;
     }
     Ok(high)
 }
