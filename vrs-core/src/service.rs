@@ -14,10 +14,12 @@ use crate::dose::{DoseCorrection, DoseDetails, DoseRecord, DoseRegistration, Dos
 use crate::finding::{Finding, FindingKind};
 use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, VoucherRef};
 use crate::import::ImportReport;
-use crate::reconcile::{assess_person, diff_findings, validate_details, validate_registration, vouchers_of};
+use crate::reconcile::{assess_person, diff_findings, validate_details, validate_registration};
 use crate::resident::Resident;
 use crate::stats::{StatsQuery, StatsRow, deltas, key_for, merge_deltas};
-use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, ResidentSource, Visit};
+use crate::store::{
+    AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, PersonContext, PersonQuery, ResidentSource, Visit, person_vouchers,
+};
 use crate::vaccine::{Catalogue, ProductCode};
 use crate::{Error, Result};
 
@@ -208,15 +210,8 @@ impl Registry {
 
     // ---- reads through the batch overlay -------------------------------------------
 
-    async fn view_dose(&self, pending: &Pending, id: DoseId) -> Result<Option<DoseRecord>> {
-        if let Some(d) = pending.doses.get(&id) {
-            return Ok(Some(d.clone()));
-        }
-        self.store.dose(id).await
-    }
-
-    async fn view_doses_by_voucher(&self, pending: &Pending, voucher: VoucherRef) -> Result<Vec<DoseRecord>> {
-        let mut doses = self.store.doses_by_voucher(voucher).await?;
+    /// A voucher's stored doses with the batch's own doses of that voucher over them.
+    fn overlay_doses(pending: &Pending, voucher: VoucherRef, mut doses: Vec<DoseRecord>) -> Vec<DoseRecord> {
         if let Some(ids) = pending.by_voucher.get(&voucher) {
             for id in ids {
                 if let Some(p) = pending.doses.get(id) {
@@ -227,11 +222,11 @@ impl Registry {
                 }
             }
         }
-        Ok(doses)
+        doses
     }
 
-    async fn view_findings(&self, pending: &Pending, dose: DoseId) -> Result<Vec<Finding>> {
-        let mut found = self.store.findings_for_dose(dose).await?;
+    /// A dose's stored findings with the batch's own findings of that dose over them.
+    fn overlay_findings(pending: &Pending, dose: DoseId, mut found: Vec<Finding>) -> Vec<Finding> {
         for f in found.iter_mut() {
             if let Some(p) = pending.findings.get(&(f.dose, f.kind)) {
                 *f = p.clone();
@@ -242,42 +237,51 @@ impl Registry {
                 found.push(f.clone());
             }
         }
-        Ok(found)
+        found
     }
 
-    /// The resident a voucher belongs to: its holder in the issuing municipality, or a
-    /// resident elsewhere who names it as previous voucher.
-    async fn resident_for_voucher(&self, voucher: VoucherRef) -> Result<Option<Resident>> {
-        if let Some(r) = self.store.resident_by_voucher(voucher).await? {
-            return Ok(Some(r));
+    async fn view_findings(&self, pending: &Pending, dose: DoseId) -> Result<Vec<Finding>> {
+        Ok(Self::overlay_findings(pending, dose, self.store.findings_for_dose(dose).await?))
+    }
+
+    /// What deciding about one voucher needs, read in one call (see
+    /// [`StoreBackend::person_contexts`](crate::store::StoreBackend::person_contexts)).
+    async fn person_context(&self, voucher: VoucherRef, dose: Option<DoseId>) -> Result<PersonContext> {
+        let mut contexts = self.store.person_contexts(&[PersonQuery { voucher, dose }]).await?;
+        contexts.pop().ok_or_else(|| Error::Storage { message: "the store answered no person context".into(), source: None })
+    }
+
+    /// The view of a known resident (or of nobody) for `voucher`: the same reads as a
+    /// context, the resident given rather than found.
+    async fn known_person_view(&self, pending: &Pending, resident: Option<Resident>, voucher: VoucherRef) -> Result<PersonView> {
+        let vouchers = person_vouchers(resident.as_ref(), voucher);
+        let doses: Vec<(VoucherRef, Vec<DoseRecord>)> =
+            vouchers.iter().copied().zip(self.store.doses_by_vouchers(&vouchers).await?).collect();
+        let mut findings = Vec::new();
+        for id in PersonContext::dose_ids(&doses) {
+            findings.push((id, self.store.findings_for_dose(id).await?));
         }
-        Ok(self.store.residents_by_previous_voucher(voucher).await?.into_iter().next())
+        Ok(Self::person_view(pending, PersonContext { existing: None, resident, doses, findings }))
     }
 
-    async fn person_view(&self, pending: &Pending, resident: Option<Resident>, voucher: VoucherRef) -> Result<PersonView> {
-        let vouchers = match &resident {
-            Some(r) => {
-                let mut v = vouchers_of(r);
-                if !v.contains(&voucher) {
-                    v.push(voucher);
-                }
-                v
-            }
-            None => vec![voucher],
-        };
+    /// A person's view from a context read from the store, with the batch's own doses
+    /// and findings over it.
+    fn person_view(pending: &Pending, context: PersonContext) -> PersonView {
+        let PersonContext { resident, doses: by_voucher, findings: stored, .. } = context;
         let mut doses: Vec<DoseRecord> = Vec::new();
-        for v in vouchers {
-            for d in self.view_doses_by_voucher(pending, v).await? {
+        for (v, stored) in by_voucher {
+            for d in Self::overlay_doses(pending, v, stored) {
                 if !doses.iter().any(|x| x.id == d.id) {
                     doses.push(d);
                 }
             }
         }
+        let mut stored: HashMap<DoseId, Vec<Finding>> = stored.into_iter().collect();
         let mut findings = Vec::new();
         for d in &doses {
-            findings.extend(self.view_findings(pending, d.id).await?);
+            findings.extend(Self::overlay_findings(pending, d.id, stored.remove(&d.id).unwrap_or_default()));
         }
-        Ok(PersonView { resident, doses, findings })
+        PersonView { resident, doses, findings }
     }
 
     /// Re-assesses a person's doses after `changed` replaced or joined them, producing
@@ -299,27 +303,53 @@ impl Registry {
 
     // ---- registration ----------------------------------------------------------------
 
+    /// The queries whose contexts decide `regs` (none for an unreadable OCR line, which is
+    /// refused before anything is read).
+    fn registration_queries(regs: &[DoseRegistration]) -> Vec<Option<PersonQuery>> {
+        regs.iter()
+            .map(|r| {
+                crate::reconcile::parse_ocr(&r.ocr_line)
+                    .ok()
+                    .map(|ocr| PersonQuery { voucher: ocr.voucher, dose: Some(DoseId::for_key(&r.idempotency_key)) })
+            })
+            .collect()
+    }
+
+    /// Decides a registration against `context`, the store's answer to its query (read
+    /// before any of the batch was decided; read here when not given), with the batch's
+    /// earlier decisions over it.
     async fn decide_registration(
         &self,
         pending: &Pending,
         account: &TabletAccount,
         who: &str,
         reg: &DoseRegistration,
+        context: Option<PersonContext>,
     ) -> Result<(Option<ChangeSet>, RegistrationOutcome)> {
         let now = self.clock.now();
         let id = DoseId::for_key(&reg.idempotency_key);
-        if let Some(first) = self.view_dose(pending, id).await? {
-            let ocr = crate::reconcile::parse_ocr(&reg.ocr_line)?;
+        // An unreadable OCR line is refused whether or not the key was used (as validation
+        // would refuse it first).
+        let ocr = crate::reconcile::parse_ocr(&reg.ocr_line)?;
+        // The same key earlier in this batch, or already stored: the first result again.
+        let context = match context {
+            Some(c) => c,
+            None => self.person_context(ocr.voucher, Some(id)).await?,
+        };
+        let replay = match pending.doses.get(&id) {
+            Some(first) => Some((first.clone(), self.view_findings(pending, id).await?)),
+            None => context.existing.clone().map(|(d, f)| (d, Self::overlay_findings(pending, id, f))),
+        };
+        if let Some((first, findings)) = replay {
             if first.voucher != ocr.voucher {
                 return Err(Error::Conflict { what: format!("idempotency key {} was used for another voucher", reg.idempotency_key) });
             }
-            let findings = self.view_findings(pending, id).await?.into_iter().filter(|f| f.open).collect();
+            let findings = findings.into_iter().filter(|f| f.open).collect();
             return Ok((None, RegistrationOutcome { matched: first.matched.is_some(), dose: first, findings, replayed: true }));
         }
         let valid = validate_registration(reg, &account.site, &self.catalogue, jst_date(now))?;
         let voucher = valid.ocr.voucher;
-        let resident = self.resident_for_voucher(voucher).await?;
-        let mut view = self.person_view(pending, resident, voucher).await?;
+        let mut view = Self::person_view(pending, context);
         // Registration order decides which of two colliding doses carries the finding, so
         // a new dose is always registered after every dose it was decided against, even
         // when the clock has not moved (a batch, a fixed clock, coarse time).
@@ -399,7 +429,7 @@ impl Registry {
         let empty = Pending::default();
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
-            let (cs, outcome) = self.decide_registration(&empty, account, who, reg).await?;
+            let (cs, outcome) = self.decide_registration(&empty, account, who, reg, None).await?;
             let Some(cs) = cs else { return Ok(outcome) };
             match self.store.apply(vec![cs]).await {
                 Ok(applied) => {
@@ -419,11 +449,21 @@ impl Registry {
     /// the batch meets a conflict, its entries are registered one by one instead.
     pub async fn register_batch(&self, actor: &Actor, regs: &[DoseRegistration]) -> Result<Vec<Result<RegistrationOutcome>>> {
         let (account, who) = self.site_account(actor).await?;
+        // Everything the batch is decided against, in one read: nothing is written before
+        // the batch's one commit, so each entry sees what it would have read on its own,
+        // and the entries before it through `pending`.
+        let queries = Self::registration_queries(regs);
+        let asked: Vec<PersonQuery> = queries.iter().flatten().copied().collect();
+        let mut answers = self.store.person_contexts(&asked).await?.into_iter();
+        if answers.len() != asked.len() {
+            return Err(Error::Storage { message: "the store answered a different number of person contexts".into(), source: None });
+        }
         let mut pending = Pending::default();
         let mut sets = Vec::new();
         let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
-        for reg in regs {
-            match self.decide_registration(&pending, &account, &who, reg).await {
+        for (reg, query) in regs.iter().zip(&queries) {
+            let context = if query.is_some() { answers.next() } else { None };
+            match self.decide_registration(&pending, &account, &who, reg, context).await {
                 Ok((Some(cs), outcome)) => {
                     pending.absorb(&cs);
                     sets.push(cs);
@@ -501,7 +541,7 @@ impl Registry {
                 None => None,
             };
             let pending = Pending::default();
-            let mut view = self.person_view(&pending, resident, dose.voucher).await?;
+            let mut view = self.known_person_view(&pending, resident, dose.voucher).await?;
             for d in view.doses.iter_mut().filter(|d| d.id == id) {
                 *d = record.clone();
             }
@@ -636,10 +676,10 @@ impl Registry {
     async fn match_voucher(&self, principal: &Principal, voucher: VoucherRef) -> Result<u64> {
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(resident) = self.resident_for_voucher(voucher).await? else { return Ok(0) };
+            let context = self.person_context(voucher, None).await?;
+            let Some(resident) = context.resident.clone() else { return Ok(0) };
             let now = self.clock.now();
-            let pending = Pending::default();
-            let mut view = self.person_view(&pending, Some(resident.clone()), voucher).await?;
+            let mut view = Self::person_view(&Pending::default(), context);
             let mut cs = ChangeSet::default();
             let mut counters = Vec::new();
             for d in view.doses.iter_mut().filter(|d| d.matched.is_none()) {
@@ -715,7 +755,7 @@ impl Registry {
             self.check(actor, Operation::LookupMovedIn, &Subject::Municipality(person.municipality)).await?;
         }
         let pending = Pending::default();
-        let mut view = self.person_view(&pending, Some(resident.clone()), resident.voucher_ref()).await?;
+        let mut view = self.known_person_view(&pending, Some(resident.clone()), resident.voucher_ref()).await?;
         view.doses.sort_by(|a, b| {
             (a.details().dose_number, a.details().date_given, a.registered_at).cmp(&(
                 b.details().dose_number,

@@ -129,6 +129,85 @@ pub enum DoseScan {
     },
 }
 
+/// What [`StoreBackend::person_contexts`] is asked: a voucher, and a dose id whose dose,
+/// when stored, is all that is wanted (a registration's replay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersonQuery {
+    /// The voucher read.
+    pub voucher: VoucherRef,
+    /// The id a registration would store its dose under.
+    pub dose: Option<DoseId>,
+}
+
+/// What a registration (or a match) is decided against, read at once: the stored dose
+/// of the query's id, or else the voucher's resident and that person's doses and
+/// findings. The core decides from it; a store only reads it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PersonContext {
+    /// The dose stored under the query's id, with its findings. When set, nothing else
+    /// is read.
+    pub existing: Option<(DoseRecord, Vec<Finding>)>,
+    /// The resident the voucher belongs to ([`voucher_resident`]).
+    pub resident: Option<Resident>,
+    /// The doses of each of the person's vouchers ([`person_vouchers`]), voucher by
+    /// voucher, each list as [`StoreBackend::doses_by_voucher`] returns it.
+    pub doses: Vec<(VoucherRef, Vec<DoseRecord>)>,
+    /// The findings of each of those doses ([`PersonContext::dose_ids`]), dose by dose.
+    pub findings: Vec<(DoseId, Vec<Finding>)>,
+}
+
+impl PersonContext {
+    /// The ids of [`doses`](Self::doses), each once, in order: whose findings are read.
+    pub fn dose_ids(doses: &[(VoucherRef, Vec<DoseRecord>)]) -> Vec<DoseId> {
+        let mut ids: Vec<DoseId> = Vec::new();
+        for d in doses.iter().flat_map(|(_, ds)| ds) {
+            if !ids.contains(&d.id) {
+                ids.push(d.id);
+            }
+        }
+        ids
+    }
+}
+
+/// The resident a voucher belongs to: its holder in the issuing municipality, else the
+/// first resident (of any municipality) who names it as previous voucher (転入).
+pub fn voucher_resident(holder: Option<Resident>, naming_it: Vec<Resident>) -> Option<Resident> {
+    holder.or_else(|| naming_it.into_iter().next())
+}
+
+/// The vouchers whose doses are a person's: the resident's own and previous voucher, and
+/// the voucher read when it is neither (or when the voucher has no resident).
+pub fn person_vouchers(resident: Option<&Resident>, voucher: VoucherRef) -> Vec<VoucherRef> {
+    let mut vouchers = resident.map(crate::reconcile::vouchers_of).unwrap_or_default();
+    if !vouchers.contains(&voucher) {
+        vouchers.push(voucher);
+    }
+    vouchers
+}
+
+/// [`StoreBackend::person_contexts`] for one query, composed of the store's single reads:
+/// the trait's default, and what a store's own answer must equal.
+pub async fn read_person_context<S: StoreBackend + ?Sized>(store: &S, query: PersonQuery) -> Result<PersonContext> {
+    if let Some(id) = query.dose
+        && let Some(dose) = store.dose(id).await?
+    {
+        let findings = store.findings_for_dose(id).await?;
+        return Ok(PersonContext { existing: Some((dose, findings)), ..PersonContext::default() });
+    }
+    let holder = store.resident_by_voucher(query.voucher).await?;
+    let naming_it = if holder.is_some() { Vec::new() } else { store.residents_by_previous_voucher(query.voucher).await? };
+    let resident = voucher_resident(holder, naming_it);
+    let mut doses = Vec::new();
+    for v in person_vouchers(resident.as_ref(), query.voucher) {
+        doses.push((v, store.doses_by_voucher(v).await?));
+    }
+    let mut findings = Vec::new();
+    for id in PersonContext::dose_ids(&doses) {
+        findings.push((id, store.findings_for_dose(id).await?));
+    }
+    Ok(PersonContext { existing: None, resident, doses, findings })
+}
+
 /// The storage a [`Registry`](crate::service::Registry) runs on. Implemented by
 /// vrs-store-redb and vrs-store-postgres; both must pass the conformance suite of `vrs_core::testing` (feature `testing`).
 #[async_trait]
@@ -175,6 +254,17 @@ pub trait StoreBackend: Send + Sync {
     /// [`DoseRecord`]'s serde representation), which skips most of a record's decoding.
     async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
         self.scan_doses(municipality, DoseScan::ByVoucher, &mut |d: DoseRecord| visit(LedgerDose::from(&d))).await
+    }
+
+    /// What each query's registration would be decided against ([`PersonContext`]), in
+    /// the order asked. The default reads each with [`read_person_context`]; a store may
+    /// answer them all in one read transaction instead (it must answer the same).
+    async fn person_contexts(&self, queries: &[PersonQuery]) -> Result<Vec<PersonContext>> {
+        let mut out = Vec::with_capacity(queries.len());
+        for q in queries {
+            out.push(read_person_context(self, *q).await?);
+        }
+        Ok(out)
     }
 
     /// Findings in a municipality's review queue (open only, or all).

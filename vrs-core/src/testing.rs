@@ -36,7 +36,7 @@ use crate::import::ImportReport;
 use crate::ledger::LedgerDose;
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
 use crate::stats::{AgeBand, StatsKey, StatsQuery, StatsRow};
-use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, ResidentSource, StoreBackend};
+use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, PersonQuery, ResidentSource, StoreBackend, read_person_context};
 use crate::vaccine::ProductCode;
 use crate::{Error, Result};
 
@@ -74,6 +74,7 @@ macro_rules! store_conformance_tests {
                 values_round_trip_exactly,
                 ledger_scan_is_the_by_voucher_scan_projected,
                 doses_by_vouchers_answer_each_voucher_in_order,
+                person_contexts_are_their_single_reads,
             }
             // The service run end to end on the store (vrs_core::testing_service).
             testing_service {
@@ -1215,4 +1216,68 @@ pub async fn doses_by_vouchers_answer_each_voucher_in_order(store: DynStore) {
     assert_eq!(expected.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 0, 2, 1, 1]);
     assert_eq!(store.doses_by_vouchers(&asked).await.unwrap(), expected);
     assert!(store.doses_by_vouchers(&[]).await.unwrap().is_empty());
+}
+
+/// [`StoreBackend::person_contexts`] answers each query as [`read_person_context`] does
+/// with the store's single reads: a stored dose (a replay) with its findings; else the
+/// voucher's holder, or the resident who names it as previous voucher, with the doses of
+/// all the person's vouchers and their findings; a voucher nobody holds on its own.
+pub async fn person_contexts_are_their_single_reads(store: DynStore) {
+    let from = voucher(SAPPORO, "0000000077");
+    let holder = resident(CHIYODA, "1", "0000000001");
+    let newcomer = moved_in(CHIYODA, "2", "0000000002", from);
+    import(&store, vec![holder.clone(), newcomer.clone()], 2, 0).await;
+    let first =
+        DoseRecord { matched: Some(holder.person.clone()), ..dose("h1", holder.voucher_ref(), 1, "2021-06-01T01:00:00Z", "venue-1") };
+    let second =
+        DoseRecord { matched: Some(holder.person.clone()), ..dose("h2", holder.voucher_ref(), 2, "2021-06-10T01:00:00Z", "venue-1") };
+    let before_move = dose("p1", from, 1, "2021-06-01T01:00:00Z", "venue-1");
+    let after_move =
+        DoseRecord { matched: Some(newcomer.person.clone()), ..dose("n2", newcomer.voucher_ref(), 2, "2021-06-25T01:00:00Z", "venue-1") };
+    let stray = dose("s1", voucher(CHIYODA, "0000000099"), 1, "2021-06-01T01:00:00Z", "venue-1");
+    let findings = vec![
+        finding(&second, FindingKind::IntervalTooShort, true),
+        finding(&before_move, FindingKind::Unmatched, false),
+        finding(&stray, FindingKind::Unmatched, true),
+    ];
+    store
+        .apply(vec![ChangeSet {
+            new_doses: vec![first.clone(), second.clone(), before_move.clone(), after_move.clone(), stray.clone()],
+            findings,
+            ..ChangeSet::default()
+        }])
+        .await
+        .unwrap();
+    let queries = vec![
+        PersonQuery { voucher: holder.voucher_ref(), dose: Some(dose_id("new")) },
+        PersonQuery { voucher: holder.voucher_ref(), dose: Some(second.id) },
+        PersonQuery { voucher: from, dose: None },
+        PersonQuery { voucher: newcomer.voucher_ref(), dose: Some(dose_id("new")) },
+        PersonQuery { voucher: stray.voucher, dose: None },
+        PersonQuery { voucher: voucher(OSAKA, "0000000001"), dose: Some(stray.id) },
+        PersonQuery { voucher: voucher(OSAKA, "0000000001"), dose: None },
+    ];
+    let mut expected = Vec::new();
+    for q in &queries {
+        expected.push(read_person_context(&*store, *q).await.unwrap());
+    }
+    assert_eq!(store.person_contexts(&queries).await.unwrap(), expected);
+    assert!(store.person_contexts(&[]).await.unwrap().is_empty());
+
+    // What the composition reads, spelled out.
+    let ids = |doses: &[(VoucherRef, Vec<DoseRecord>)]| doses.iter().map(|(v, ds)| (*v, ds.len())).collect::<Vec<_>>();
+    assert_eq!(expected[0].resident.as_ref().map(|r| &r.person), Some(&holder.person));
+    assert_eq!(ids(&expected[0].doses), vec![(holder.voucher_ref(), 2)]);
+    assert_eq!(expected[0].findings.iter().map(|(_, f)| f.len()).sum::<usize>(), 1);
+    let (replayed, its_findings) = expected[1].existing.clone().unwrap();
+    assert_eq!((replayed.id, its_findings.len()), (second.id, 1));
+    assert!(expected[1].resident.is_none() && expected[1].doses.is_empty(), "a replay reads nothing else");
+    for c in [&expected[2], &expected[3]] {
+        assert_eq!(c.resident.as_ref().map(|r| &r.person), Some(&newcomer.person), "the previous voucher names the newcomer");
+        assert_eq!(ids(&c.doses), vec![(newcomer.voucher_ref(), 1), (from, 1)]);
+    }
+    assert!(expected[4].resident.is_none());
+    assert_eq!((ids(&expected[4].doses), expected[4].findings.len()), (vec![(stray.voucher, 1)], 1));
+    assert!(expected[5].existing.is_some(), "a stored id is a replay, whatever the voucher");
+    assert_eq!(ids(&expected[6].doses), vec![(voucher(OSAKA, "0000000001"), 0)]);
 }

@@ -39,7 +39,9 @@ use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, Vouc
 use vrs_core::ledger::LedgerDose;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsQuery, StatsRow};
-use vrs_core::store::{Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource, StoreBackend, Visit};
+use vrs_core::store::{
+    Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, PersonContext, PersonQuery, ResidentSource, StoreBackend, Visit,
+};
 use vrs_core::{Error, Result};
 
 use crate::ops::storage;
@@ -197,6 +199,11 @@ impl StoreBackend for RedbStore {
 
     async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
         self.stream(move |db, out| ops::scan_ledger_doses(db, &municipality, out), visit).await
+    }
+
+    async fn person_contexts(&self, queries: &[PersonQuery]) -> Result<Vec<PersonContext>> {
+        let queries = queries.to_vec();
+        self.run(move |db| ops::person_contexts(db, &queries)).await
     }
 
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {

@@ -17,7 +17,9 @@ use vrs_core::ids::{DoseId, MunicipalityCode};
 use vrs_core::ledger::{LedgerBatch, LedgerDose};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
-use vrs_core::store::{AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource};
+use vrs_core::store::{
+    AuditEvent, ChangeSet, DoseScan, ImportApplied, PersonContext, PersonQuery, ResidentSource, person_vouchers, voucher_resident,
+};
 use vrs_core::{Error, Result};
 
 use crate::schema::*;
@@ -153,7 +155,14 @@ pub(crate) fn resident(db: &Database, key: &[u8]) -> Result<Option<Resident>> {
 /// The resident holding a voucher.
 pub(crate) fn resident_by_voucher(db: &Database, voucher: [u8; VOUCHER_KEY]) -> Result<Option<Resident>> {
     let txn = begin_read(db)?;
-    let vouchers = open_read(&txn, VOUCHERS)?;
+    holder_of(&open_read(&txn, VOUCHERS)?, &open_read(&txn, RESIDENTS)?, &voucher)
+}
+
+fn holder_of<V, R>(vouchers: &V, residents: &R, voucher: &[u8; VOUCHER_KEY]) -> Result<Option<Resident>>
+where
+    V: ReadableTable<Bytes, Bytes>,
+    R: ReadableTable<Bytes, Bytes>,
+{
     let Some(addressee) = vouchers.get(voucher.as_slice()).map_err(storage("reading the voucher index"))?.map(|g| g.value().to_vec())
     else {
         return Ok(None);
@@ -161,20 +170,26 @@ pub(crate) fn resident_by_voucher(db: &Database, voucher: [u8; VOUCHER_KEY]) -> 
     let mut key = Vec::with_capacity(M + addressee.len());
     key.extend_from_slice(&voucher[..M]);
     key.extend_from_slice(&addressee);
-    let residents = open_read(&txn, RESIDENTS)?;
-    get_resident(&residents, &key)
+    get_resident(residents, &key)
 }
 
 /// Residents whose index keys (in `index`, under `prefix`) end with their `residents` key.
 fn residents_via<V: Value + 'static>(db: &Database, index: TableDefinition<Bytes, V>, prefix: &[u8], skip: usize) -> Result<Vec<Resident>> {
     let txn = begin_read(db)?;
-    let index = open_read(&txn, index)?;
-    let residents = open_read(&txn, RESIDENTS)?;
+    residents_under(&open_read(&txn, index)?, &open_read(&txn, RESIDENTS)?, prefix, skip)
+}
+
+fn residents_under<V, I, R>(index: &I, residents: &R, prefix: &[u8], skip: usize) -> Result<Vec<Resident>>
+where
+    V: Value + 'static,
+    I: ReadableTable<Bytes, V>,
+    R: ReadableTable<Bytes, Bytes>,
+{
     let mut out = Vec::new();
-    for entry in prefixed(&index, prefix)? {
+    for entry in prefixed(index, prefix)? {
         let (k, _) = entry.map_err(storage("scanning a resident index"))?;
         let key = k.value();
-        if let Some(r) = get_resident(&residents, key.get(skip..).unwrap_or_default())? {
+        if let Some(r) = get_resident(residents, key.get(skip..).unwrap_or_default())? {
             out.push(r);
         }
     }
@@ -589,6 +604,53 @@ pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async
     Ok(high)
 }
 
+/// The tables a person context reads, opened once for many queries.
+struct ContextTables {
+    doses: ReadOnlyTable<Bytes, Bytes>,
+    ids: ReadOnlyTable<&'static [u8; 16], &'static [u8; VOUCHER_KEY]>,
+    vouchers: ReadOnlyTable<Bytes, Bytes>,
+    previous: ReadOnlyTable<Bytes, ()>,
+    residents: ReadOnlyTable<Bytes, Bytes>,
+    findings: ReadOnlyTable<Bytes, Bytes>,
+}
+
+/// Person contexts for many queries in one read transaction: the reads of
+/// [`vrs_core::store::read_person_context`], one after another, from one snapshot.
+pub(crate) fn person_contexts(db: &Database, queries: &[PersonQuery]) -> Result<Vec<PersonContext>> {
+    let txn = begin_read(db)?;
+    let t = ContextTables {
+        doses: open_read(&txn, DOSES)?,
+        ids: open_read(&txn, DOSE_IDS)?,
+        vouchers: open_read(&txn, VOUCHERS)?,
+        previous: open_read(&txn, PREVIOUS_VOUCHERS)?,
+        residents: open_read(&txn, RESIDENTS)?,
+        findings: open_read(&txn, FINDINGS)?,
+    };
+    queries.iter().map(|q| person_context(&t, q)).collect()
+}
+
+fn person_context(t: &ContextTables, q: &PersonQuery) -> Result<PersonContext> {
+    if let Some(id) = q.dose
+        && let Some(dose) = get_dose(&t.doses, &t.ids, id.as_bytes())?
+    {
+        let findings = dose_findings(&t.findings, &id)?;
+        return Ok(PersonContext { existing: Some((dose, findings)), ..PersonContext::default() });
+    }
+    let key = voucher_key(&q.voucher);
+    let holder = holder_of(&t.vouchers, &t.residents, &key)?;
+    let naming_it = if holder.is_some() { Vec::new() } else { residents_under(&t.previous, &t.residents, &key, VOUCHER_KEY)? };
+    let resident = voucher_resident(holder, naming_it);
+    let mut doses = Vec::new();
+    for v in person_vouchers(resident.as_ref(), q.voucher) {
+        doses.push((v, voucher_doses(&t.doses, &voucher_key(&v))?));
+    }
+    let mut findings = Vec::new();
+    for id in PersonContext::dose_ids(&doses) {
+        findings.push((id, dose_findings(&t.findings, &id)?));
+    }
+    Ok(PersonContext { existing: None, resident, doses, findings })
+}
+
 // ---------------------------------------------------------------------------------------
 // Findings, accounts, statistics, audit
 
@@ -619,9 +681,12 @@ pub(crate) fn findings(db: &Database, m: &MunicipalityCode, open_only: bool) -> 
 /// The findings about one dose.
 pub(crate) fn findings_for_dose(db: &Database, id: &DoseId) -> Result<Vec<Finding>> {
     let txn = begin_read(db)?;
-    let findings = open_read(&txn, FINDINGS)?;
+    dose_findings(&open_read(&txn, FINDINGS)?, id)
+}
+
+fn dose_findings<F: ReadableTable<Bytes, Bytes>>(findings: &F, id: &DoseId) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
-    for entry in prefixed(&findings, id.as_bytes())? {
+    for entry in prefixed(findings, id.as_bytes())? {
         let (_, v) = entry.map_err(storage("scanning findings"))?;
         out.push(decode("decoding a finding", v.value())?);
     }
