@@ -216,8 +216,14 @@ fn run(target: &Target, kills: usize, seed: u64) -> Figures {
     let mut figures = Figures::default();
     for round in 0..kills {
         let child_seed = rng.next_u64();
-        let delay = Duration::from_millis(50 + rng.below(1500));
-        let lines = kill_child(target, round, child_seed, delay);
+        // Every other kill aims at an upload (its transaction is a small part of the
+        // traffic's time): a few milliseconds after the child's first upload begins.
+        let when = if round % 2 == 1 {
+            Kill::IntoUpload { delay: Duration::from_millis(rng.below(40)) }
+        } else {
+            Kill::After(Duration::from_millis(50 + rng.below(1500)))
+        };
+        let lines = kill_child(target, round, child_seed, &when);
         let mut acked_uploads = Vec::new();
         let mut begun_now = Vec::new();
         for line in &lines {
@@ -250,7 +256,7 @@ fn run(target: &Target, kills: usize, seed: u64) -> Figures {
         figures.stranded_reconciled += stranded;
         figures.last_doses = doses;
         eprintln!(
-            "round {round}: killed after {delay:?} with {} lines read; {} uploads cut ({applied} whole); {stranded} doses reconciled",
+            "round {round}: killed {when:?} with {} lines read; {} uploads cut ({applied} whole); {stranded} doses reconciled",
             lines.len(),
             in_flight.len()
         );
@@ -269,9 +275,18 @@ fn run(target: &Target, kills: usize, seed: u64) -> Figures {
     figures
 }
 
-/// Starts a child for `round`, waits for it to be ready, lets it run for `delay`, then
+/// When the parent kills a child, counted from the moment it is ready.
+#[derive(Debug)]
+enum Kill {
+    /// After a delay.
+    After(Duration),
+    /// A delay after the child begins its first upload.
+    IntoUpload { delay: Duration },
+}
+
+/// Starts a child for `round`, waits for it to be ready, lets it run until `when`, then
 /// SIGKILLs it; returns every line it printed.
-fn kill_child(target: &Target, round: usize, seed: u64, delay: Duration) -> Vec<String> {
+fn kill_child(target: &Target, round: usize, seed: u64, when: &Kill) -> Vec<String> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env(CHILD_VAR, target.describe())
         .env(ROUND_VAR, round.to_string())
@@ -282,21 +297,29 @@ fn kill_child(target: &Target, round: usize, seed: u64, delay: Duration) -> Vec<
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    // The reader tells the parent when the child is ready and when an upload begins.
+    let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if line == "ready" {
-                let _ = ready_tx.send(());
+            if line == "ready" || line.starts_with("begin upload") {
+                let _ = tx.send(line == "ready");
             }
             lines.push(line);
         }
         lines
     });
-    let ready = ready_rx.recv_timeout(Duration::from_secs(60)).is_ok();
+    let ready = rx.recv_timeout(Duration::from_secs(60)) == Ok(true);
     if ready {
-        std::thread::sleep(delay);
+        match when {
+            Kill::After(delay) => std::thread::sleep(*delay),
+            Kill::IntoUpload { delay } => {
+                if rx.recv_timeout(Duration::from_secs(60)).is_ok() {
+                    std::thread::sleep(*delay);
+                }
+            }
+        }
     }
     let exited = child.try_wait().unwrap();
     child.kill().unwrap();
@@ -454,7 +477,8 @@ mod child {
             }
             {
                 let registry = registry.clone();
-                tasks.push(tokio::spawn(async move { uploads(registry, first).await }));
+                let rng = SplitMix64::new(seed ^ 0xF11E);
+                tasks.push(tokio::spawn(async move { uploads(registry, first, rng).await }));
             }
             tasks.push(tokio::spawn(async move { exports(registry).await }));
             for task in tasks {
@@ -538,10 +562,12 @@ mod child {
         }
     }
 
-    /// Each municipality's uploads in turn: upload g adds block g and replaces block g - 1.
-    async fn uploads(registry: Registry, first: u64) {
+    /// Each municipality's uploads in turn: upload g adds block g and replaces block g - 1;
+    /// a pause before each, so that other traffic runs before and between them.
+    async fn uploads(registry: Registry, first: u64, mut rng: SplitMix64) {
         for g in first.. {
             for m in MUNICIPALITIES.map(code) {
+                tokio::time::sleep(Duration::from_millis(100 + rng.below(300))).await;
                 say(format!("begin upload {m} {g}"));
                 let source = TestSource::new(upload(m.as_str(), g, PEOPLE), 256, true);
                 registry.import_residents(&staff(m), m, source).await.unwrap_or_else(|e| fail("an upload", &e));
