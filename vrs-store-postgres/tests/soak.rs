@@ -80,6 +80,7 @@ struct Counts {
     voids: AtomicU64,
     uploads: AtomicU64,
     upload_ms: AtomicU64,
+    upload_matched: AtomicU64,
     exports: AtomicU64,
     reads: AtomicU64,
 }
@@ -196,6 +197,7 @@ async fn soak(name: &str, store: DynStore) {
                     assert_eq!((out.report.inserted, out.report.replaced), (PEOPLE, PEOPLE));
                     add(&counts.uploads, 1);
                     add(&counts.upload_ms, started.elapsed().as_millis() as u64);
+                    add(&counts.upload_matched, out.reconciled.matched);
                 }
                 uploaded.store(g, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -274,7 +276,7 @@ async fn soak(name: &str, store: DynStore) {
     let writes = n(&c.registrations) + n(&c.corrections) + n(&c.voids) + n(&c.uploads);
     eprintln!(
         "soak on {name}: {traffic_secs:.1} s of traffic: {} registrations ({} in {} bursts of 10), {} retries replayed, \
-         {} corrections, {} voids, {} uploads of {} rows ({} ms each on average, matching pass included), {} ledger exports, {} other reads; {:.0} writes/s. \
+         {} corrections, {} voids, {} uploads of {} rows ({} ms each on average, matching pass included; {} waiting doses matched by them), {} ledger exports, {} other reads; {:.0} writes/s. \
          Agreement ({:.1} s to check): {} doses ({} active, {} changed), counters = recount, ledger = doses \
          ({} rows, {} dose blocks), none left unmatched",
         n(&c.registrations),
@@ -286,6 +288,7 @@ async fn soak(name: &str, store: DynStore) {
         n(&c.uploads),
         2 * PEOPLE,
         n(&c.upload_ms) / n(&c.uploads).max(1),
+        n(&c.upload_matched),
         n(&c.exports),
         n(&c.reads),
         writes as f64 / traffic_secs,
