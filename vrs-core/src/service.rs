@@ -435,7 +435,7 @@ impl Registry {
                 Ok(applied) => {
                     let mut outcome = outcome;
                     outcome.dose.seq = applied.seq;
-                    return Ok(outcome);
+                    return self.match_if_uploaded_meanwhile(account, outcome).await;
                 }
                 Err(e) if e.is_conflict() => last = Some(e),
                 Err(e) => return Err(e),
@@ -478,7 +478,16 @@ impl Registry {
             return Ok(results);
         }
         match self.store.apply(sets).await {
-            Ok(_) => Ok(results),
+            Ok(_) => {
+                let mut out = Vec::with_capacity(results.len());
+                for result in results {
+                    out.push(match result {
+                        Ok(outcome) => self.match_if_uploaded_meanwhile(&account, outcome).await,
+                        Err(e) => Err(e),
+                    });
+                }
+                Ok(out)
+            }
             Err(e) if e.is_conflict() => {
                 let mut out = Vec::with_capacity(regs.len());
                 for reg in regs {
@@ -487,6 +496,25 @@ impl Registry {
                 Ok(out)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// A dose just stored unmatched may have raced the upload holding its voucher:
+    /// decided before the upload committed, stored after the upload's matching pass read
+    /// the unmatched doses, it would wait for the next reconciliation. Reading the
+    /// voucher's resident again after the commit closes that gap: either this read sees
+    /// the upload, or the upload's pass saw the dose. Costs reads for unmatched doses only.
+    async fn match_if_uploaded_meanwhile(&self, account: &TabletAccount, outcome: RegistrationOutcome) -> Result<RegistrationOutcome> {
+        if outcome.matched || outcome.replayed {
+            return Ok(outcome);
+        }
+        self.match_voucher(&Principal::Site(account.clone()), outcome.dose.voucher).await?;
+        match self.store.dose(outcome.dose.id).await? {
+            Some(dose) if dose.matched.is_some() => {
+                let findings = self.store.findings_for_dose(dose.id).await?.into_iter().filter(|f| f.open).collect();
+                Ok(RegistrationOutcome { matched: true, dose, findings, replayed: false })
+            }
+            _ => Ok(outcome),
         }
     }
 

@@ -83,6 +83,7 @@ macro_rules! store_conformance_tests {
                 idempotent_retry,
                 duplicates_and_intervals,
                 racing_duplicates_both_kept,
+                registrations_racing_their_upload_are_matched,
                 correction_and_void_reach_everything_derived,
                 doses_follow_moved_residents,
                 access_is_enforced,

@@ -241,16 +241,46 @@ pub async fn duplicates_and_intervals(store: DynStore) {
     assert_eq!(kinds(&child.findings), vec![FindingKind::BelowMinimumAge]);
 }
 
-/// A store wrapper that holds the first two `apply` calls until both have arrived, so
-/// two registrations decide on the same snapshot: the race DESIGN.md §3 describes.
-struct RaceGate {
+/// What [`BeforeApply`] runs before handing change sets to the store.
+type ApplyHook = Box<dyn Fn(&[ChangeSet]) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// A store wrapper that runs a hook before each `apply`, to force an interleaving of
+/// concurrent operations: the races DESIGN.md §3 describes.
+struct BeforeApply {
     inner: DynStore,
-    gate: Arc<Barrier>,
-    gated: Mutex<u32>,
+    hook: ApplyHook,
+}
+
+/// Holds the first two `apply` calls until both have arrived, so two registrations
+/// decide on the same snapshot.
+fn race_gate() -> ApplyHook {
+    let gate = Arc::new(Barrier::new(2));
+    let gated = Arc::new(Mutex::new(0u32));
+    Box::new(move |_| {
+        let wait = {
+            let mut n = gated.lock().unwrap();
+            *n += 1;
+            *n <= 2
+        };
+        let gate = gate.clone();
+        Box::pin(async move {
+            if wait {
+                // Wait on a plain thread so the caller's executor is not blocked.
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    gate.wait();
+                    let _ = tx.send(());
+                });
+                while rx.try_recv().is_err() {
+                    yield_now().await;
+                }
+            }
+        })
+    })
 }
 
 #[async_trait]
-impl StoreBackend for RaceGate {
+impl StoreBackend for BeforeApply {
     async fn resident(&self, person: &PersonRef) -> Result<Option<Resident>> {
         self.inner.resident(person).await
     }
@@ -303,23 +333,7 @@ impl StoreBackend for RaceGate {
         self.inner.audit(municipality).await
     }
     async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied> {
-        let wait = {
-            let mut n = self.gated.lock().unwrap();
-            *n += 1;
-            *n <= 2
-        };
-        if wait {
-            let gate = self.gate.clone();
-            // Wait on a plain thread so the caller's executor is not blocked.
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                gate.wait();
-                let _ = tx.send(());
-            });
-            while rx.try_recv().is_err() {
-                yield_now().await;
-            }
-        }
+        (self.hook)(&changes).await;
         self.inner.apply(changes).await
     }
 }
@@ -344,7 +358,7 @@ async fn yield_now() {
 pub async fn racing_duplicates_both_kept(store: DynStore) {
     let (setup_registry, clock) = setup(store.clone()).await;
     drop(setup_registry);
-    let gated: DynStore = Arc::new(RaceGate { inner: store, gate: Arc::new(Barrier::new(2)), gated: Mutex::new(0) });
+    let gated: DynStore = Arc::new(BeforeApply { inner: store, hook: race_gate() });
     let registry = Registry::new(gated, clock);
     let venue = site_actor("venue");
     let a = registration("race-a", 1, CHIYODA, "0000000002", "2021-06-30", "pfizer", "FA5765");
@@ -356,6 +370,56 @@ pub async fn racing_duplicates_both_kept(store: DynStore) {
     let voucher = VoucherRef { municipality: code(CHIYODA), number: VoucherNumber::parse("0000000002").unwrap() };
     assert_eq!(registry.store().doses_by_voucher(voucher).await.unwrap().len(), 2);
     assert_eq!(total(&registry, CHIYODA).await, 2);
+}
+
+/// Registrations racing the upload that holds their voucher: decided unmatched before the
+/// upload commits, stored after the upload's matching pass has read the unmatched doses.
+/// They are matched all the same, alone or in a batch, as if they had come first.
+pub async fn registrations_racing_their_upload_are_matched(store: DynStore) {
+    let (uploader, clock) = setup(store.clone()).await;
+    // Before each registration's commit, the next upload runs whole on the store beneath.
+    let uploads = Arc::new(Mutex::new(vec![
+        resident(CHIYODA, "78", "0000000078", "1970-01-01"),
+        resident(CHIYODA, "77", "0000000077", "1970-01-01"),
+    ]));
+    let queued = uploads.clone();
+    let hook: ApplyHook = Box::new(move |changes| {
+        let next = if changes.iter().any(|c| !c.new_doses.is_empty()) { queued.lock().unwrap().pop() } else { None };
+        let uploader = uploader.clone();
+        Box::pin(async move {
+            if let Some(r) = next {
+                uploader.import_residents(&staff(CHIYODA), code(CHIYODA), VecSource::new(vec![r], true)).await.unwrap();
+            }
+        })
+    });
+    let registry = Registry::new(Arc::new(BeforeApply { inner: store, hook }), clock);
+    let venue = site_actor("venue");
+    let single =
+        registry.register(&venue, &registration("late-1", 1, CHIYODA, "0000000077", "2021-06-30", "pfizer", "FA5765")).await.unwrap();
+    assert!(single.matched, "{:?}", single.findings);
+    let batch = registry
+        .register_batch(
+            &venue,
+            &[
+                registration("late-2", 1, CHIYODA, "0000000078", "2021-06-01", "pfizer", "FA5765"),
+                registration("late-3", 2, CHIYODA, "0000000078", "2021-06-30", "pfizer", "FA5765"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(uploads.lock().unwrap().is_empty(), "both uploads ran between a decision and its commit");
+    for (out, addressee) in [(&single, "77"), (batch[0].as_ref().unwrap(), "78"), (batch[1].as_ref().unwrap(), "78")] {
+        assert!(out.matched, "{addressee}: {:?}", out.findings);
+        assert!(!kinds(&out.findings).contains(&FindingKind::Unmatched), "{:?}", out.findings);
+        let dose = registry.dose(&staff(CHIYODA), out.dose.id).await.unwrap();
+        assert_eq!(dose.matched.as_ref().map(|p| p.addressee.as_str()), Some(addressee));
+    }
+    assert!(registry.unmatched(&staff(CHIYODA), code(CHIYODA)).await.unwrap().is_empty());
+    let open = registry.findings(&staff(CHIYODA), code(CHIYODA), true).await.unwrap();
+    assert!(!open.iter().any(|f| f.kind == FindingKind::Unmatched), "{open:?}");
+    let stats = registry.statistics(&staff(CHIYODA), StatsQuery::Municipality(code(CHIYODA))).await.unwrap();
+    assert_eq!(stats.iter().map(|r| r.count).sum::<u64>(), 3);
+    assert!(stats.iter().all(|r| r.key.sex == Sex::Female), "the counters know the residents: {stats:?}");
 }
 
 /// Polls two futures to completion on the current task (no runtime needed).
