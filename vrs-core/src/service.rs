@@ -344,6 +344,12 @@ impl Registry {
             if first.voucher != ocr.voucher {
                 return Err(Error::Conflict { what: format!("idempotency key {} was used for another voucher", reg.idempotency_key) });
             }
+            // Another account's key: replaying would echo that account's dose to this one.
+            if first.registered_by != account.id {
+                return Err(Error::Conflict {
+                    what: format!("idempotency key {} was used by another tablet account", reg.idempotency_key),
+                });
+            }
             let findings = findings.into_iter().filter(|f| f.open).collect();
             return Ok((None, RegistrationOutcome { matched: first.matched.is_some(), dose: first, findings, replayed: true }));
         }

@@ -554,6 +554,10 @@ pub async fn tablet_secrets_sign_in_and_revocation(store: DynStore) {
     assert!(denied(&registry.authenticate(&AccountId::parse("venue").unwrap(), &secret).await));
     // The signed-in actor registers; staff revoke; its next call fails, and so does signing in.
     registry.register(&actor, &registration("s1", 1, CHIYODA, "0000000001", "2021-06-30", "pfizer", "FA5765")).await.unwrap();
+    // Another tablet sending the same key (a forged or misrouted replay) is not shown that dose.
+    let forged =
+        registry.register(&site_actor("clinic"), &registration("s1", 1, CHIYODA, "0000000001", "2021-06-30", "pfizer", "FA5765")).await;
+    assert!(matches!(forged, Err(Error::Conflict { .. })), "{forged:?}");
     clock.advance(chrono::Duration::minutes(1));
     registry.revoke_account(&staff(CHIYODA), &id).await.unwrap();
     let after = registry.register(&actor, &registration("s2", 1, CHIYODA, "0000000002", "2021-06-30", "pfizer", "FA5765")).await;
