@@ -181,11 +181,17 @@ impl Registry {
     /// store, so a revocation is effective on the next call of a session already open.
     pub async fn authenticate(&self, id: &AccountId, secret: &str) -> Result<Actor> {
         const REFUSED: &str = "unknown account or wrong secret";
+        // Without an account or a hash the same hashing work is done, so that the time an
+        // answer takes does not tell which accounts exist.
+        let refuse = || {
+            std::hint::black_box(hash_secret(secret, &[0; SALT_BYTES]).ok());
+            sign_in_refused(id, REFUSED)
+        };
         let Some(account) = self.store().account(id).await? else {
-            return Err(sign_in_refused(id, REFUSED));
+            return Err(refuse());
         };
         let Some(hash) = self.store().account_secret(id).await? else {
-            return Err(sign_in_refused(id, REFUSED));
+            return Err(refuse());
         };
         if hash.account != account.id || hash.set_at < account.issued_at || !verify_secret(secret, &hash.phc)? {
             return Err(sign_in_refused(id, REFUSED));
