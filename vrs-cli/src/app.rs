@@ -207,11 +207,41 @@ pub fn prefecture(text: &str) -> CliResult<u8> {
     }
 }
 
-/// The actor of a municipality-scoped command: a site account (`--account`), an explicit
-/// `--as`, or by default the staff of `--municipality`.
-pub fn actor(args: &StaffArgs) -> CliResult<Actor> {
+/// The environment variable holding a tablet account's secret, for the commands that act
+/// as a site account (an argument would show in the process list and shell history).
+pub const ACCOUNT_SECRET_VAR: &str = "VRS_ACCOUNT_SECRET";
+
+/// Signs in as a site's tablet account with the secret in [`ACCOUNT_SECRET_VAR`]; the
+/// account then acts only if its Argon2id hash matches and it is not revoked.
+pub async fn site_actor(app: &App, account: &str) -> CliResult<Actor> {
+    let id = AccountId::parse(account)?;
+    let Ok(secret) = std::env::var(ACCOUNT_SECRET_VAR) else {
+        return Err(CliError::Core(vrs_core::Error::PermissionDenied {
+            actor: format!("site account {id}"),
+            operation: vrs_core::access::Operation::SignIn,
+            reason: format!("set {ACCOUNT_SECRET_VAR} to the account's secret (shown once by `vrs accounts issue`)"),
+        }));
+    };
+    Ok(app.registry.authenticate(&id, &secret).await?)
+}
+
+/// The operating system's random generator, the entropy of new account secrets.
+pub struct OsEntropy;
+
+impl vrs_core::credentials::Entropy for OsEntropy {
+    fn fill(&mut self, out: &mut [u8]) -> vrs_core::Result<()> {
+        use std::io::Read;
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(out))
+            .map_err(|e| vrs_core::Error::Read { detail: format!("reading /dev/urandom for a new secret: {e}") })
+    }
+}
+
+/// The actor of a municipality-scoped command: a site account (`--account`, signed in with
+/// [`ACCOUNT_SECRET_VAR`]), an explicit `--as`, or by default the staff of `--municipality`.
+pub async fn actor(app: &App, args: &StaffArgs) -> CliResult<Actor> {
     if let Some(account) = &args.site_account {
-        return Ok(Actor::Site { account: AccountId::parse(account)? });
+        return site_actor(app, account).await;
     }
     if let Some(spec) = &args.as_actor {
         return parse_actor(spec, &args.user);

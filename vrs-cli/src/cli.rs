@@ -12,6 +12,8 @@ const AFTER_HELP: &str = concat!(
     "                                     for reproducible dates in tests and demonstrations;\n",
     "                                     default: the system clock\n",
     "  VRS_PERSONAL_NUMBER_SECRET         deployment secret for personal-number hashes (uploads with 個人番号)\n",
+    "  VRS_ACCOUNT_SECRET                 a tablet account's secret, for commands that act as a site account\n",
+    "                                     (--account, sync apply); shown once by `vrs accounts issue`\n",
     "\n",
     "Exit codes: 0 success, 2 bad input (with a report), 1 any other failure (e.g. permission denied)."
 );
@@ -372,10 +374,12 @@ pub struct DosesArgs {
 /// `vrs accounts ...`
 #[derive(Debug, Subcommand)]
 pub enum AccountsCommand {
-    /// Issue a tablet account to a site in the municipality.
+    /// Issue a tablet account to a site in the municipality; prints its secret once.
     Issue(IssueAccountArgs),
     /// Revoke a tablet account.
     Revoke(RevokeAccountArgs),
+    /// Give a tablet account a new secret (shown once); the previous one stops working.
+    RenewSecret(RevokeAccountArgs),
     /// List the municipality's tablet accounts.
     List(AdminArgs),
 }

@@ -117,7 +117,7 @@ pub fn registration_text(o: &RegistrationOutcome) -> String {
 
 /// `vrs register`.
 pub async fn register(app: &App, a: &RegisterArgs) -> CliResult<Report> {
-    let actor = Actor::Site { account: AccountId::parse(&a.account)? };
+    let actor = app::site_actor(app, &a.account).await?;
     let date_given = app::date("date", &a.date)?;
     let idempotency_key = match &a.key {
         Some(k) => IdempotencyKey::parse(k)?,
@@ -143,7 +143,7 @@ pub async fn register(app: &App, a: &RegisterArgs) -> CliResult<Report> {
 
 /// `vrs reconcile`.
 pub async fn reconcile(app: &App, a: &ReconcileArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let r = app.registry.reconcile(&actor, m).await?;
     let text = format!("{m}: {} doses matched by this pass, {} still unmatched", r.matched, r.still_unmatched);
@@ -152,7 +152,7 @@ pub async fn reconcile(app: &App, a: &ReconcileArgs) -> CliResult<Report> {
 
 /// `vrs findings`.
 pub async fn findings(app: &App, a: &FindingsArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let found = app.registry.findings(&actor, m, !a.all).await?;
     let mut t = String::new();
@@ -195,7 +195,7 @@ fn change_text(verb: &str, o: &ChangeOutcome) -> String {
 
 /// `vrs correct`.
 pub async fn correct(app: &App, a: &CorrectArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let id = DoseId::parse(&a.dose_id)?;
     let correction = DoseCorrection {
         dose_number: a.dose,
@@ -212,7 +212,7 @@ pub async fn correct(app: &App, a: &CorrectArgs) -> CliResult<Report> {
 
 /// `vrs void`.
 pub async fn void(app: &App, a: &VoidArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let id = DoseId::parse(&a.dose_id)?;
     let o = app.registry.void(&actor, id, &a.reason).await?;
     Ok(Report::new(change_text("voided", &o), &o))
@@ -252,7 +252,7 @@ pub fn doses_text(doses: &[DoseRecord]) -> String {
 
 /// `vrs doses`.
 pub async fn doses(app: &App, a: &DosesArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let person = PersonRef { municipality: app::municipality(&a.staff.municipality)?, addressee: AddresseeNumber::parse(&a.addressee)? };
     let doses = app.registry.doses_of_resident(&actor, &person).await?;
     let mut t = format!("resident {person}: {} doses\n", doses.len());
@@ -283,8 +283,26 @@ pub async fn accounts(app: &App, cmd: &AccountsCommand) -> CliResult<Report> {
             let actor = app::admin_actor(&a.admin.municipality, &a.admin.user, a.admin.as_actor.as_deref())?;
             let site =
                 Site { id: SiteId::parse(&a.site_id)?, name: a.site_name.clone(), municipality: app::municipality(&a.admin.municipality)? };
-            let account = app.registry.issue_account(&actor, site, AccountId::parse(&a.account_id)?).await?;
-            Ok(Report::new(format!("issued {}", account_line(&account)), &account))
+            let issued =
+                app.registry.issue_account_with_secret(&actor, site, AccountId::parse(&a.account_id)?, &mut app::OsEntropy).await?;
+            Ok(Report::new(
+                format!(
+                    "issued {}\nsecret (shown once, only its hash is stored; the tablet signs in with it as {}): {}",
+                    account_line(&issued.account),
+                    app::ACCOUNT_SECRET_VAR,
+                    issued.secret.reveal()
+                ),
+                &serde_json::json!({ "account": issued.account, "secret": issued.secret.reveal() }),
+            ))
+        }
+        AccountsCommand::RenewSecret(a) => {
+            let actor = app::admin_actor(&a.admin.municipality, &a.admin.user, a.admin.as_actor.as_deref())?;
+            let id = AccountId::parse(&a.account_id)?;
+            let secret = app.registry.renew_account_secret(&actor, &id, &mut app::OsEntropy).await?;
+            Ok(Report::new(
+                format!("account {id}: new secret (shown once; the previous one no longer works): {}", secret.reveal()),
+                &serde_json::json!({ "account": id, "secret": secret.reveal() }),
+            ))
         }
         AccountsCommand::Revoke(a) => {
             let actor = app::admin_actor(&a.admin.municipality, &a.admin.user, a.admin.as_actor.as_deref())?;
@@ -400,7 +418,7 @@ pub async fn export(app: &App, cmd: &ExportCommand) -> CliResult<Report> {
 }
 
 async fn export_ledger(app: &App, a: &ExportLedgerArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let options = LedgerOptions { encoding: output_encoding(a.encoding), since: a.since, no_header: false };
     let registry = &app.registry;
@@ -422,7 +440,7 @@ async fn export_ledger(app: &App, a: &ExportLedgerArgs) -> CliResult<Report> {
 }
 
 async fn export_unmatched(app: &App, a: &ExportUnmatchedArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let options = LedgerOptions { encoding: output_encoding(a.encoding), since: None, no_header: false };
     let registry = &app.registry;

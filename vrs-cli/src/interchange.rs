@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use vrs_core::access::Actor;
 use vrs_core::changelog::ChangeLogExport;
-use vrs_core::ids::{AccountId, AddresseeNumber, MunicipalityCode, PersonRef};
+use vrs_core::ids::{AddresseeNumber, MunicipalityCode, PersonRef};
 use vrs_core::interchange::FhirImportReport;
 use vrs_core::ledger::{LedgerOptions, OutputEncoding};
 use vrs_core::opendata::{OpenDataRow, write_ndjson, write_summary_by_date};
@@ -136,7 +136,7 @@ pub async fn write_changes(
 
 /// `vrs export fhir`.
 pub async fn export_fhir(app: &App, a: &ExportFhirArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let p = person(m, a.addressee.as_deref())?;
     let w = write_fhir(&app.registry, &actor, m, p.as_ref(), &a.out).await?;
@@ -153,7 +153,7 @@ pub async fn export_fhir(app: &App, a: &ExportFhirArgs) -> CliResult<Report> {
 
 /// `vrs export hl7`.
 pub async fn export_hl7(app: &App, a: &ExportFhirArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let p = person(m, a.addressee.as_deref())?;
     let n = write_hl7(&app.registry, &actor, m, p.as_ref(), &a.out).await?;
@@ -176,7 +176,7 @@ pub async fn export_opendata(app: &App, a: &ExportOpendataArgs) -> CliResult<Rep
 
 /// `vrs export changes`.
 pub async fn export_changes(app: &App, a: &ExportChangesArgs) -> CliResult<Report> {
-    let actor = app::actor(&a.staff)?;
+    let actor = app::actor(app, &a.staff).await?;
     let m = app::municipality(&a.staff.municipality)?;
     let since = a.since.unwrap_or(0);
     let e = write_changes(&app.registry, &actor, m, since, output_encoding(a.encoding), &a.out).await?;
@@ -215,7 +215,7 @@ pub async fn import_fhir(app: &App, a: &ImportFhirArgs) -> CliResult<Report> {
     } else {
         std::fs::read_to_string(&a.file).map_err(|e| read_error(&a.file, e))?
     };
-    let actor = Actor::Site { account: AccountId::parse(&a.account)? };
+    let actor = app::site_actor(app, &a.account).await?;
     let report = app.registry.import_fhir(&actor, &text).await?;
     let out = Report::new(import_text(&a.file, &report), &report);
     if report.rejected.is_empty() {

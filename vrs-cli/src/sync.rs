@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::io::Read as _;
 
-use vrs_core::access::Actor;
 use vrs_core::sync::{EntryStatus, SyncBatch, SyncReply};
 
 use crate::app::App;
@@ -48,7 +47,7 @@ pub fn reply_text(reply: &SyncReply) -> String {
 
 async fn apply(app: &App, a: &SyncApplyArgs) -> CliResult<Report> {
     let batch = read_batch(a)?;
-    let actor = Actor::Site { account: batch.account.clone() };
+    let actor = crate::app::site_actor(app, batch.account.as_str()).await?;
     let reply = app.registry.apply_sync_batch(&actor, &batch).await?;
     if let Some(path) = &a.reply {
         std::fs::write(path, reply.to_json()).map_err(|e| write_error(path, e))?;

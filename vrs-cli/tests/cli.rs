@@ -310,12 +310,17 @@ fn register_correct_and_findings_round_trip() {
         "--site-name",
         "神田クリニック",
     ]));
-    assert_eq!(r.json()["id"], "tab-1");
+    let issued = r.json();
+    assert_eq!(issued["account"]["id"], "tab-1");
+    // The secret is shown once; the tablet signs in with it (VRS_ACCOUNT_SECRET).
+    let secret = issued["secret"].as_str().expect("secret").to_owned();
+    assert_eq!(secret.len(), 32);
 
     let ocr1 = format!("11{CHIYODA}{voucher}");
     let ocr2 = format!("12{CHIYODA}{voucher}");
     let register = |ocr: &str, date: &str| {
         let mut c = vrs(dir);
+        c.env("VRS_ACCOUNT_SECRET", &secret);
         c.args(["--json", "register", "--account", "tab-1", "--ocr", ocr, "--date", date]).args([
             "--product",
             "pfizer",
@@ -365,18 +370,45 @@ fn register_correct_and_findings_round_trip() {
     assert_eq!(doses["doses"].as_array().map(Vec::len), Some(2), "{doses:#}");
 
     // A site account reading another municipality's findings: permission denied, exit 1.
-    let r = run(vrs(dir).args(["findings", "--municipality", SHINJUKU, "--account", "tab-1"]));
+    let r = run(vrs(dir).env("VRS_ACCOUNT_SECRET", &secret).args(["findings", "--municipality", SHINJUKU, "--account", "tab-1"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
-    let r = run(vrs(dir).args(["--json", "findings", "--municipality", SHINJUKU, "--account", "tab-1"]));
+    let r = run(vrs(dir).env("VRS_ACCOUNT_SECRET", &secret).args(["--json", "findings", "--municipality", SHINJUKU, "--account", "tab-1"]));
     assert_eq!(r.code, 1);
     assert_eq!(r.json()["error"]["kind"], "permission_denied");
+    // Acting as the account without its secret, or with a wrong one: refused, exit 1.
+    for wrong in [None, Some("0123456789abcdef0123456789abcdef")] {
+        let mut c = register(&ocr1, "2021-06-01");
+        c.env_remove("VRS_ACCOUNT_SECRET");
+        if let Some(w) = wrong {
+            c.env("VRS_ACCOUNT_SECRET", w);
+        }
+        let r = run(&mut c);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert_eq!(r.json()["error"]["kind"], "permission_denied", "{}", r.stdout);
+        assert!(!r.stdout.contains(&secret) && !r.stderr.contains(&secret));
+    }
 
     // A rejected scan stores nothing and exits 2.
     let bad_check = format!("11131017{voucher}");
     let r = run(&mut register(&bad_check, "2021-06-01"));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert_eq!(r.json()["error"]["detail"]["finding"], "bad_check_digit");
+
+    // A renewed secret replaces the old one; a revoked account's secret no longer works.
+    let renewed = ok(vrs(dir).args(["--json", "accounts", "renew-secret", "--municipality", CHIYODA, "--account", "tab-1"])).json();
+    let renewed = renewed["secret"].as_str().expect("secret").to_owned();
+    assert_ne!(renewed, secret);
+    assert_eq!(run(&mut register(&ocr1, "2021-06-01")).code, 1, "the old secret is refused");
+    let mut c = register(&ocr1, "2021-06-01");
+    c.env("VRS_ACCOUNT_SECRET", &renewed);
+    assert_eq!(ok(&mut c).json()["replayed"], true);
+    ok(vrs(dir).args(["accounts", "revoke", "--municipality", CHIYODA, "--account", "tab-1"]));
+    let mut c = register(&ocr1, "2021-06-01");
+    c.env("VRS_ACCOUNT_SECRET", &renewed);
+    let r = run(&mut c);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stdout.contains("revoked"), "{}", r.stdout);
 
     // Statistics through the binary, as JSON and CSV.
     let stats = ok(vrs(dir).args(["--json", "export", "stats", "--as", "national"])).json();

@@ -18,7 +18,30 @@ const TRICKY: &str = r"山田|太郎^&~\";
 fn vrs(dir: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vrs"));
     c.arg("--store").arg(dir.join("vrs.redb")).env("VRS_NOW", NOW).stdin(Stdio::null());
+    // The tablet account's secret, once `accounts issue` has shown it (see `issue_account`).
+    if let Ok(secret) = std::fs::read_to_string(dir.join("account.secret")) {
+        c.env("VRS_ACCOUNT_SECRET", secret.trim());
+    }
     c
+}
+
+/// `vrs accounts issue` for `args`, keeping the secret it shows once where [`vrs`] finds it.
+fn issue_account(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vrs"))
+        .arg("--store")
+        .arg(dir.join("vrs.redb"))
+        .env("VRS_NOW", NOW)
+        .args(["--json", "accounts", "issue"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run vrs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        let v: Value = serde_json::from_str(&stdout).expect("JSON");
+        std::fs::write(dir.join("account.secret"), v["secret"].as_str().expect("secret")).expect("write the secret");
+    }
+    (out.status.code().unwrap_or(-1), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {
@@ -51,12 +74,9 @@ fn setup(dir: &Path) {
     )
     .unwrap();
     ok(vrs(dir).args(["import", "residents", "--municipality", CHIYODA]).arg(&csv));
-    ok(vrs(dir).args(["accounts", "issue", "--municipality", CHIYODA, "--account", "tab-1"]).args([
-        "--site-id",
-        "venue-1",
-        "--site-name",
-        "区民会館",
-    ]));
+    let (code, out) =
+        issue_account(dir, &["--municipality", CHIYODA, "--account", "tab-1", "--site-id", "venue-1", "--site-name", "区民会館"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 fn register(dir: &Path, dose: u8, voucher: &str, date: &str, lot: &str) -> String {

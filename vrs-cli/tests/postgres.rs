@@ -113,13 +113,15 @@ fn every_day_subcommands_on_a_shared_database() {
     let again = json(&ok(vrs(&store).args(["--json", "import", "residents"]).arg(&file).args(["--municipality", CHIYODA])));
     assert_eq!((again["report"]["inserted"].as_u64(), again["report"]["replaced"].as_u64()), (Some(0), Some(200)), "{again}");
 
-    ok(vrs(&store)
-        .args(["accounts", "issue", "--municipality", CHIYODA, "--account", "tablet-1", "--site-id", "venue-1"])
-        .args(["--site-name", "千代田区民会館"]));
+    let issued = json(&ok(vrs(&store)
+        .args(["--json", "accounts", "issue", "--municipality", CHIYODA, "--account", "tablet-1", "--site-id", "venue-1"])
+        .args(["--site-name", "千代田区民会館"])));
+    let secret = issued["secret"].as_str().expect("secret").to_owned();
     let voucher = first_voucher(&file);
     let ocr = format!("11{CHIYODA}{voucher}");
     let register = |key: &str| {
         let mut c = vrs(&store);
+        c.env("VRS_ACCOUNT_SECRET", &secret);
         c.args(["--json", "register", "--account", "tablet-1", "--ocr", &ocr, "--date", "2021-06-30", "--product", "pfizer"]).args([
             "--lot",
             "FA5765",

@@ -120,11 +120,13 @@ pub enum Operation {
     ExportUnmatched,
     /// Read aggregate statistics.
     ReadStatistics,
+    /// Sign in as a tablet account with its secret.
+    SignIn,
 }
 
 impl Operation {
     /// Every operation, for exhaustive access tests.
-    pub const ALL: [Operation; 15] = [
+    pub const ALL: [Operation; 16] = [
         Operation::UploadResidents,
         Operation::ReadResidents,
         Operation::RegisterDose,
@@ -140,6 +142,7 @@ impl Operation {
         Operation::ExportLedger,
         Operation::ExportUnmatched,
         Operation::ReadStatistics,
+        Operation::SignIn,
     ];
 }
 
@@ -161,6 +164,7 @@ impl fmt::Display for Operation {
             Operation::ExportLedger => "export the ledger",
             Operation::ExportUnmatched => "export the unmatched list",
             Operation::ReadStatistics => "read statistics",
+            Operation::SignIn => "sign in as a tablet account",
         };
         f.write_str(s)
     }
@@ -269,6 +273,7 @@ fn decide(principal: &Principal, operation: Operation, subject: &Subject, today:
                 }
             }
             (RegisterDose, _) => Err("doses are registered by vaccination sites".into()),
+            (SignIn, _) => Err("only tablet accounts sign in with a secret".into()),
             _ => Err("not an operation for municipal staff on this data".into()),
         },
         Principal::Site(account) => {
@@ -276,7 +281,7 @@ fn decide(principal: &Principal, operation: Operation, subject: &Subject, today:
                 return Err("the tablet account is revoked".into());
             }
             match (operation, subject) {
-                (RegisterDose, Subject::NewDose) => Ok(()),
+                (RegisterDose | SignIn, Subject::NewDose) => Ok(()),
                 (ReadDose | CorrectDose | VoidDose, Subject::Dose { registered_by_site, registered_on, .. }) => {
                     if registered_by_site != &account.site.id {
                         Err("a site sees only the doses it registered".into())
@@ -326,7 +331,7 @@ mod tests {
     /// registered today by venue-1.
     fn subject(op: Operation) -> Subject {
         match op {
-            RegisterDose => Subject::NewDose,
+            RegisterDose | SignIn => Subject::NewDose,
             ReadDose | CorrectDose | VoidDose => Subject::Dose {
                 owner: m("131016"),
                 resident_municipality: Some(m("131016")),
@@ -352,7 +357,7 @@ mod tests {
         let hokkaido = Principal::Statistics(StatsScope::Prefecture(1));
         // Columns: staff of 131016, staff of 131041, site in 131016, revoked site,
         // national reader, Tokyo reader, Hokkaido reader.
-        let table: [(Operation, [bool; 7]); 15] = [
+        let table: [(Operation, [bool; 7]); 16] = [
             (UploadResidents, [true, false, false, false, false, false, false]),
             (ReadResidents, [true, false, false, false, false, false, false]),
             (RegisterDose, [false, false, true, false, false, false, false]),
@@ -368,6 +373,7 @@ mod tests {
             (ExportLedger, [true, false, false, false, false, false, false]),
             (ExportUnmatched, [true, false, false, false, false, false, false]),
             (ReadStatistics, [true, false, false, false, true, true, false]),
+            (SignIn, [false, false, true, false, false, false, false]),
         ];
         assert_eq!(table.len(), Operation::ALL.len());
         for op in Operation::ALL {

@@ -344,6 +344,12 @@ impl Registry {
             if first.voucher != ocr.voucher {
                 return Err(Error::Conflict { what: format!("idempotency key {} was used for another voucher", reg.idempotency_key) });
             }
+            // Another account's key: replaying would echo that account's dose to this one.
+            if first.registered_by != account.id {
+                return Err(Error::Conflict {
+                    what: format!("idempotency key {} was used by another tablet account", reg.idempotency_key),
+                });
+            }
             let findings = findings.into_iter().filter(|f| f.open).collect();
             return Ok((None, RegistrationOutcome { matched: first.matched.is_some(), dose: first, findings, replayed: true }));
         }
@@ -835,8 +841,18 @@ impl Registry {
 
     // ---- accounts ------------------------------------------------------------------
 
-    /// Issues a tablet account to a site in the staff's municipality.
+    /// Issues a tablet account to a site in the staff's municipality. It has no secret, so
+    /// it cannot sign in ([`Registry::authenticate`]) until one is given with
+    /// [`Registry::renew_account_secret`]; frontends issue accounts with
+    /// [`Registry::issue_account_with_secret`].
     pub async fn issue_account(&self, actor: &Actor, site: Site, id: AccountId) -> Result<TabletAccount> {
+        let (account, cs) = self.account_issue(actor, site, id).await?;
+        self.store.apply(vec![cs]).await?;
+        Ok(account)
+    }
+
+    /// Decides issuing an account: the account and the change set that stores it.
+    pub(crate) async fn account_issue(&self, actor: &Actor, site: Site, id: AccountId) -> Result<(TabletAccount, ChangeSet)> {
         let principal = self.check(actor, Operation::IssueAccount, &Subject::Site { municipality: site.municipality }).await?;
         crate::reconcile::check_length("site_name", &site.name, crate::dose::limits::SITE_NAME, true)?;
         if let Some(existing) = self.store.account(&id).await?
@@ -854,8 +870,8 @@ impl Registry {
             dose: None,
             detail: format!("account {id} for site {}", account.site.id),
         };
-        self.store.apply(vec![ChangeSet { accounts: vec![account.clone()], audit: vec![audit], ..ChangeSet::default() }]).await?;
-        Ok(account)
+        let cs = ChangeSet { accounts: vec![account.clone()], audit: vec![audit], ..ChangeSet::default() };
+        Ok((account, cs))
     }
 
     /// Revokes a tablet account; it can do nothing from then on.

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::access::TabletAccount;
+use crate::credentials::SecretHash;
 use crate::dose::DoseRecord;
 use crate::finding::Finding;
 use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
@@ -67,6 +68,8 @@ pub struct ChangeSet {
     pub accounts: Vec<TabletAccount>,
     /// Audit entries to append.
     pub audit: Vec<AuditEvent>,
+    /// Tablet account secret hashes to insert or replace (one per account).
+    pub account_secrets: Vec<SecretHash>,
 }
 
 impl ChangeSet {
@@ -80,6 +83,7 @@ impl ChangeSet {
             && self.counters.is_empty()
             && self.accounts.is_empty()
             && self.audit.is_empty()
+            && self.account_secrets.is_empty()
     }
 }
 
@@ -276,6 +280,11 @@ pub trait StoreBackend: Send + Sync {
     async fn account(&self, id: &AccountId) -> Result<Option<TabletAccount>>;
     /// Tablet accounts of sites in a municipality.
     async fn accounts(&self, municipality: MunicipalityCode) -> Result<Vec<TabletAccount>>;
+    /// The hash of a tablet account's secret. The default refuses: a store that keeps no
+    /// secrets lets no tablet sign in (a wrapper store must pass this call on).
+    async fn account_secret(&self, id: &AccountId) -> Result<Option<SecretHash>> {
+        Err(crate::Error::Storage { message: format!("this store keeps no tablet secrets (account {id})"), source: None })
+    }
 
     /// Statistics counters (non-zero only).
     async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>>;

@@ -90,6 +90,7 @@ macro_rules! store_conformance_tests {
                 refused_import_applies_nothing,
                 batch_registration,
                 statistics_equal_a_recount,
+                tablet_secrets_sign_in_and_revocation,
             }
             // Tablet sync batches on the store (vrs_core::testing_sync).
             testing_sync {

@@ -326,6 +326,9 @@ impl StoreBackend for BeforeApply {
     async fn accounts(&self, municipality: MunicipalityCode) -> Result<Vec<TabletAccount>> {
         self.inner.accounts(municipality).await
     }
+    async fn account_secret(&self, id: &AccountId) -> Result<Option<crate::credentials::SecretHash>> {
+        self.inner.account_secret(id).await
+    }
     async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>> {
         self.inner.statistics(query).await
     }
@@ -567,6 +570,80 @@ pub async fn access_is_enforced(store: DynStore) {
     ));
     // 新宿区 staff cannot revoke 千代田区's accounts.
     assert!(denied(registry.revoke_account(&staff(SHINJUKU), &AccountId::parse("venue").unwrap()).await.map(|_| ())));
+}
+
+/// Deterministic entropy for tests: a counter from a seed (never for real secrets).
+pub struct TestEntropy(pub u8);
+
+impl crate::credentials::Entropy for TestEntropy {
+    fn fill(&mut self, out: &mut [u8]) -> Result<()> {
+        for b in out {
+            self.0 = self.0.wrapping_mul(5).wrapping_add(77);
+            *b = self.0;
+        }
+        Ok(())
+    }
+}
+
+/// Tablet accounts sign in with a secret shown once, of which the store keeps only the
+/// Argon2id hash; a wrong, stale or revoked secret is refused, and revocation stops an
+/// actor already signed in at its next call.
+pub async fn tablet_secrets_sign_in_and_revocation(store: DynStore) {
+    let (registry, clock) = setup(store.clone()).await;
+    let denied = |r: &Result<Actor>| matches!(r, Err(Error::PermissionDenied { .. }));
+    let site = Site { id: SiteId::parse("venue-9").unwrap(), name: "千代田区役所".into(), municipality: code(CHIYODA) };
+    let id = AccountId::parse("tab-9").unwrap();
+    // Only the site's municipality's staff issue it.
+    for actor in [staff(SHINJUKU), site_actor("venue"), Actor::StatisticsReader { scope: StatsScope::National }] {
+        let r = registry.issue_account_with_secret(&actor, site.clone(), id.clone(), &mut TestEntropy(1)).await;
+        assert!(matches!(r, Err(Error::PermissionDenied { .. })), "{actor}: {r:?}");
+    }
+    let issued = registry.issue_account_with_secret(&staff(CHIYODA), site.clone(), id.clone(), &mut TestEntropy(1)).await.unwrap();
+    let secret = issued.secret.reveal().to_owned();
+    assert_eq!(secret.len(), 32);
+    // The store holds the hash, never the secret.
+    let hash = store.account_secret(&id).await.unwrap().unwrap();
+    assert!(hash.phc.starts_with("$argon2id$"), "{}", hash.phc);
+    assert!(!hash.phc.contains(&secret));
+    assert!(!format!("{issued:?}").contains(&secret));
+    // Signing in.
+    let actor = registry.authenticate(&id, &secret).await.unwrap();
+    assert_eq!(actor, site_actor("tab-9"));
+    let wrong = registry.authenticate(&id, "00000000000000000000000000000000").await;
+    let unknown = registry.authenticate(&AccountId::parse("nobody").unwrap(), &secret).await;
+    assert!(denied(&wrong) && denied(&unknown));
+    // The same answer whether the account exists or not.
+    assert_eq!(wrong.unwrap_err().to_string().replace("tab-9", "X"), unknown.unwrap_err().to_string().replace("nobody", "X"));
+    // An account issued without a secret cannot sign in.
+    assert!(denied(&registry.authenticate(&AccountId::parse("venue").unwrap(), &secret).await));
+    // The signed-in actor registers; staff revoke; its next call fails, and so does signing in.
+    registry.register(&actor, &registration("s1", 1, CHIYODA, "0000000001", "2021-06-30", "pfizer", "FA5765")).await.unwrap();
+    // Another tablet sending the same key (a forged or misrouted replay) is not shown that dose.
+    let forged =
+        registry.register(&site_actor("clinic"), &registration("s1", 1, CHIYODA, "0000000001", "2021-06-30", "pfizer", "FA5765")).await;
+    assert!(matches!(forged, Err(Error::Conflict { .. })), "{forged:?}");
+    clock.advance(chrono::Duration::minutes(1));
+    registry.revoke_account(&staff(CHIYODA), &id).await.unwrap();
+    let after = registry.register(&actor, &registration("s2", 1, CHIYODA, "0000000002", "2021-06-30", "pfizer", "FA5765")).await;
+    assert!(matches!(after, Err(Error::PermissionDenied { .. })), "{after:?}");
+    assert!(matches!(registry.todays_doses(&actor).await, Err(Error::PermissionDenied { .. })));
+    let revoked = registry.authenticate(&id, &secret).await;
+    assert!(denied(&revoked), "{revoked:?}");
+    assert!(revoked.unwrap_err().to_string().contains("revoked"));
+    // Re-issuing the revoked id without a secret never brings the old secret back.
+    clock.advance(chrono::Duration::minutes(1));
+    registry.issue_account(&staff(CHIYODA), site.clone(), id.clone()).await.unwrap();
+    assert!(denied(&registry.authenticate(&id, &secret).await));
+    // A renewed secret works; the one before it no longer does.
+    assert!(matches!(registry.renew_account_secret(&staff(SHINJUKU), &id, &mut TestEntropy(2)).await, Err(Error::PermissionDenied { .. })));
+    let renewed = registry.renew_account_secret(&staff(CHIYODA), &id, &mut TestEntropy(2)).await.unwrap();
+    assert_ne!(renewed.reveal(), secret);
+    assert_eq!(registry.authenticate(&id, renewed.reveal()).await.unwrap(), actor);
+    assert!(denied(&registry.authenticate(&id, &secret).await));
+    // The audit trail says what happened, without the secret.
+    let audit = registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap();
+    assert!(audit.iter().any(|e| e.action == "renew_account_secret"));
+    assert!(!format!("{audit:?}").contains(renewed.reveal()));
 }
 
 /// An import that may not commit leaves nothing, and the service reports it.

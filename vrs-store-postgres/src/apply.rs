@@ -21,6 +21,7 @@ use chrono::NaiveDate;
 use sqlx::postgres::{PgArguments, PgConnection};
 use sqlx::{Arguments, Connection, Row};
 use vrs_core::access::TabletAccount;
+use vrs_core::credentials::SecretHash;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::{Finding, FindingKind};
 use vrs_core::ids::DoseId;
@@ -70,6 +71,7 @@ struct Net {
     findings: HashMap<(DoseId, FindingKind), Finding>,
     counters: BTreeMap<StatsKey, i64>,
     accounts: BTreeMap<String, TabletAccount>,
+    account_secrets: BTreeMap<String, SecretHash>,
     audit: Vec<AuditEvent>,
 }
 
@@ -83,7 +85,8 @@ impl Net {
     fn fold(changes: Vec<ChangeSet>) -> Result<Net> {
         let mut net = Net::default();
         for cs in changes {
-            let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit } = cs;
+            let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit, account_secrets } =
+                cs;
             for d in new_doses {
                 if net.by_id.contains_key(&d.id) {
                     return Err(conflict(format!("dose {} already exists", d.id)));
@@ -129,6 +132,9 @@ impl Net {
             }
             for a in accounts {
                 net.accounts.insert(a.id.as_str().to_owned(), a);
+            }
+            for h in account_secrets {
+                net.account_secrets.insert(h.account.as_str().to_owned(), h);
             }
             net.audit.extend(audit);
         }
@@ -415,6 +421,20 @@ fn statement(net: &Net, slots: &[SlotBatch]) -> Result<(Stmt, bool)> {
             "au AS (INSERT INTO accounts AS a (municipality, id, record) SELECT u.municipality, u.id, u.record::jsonb \
              FROM unnest({m}::text[], {id}::text[], {r}::text[]) AS u(municipality, id, record) \
              ON CONFLICT (id) DO UPDATE SET municipality = excluded.municipality, record = excluded.record)"
+        ));
+    }
+    if !net.account_secrets.is_empty() {
+        let mut cols = (Vec::new(), Vec::new(), Vec::new());
+        for h in net.account_secrets.values() {
+            cols.0.push(h.municipality.as_str().to_owned());
+            cols.1.push(h.account.as_str().to_owned());
+            cols.2.push(json(&format!("the secret hash of account {}", h.account.as_str()), h)?);
+        }
+        let (m, id, r) = (stmt.bind(cols.0)?, stmt.bind(cols.1)?, stmt.bind(cols.2)?);
+        stmt.cte(format!(
+            "sh AS (INSERT INTO account_secrets AS s (municipality, account, record) SELECT u.municipality, u.account, u.record::jsonb \
+             FROM unnest({m}::text[], {id}::text[], {r}::text[]) AS u(municipality, account, record) \
+             ON CONFLICT (account) DO UPDATE SET municipality = excluded.municipality, record = excluded.record)"
         ));
     }
     if !net.audit.is_empty() {

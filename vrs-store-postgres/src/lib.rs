@@ -600,6 +600,12 @@ impl StoreBackend for PostgresStore {
         rows.iter().map(|r| record(r, "record")).collect()
     }
 
+    async fn account_secret(&self, id: &AccountId) -> Result<Option<vrs_core::credentials::SecretHash>> {
+        let query = sqlx::query("SELECT record FROM account_secrets WHERE account = $1").bind(id.as_str());
+        let row = self.fetch_optional("reading an account secret hash", query).await?;
+        row.as_ref().map(|r| record(r, "record")).transpose()
+    }
+
     async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>> {
         const COLUMNS: &str = "SELECT municipality, day, dose_number, sex, age_band, product, count FROM counters WHERE count > 0";
         const PREFECTURE: &str = "SELECT municipality, day, dose_number, sex, age_band, product, count FROM counters

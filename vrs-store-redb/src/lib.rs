@@ -223,6 +223,11 @@ impl StoreBackend for RedbStore {
         self.run(move |db| ops::accounts(db, &municipality)).await
     }
 
+    async fn account_secret(&self, id: &AccountId) -> Result<Option<vrs_core::credentials::SecretHash>> {
+        let id = id.as_str().to_owned();
+        self.run(move |db| ops::account_secret(db, &id)).await
+    }
+
     async fn statistics(&self, query: StatsQuery) -> Result<Vec<StatsRow>> {
         self.run(move |db| ops::statistics(db, query)).await
     }

@@ -11,6 +11,7 @@ use redb::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use vrs_core::access::TabletAccount;
+use vrs_core::credentials::SecretHash;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{DoseId, MunicipalityCode};
@@ -118,6 +119,8 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
     open_write(txn, FINDINGS_BY_MUNICIPALITY)?;
     open_write(txn, ACCOUNTS)?;
     open_write(txn, ACCOUNTS_BY_MUNICIPALITY)?;
+    // Added after layout 3 without a version change: opening an older file creates it.
+    open_write(txn, ACCOUNT_SECRETS)?;
     open_write(txn, COUNTERS)?;
     open_write(txn, AUDIT)?;
     let mut meta = open_write(txn, META)?;
@@ -707,6 +710,16 @@ pub(crate) fn account(db: &Database, id: &str) -> Result<Option<TabletAccount>> 
     get_account(&accounts, id)
 }
 
+/// The hash of a tablet account's secret.
+pub(crate) fn account_secret(db: &Database, id: &str) -> Result<Option<SecretHash>> {
+    let txn = begin_read(db)?;
+    let secrets = open_read(&txn, ACCOUNT_SECRETS)?;
+    match secrets.get(id).map_err(storage("reading an account secret hash"))? {
+        Some(g) => Ok(Some(decode("decoding an account secret hash", g.value())?)),
+        None => Ok(None),
+    }
+}
+
 /// The tablet accounts of a municipality's sites, by account id.
 pub(crate) fn accounts(db: &Database, m: &MunicipalityCode) -> Result<Vec<TabletAccount>> {
     let txn = begin_read(db)?;
@@ -780,6 +793,7 @@ struct Writer<'t> {
     findings_index: Table<'t, Bytes, ()>,
     accounts: Table<'t, &'static str, Bytes>,
     accounts_index: Table<'t, Bytes, ()>,
+    account_secrets: Table<'t, &'static str, Bytes>,
     counters: Table<'t, Bytes, i64>,
     audit: Table<'t, Bytes, Bytes>,
     /// The last dose sequence number given.
@@ -817,6 +831,7 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         findings_index: open_write(txn, FINDINGS_BY_MUNICIPALITY)?,
         accounts: open_write(txn, ACCOUNTS)?,
         accounts_index: open_write(txn, ACCOUNTS_BY_MUNICIPALITY)?,
+        account_secrets: open_write(txn, ACCOUNT_SECRETS)?,
         counters: open_write(txn, COUNTERS)?,
         audit: open_write(txn, AUDIT)?,
         seq,
@@ -836,7 +851,8 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
 
 impl Writer<'_> {
     fn apply(&mut self, change: ChangeSet) -> Result<()> {
-        let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit } = change;
+        let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit, account_secrets } =
+            change;
         for mut dose in new_doses {
             if self.ids.get(dose.id.as_bytes()).map_err(storage("reading the dose id index"))?.is_some() {
                 return Err(conflict(format!("dose {} already exists", dose.id)));
@@ -888,6 +904,10 @@ impl Writer<'_> {
         }
         for account in accounts {
             self.write_account(&account)?;
+        }
+        for secret in account_secrets {
+            let value = encode("encoding an account secret hash", &secret)?;
+            self.account_secrets.insert(secret.account.as_str(), value.as_slice()).map_err(storage("writing an account secret hash"))?;
         }
         for event in audit {
             self.audit_seq = self.audit_seq.checked_add(1).ok_or_else(|| exhausted("audit"))?;

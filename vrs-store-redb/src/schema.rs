@@ -20,6 +20,7 @@
 //! | `findings_by_municipality` | m(6) · open flag(1: 0 open, 1 closed) · dose id(16) · kind(1) | () |
 //! | `accounts` | account id | [`TabletAccount`] |
 //! | `accounts_by_municipality` | m(6) · account id | () |
+//! | `account_secrets` | account id | [`SecretHash`] (the Argon2id PHC string, never the secret) |
 //! | `counters` | m(6) · postcard([`StatsKey`]) | count (i64) |
 //! | `audit` | m(6) · seq(8, big-endian) | [`AuditEvent`] |
 //! | `meta` | name | u64 |
@@ -34,6 +35,7 @@
 //! [`DoseRecord`]: vrs_core::dose::DoseRecord
 //! [`Finding`]: vrs_core::finding::Finding
 //! [`TabletAccount`]: vrs_core::access::TabletAccount
+//! [`SecretHash`]: vrs_core::credentials::SecretHash
 //! [`StatsKey`]: vrs_core::stats::StatsKey
 //! [`AuditEvent`]: vrs_core::store::AuditEvent
 
@@ -59,6 +61,7 @@ pub(crate) const FINDINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new(
 pub(crate) const FINDINGS_BY_MUNICIPALITY: TableDefinition<Bytes, ()> = TableDefinition::new("findings_by_municipality");
 pub(crate) const ACCOUNTS: TableDefinition<&str, Bytes> = TableDefinition::new("accounts");
 pub(crate) const ACCOUNTS_BY_MUNICIPALITY: TableDefinition<Bytes, ()> = TableDefinition::new("accounts_by_municipality");
+pub(crate) const ACCOUNT_SECRETS: TableDefinition<&str, Bytes> = TableDefinition::new("account_secrets");
 pub(crate) const COUNTERS: TableDefinition<Bytes, i64> = TableDefinition::new("counters");
 pub(crate) const AUDIT: TableDefinition<Bytes, Bytes> = TableDefinition::new("audit");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
