@@ -302,6 +302,14 @@ fn rejection(entry_id: &str, status: EntryStatus, error: &Error) -> EntryReply {
     reply
 }
 
+/// Whether a sync-conflict finding's detail (one line per change) lists `change` already.
+fn lists_change(detail: &str, change: &str) -> bool {
+    detail == change
+        || detail.starts_with(&format!("{change}\n"))
+        || detail.ends_with(&format!("\n{change}"))
+        || detail.contains(&format!("\n{change}\n"))
+}
+
 fn describe_change(change: &SyncChange) -> String {
     match change {
         SyncChange::Correct { correction: c, reason, .. } => {
@@ -511,18 +519,25 @@ impl Registry {
             entry.recorded_at.to_rfc3339(),
             describe_change(&entry.change)
         );
+        // A dose has one finding per kind: a further conflicting change is added to the open
+        // one's detail, a line each, so that no change drops out of the review queue and a
+        // batch sent again (its changes already listed) writes nothing.
         let existing = self.store().findings_for_dose(dose.id).await?;
-        let already = existing.iter().any(|f| f.kind == FindingKind::SyncConflict && f.open && f.detail == detail);
+        let queued = existing.iter().find(|f| f.kind == FindingKind::SyncConflict && f.open);
+        let already = queued.is_some_and(|f| lists_change(&f.detail, &detail));
         if !already {
             let finding = Finding {
                 dose: dose.id,
                 municipality: dose.owner(),
                 kind: FindingKind::SyncConflict,
                 severity: FindingKind::SyncConflict.severity(),
-                detail: detail.clone(),
+                detail: match queued {
+                    Some(f) => format!("{}\n{detail}", f.detail),
+                    None => detail.clone(),
+                },
                 related: None,
                 open: true,
-                raised_at: now,
+                raised_at: queued.map_or(now, |f| f.raised_at),
                 closed_at: None,
             };
             let audit = AuditEvent {
