@@ -93,7 +93,11 @@ fn check(batch: &SyncBatch) {
     let after_first = snapshot(&registry, &areas);
     let second = block_on(registry.apply_sync_batch(&actor, &back));
     let after_second = snapshot(&registry, &areas);
-    assert!(after_first == after_second, "the second application changed the store: {first:?}\n{second:?}");
+    assert!(
+        after_first == after_second,
+        "the second application changed the store:\n{}\nreplies: {first:?}\n{second:?}",
+        after_first.differences(&after_second)
+    );
     match (first, second) {
         (Ok(first), Ok(second)) => {
             assert_eq!(first.entries.len(), batch.entries.len());
@@ -114,10 +118,10 @@ fn check(batch: &SyncBatch) {
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
     if mode % 2 == 0 {
-        if let Ok(batch) = SyncBatch::from_json(&String::from_utf8_lossy(rest)) {
-            if batch.entries.len() <= 64 {
-                check(&batch);
-            }
+        if let Ok(batch) = SyncBatch::from_json(&String::from_utf8_lossy(rest))
+            && batch.entries.len() <= 64
+        {
+            check(&batch);
         }
     } else {
         let mut u = Unstructured::new(rest);

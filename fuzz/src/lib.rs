@@ -77,6 +77,27 @@ pub fn snapshot(registry: &Registry, municipalities: &BTreeSet<MunicipalityCode>
     })
 }
 
+impl Snapshot {
+    /// What differs from `other`, named by municipality and part (for a failure message).
+    pub fn differences(&self, other: &Snapshot) -> String {
+        let mut out = String::new();
+        for ((m, a), (_, b)) in self.per_municipality.iter().zip(&other.per_municipality) {
+            let parts = [
+                ("doses", a.doses != b.doses, format!("{:#?}\n--- then ---\n{:#?}", a.doses, b.doses)),
+                ("findings", a.findings != b.findings, format!("{:#?}\n--- then ---\n{:#?}", a.findings, b.findings)),
+                ("stats", a.stats != b.stats, format!("{:?}\n--- then ---\n{:?}", a.stats, b.stats)),
+                ("audit", a.audit != b.audit, format!("{:#?}\n--- then ---\n{:#?}", a.audit, b.audit)),
+            ];
+            for (name, differs, detail) in parts {
+                if differs {
+                    out.push_str(&format!("{m} {name} differ:\n{detail}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Lossy text of fuzz bytes, and whether the bytes were UTF-8 as they were.
 pub fn text(data: &[u8]) -> String {
     String::from_utf8_lossy(data).into_owned()
