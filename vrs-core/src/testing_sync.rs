@@ -186,6 +186,25 @@ pub async fn sync_conflicts_of_one_dose_all_stay_queued_and_replay_writes_nothin
     assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Conflict]);
     assert_eq!(queued(registry.findings(&staff(CHIYODA), code(CHIYODA), true).await.unwrap()), first);
     assert_eq!(registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap(), audit, "sent again, nothing written");
+
+    // A change that conflicts for another reason when sent again (a later entry of its batch
+    // wrote its version meanwhile) is the same change: nothing written. Likewise after a
+    // void closed the finding.
+    let reg = SyncEntry::register(registration("m.2", 1, CHIYODA, "0000000002", "2021-07-01", "pfizer", "FA5765"), at());
+    registry.apply_sync_batch(&venue, &batch("b3", vec![reg])).await.unwrap();
+    let tablet = vec![
+        SyncEntry::correct(key("m.2"), 2, lot_fix(""), "first try", at()),
+        SyncEntry::correct(key("m.2"), 2, lot_fix("FA5766"), "second try", at()),
+    ];
+    let reply = registry.apply_sync_batch(&venue, &batch("b4", tablet.clone())).await.unwrap();
+    assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Applied]);
+    registry.void(&staff(CHIYODA), DoseId::for_key(&key("m.2")), "wrong person").await.unwrap();
+    let findings = registry.findings(&staff(CHIYODA), code(CHIYODA), false).await.unwrap();
+    let audit = registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap();
+    let reply = registry.apply_sync_batch(&venue, &batch("b4", tablet)).await.unwrap();
+    assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Replayed]);
+    assert_eq!(registry.findings(&staff(CHIYODA), code(CHIYODA), false).await.unwrap(), findings);
+    assert_eq!(registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap(), audit, "sent again, nothing written");
 }
 
 /// A lot used after its known expiry is a must-fix finding; correcting the expiry closes it.
