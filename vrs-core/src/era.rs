@@ -321,14 +321,21 @@ fn parse_era(era: Era, rest: &str) -> Result<NaiveDate> {
     Ok(date)
 }
 
+/// The era of a date and its year in it, when the era form can be read back: [`parse_date`]
+/// takes era years of one or two digits, so 令和100年 (2118) on is written as a Gregorian date.
+fn era_year(date: NaiveDate) -> Option<(Era, i32)> {
+    let era = Era::of(date)?;
+    let year = date.year() - era.offset();
+    (year <= 99).then_some((era, year))
+}
+
 /// Formats a date in its era, e.g. `令和3年4月1日`, with `元年` for year 1
-/// (`令和元年5月1日`). A date before the Meiji era (1868-01-25) is written `YYYY-MM-DD`,
-/// which [`parse_date`] also reads back.
+/// (`令和元年5月1日`). A date before the Meiji era (1868-01-25), or from 令和100年 (2118) on,
+/// is written `YYYY-MM-DD`, which [`parse_date`] also reads back.
 pub fn format_era(date: NaiveDate) -> String {
-    let Some(era) = Era::of(date) else {
+    let Some((era, year)) = era_year(date) else {
         return date.format("%Y-%m-%d").to_string();
     };
-    let year = date.year() - era.offset();
     if year == 1 {
         format!("{}元年{}月{}日", era.kanji(), date.month(), date.day())
     } else {
@@ -337,10 +344,10 @@ pub fn format_era(date: NaiveDate) -> String {
 }
 
 /// Formats a date with the era's letter, e.g. `R3.4.1` (year 1 is `1`). A date before the
-/// Meiji era is written `YYYY-MM-DD`.
+/// Meiji era, or from 令和100年 (2118) on, is written `YYYY-MM-DD`.
 pub fn format_era_letter(date: NaiveDate) -> String {
-    match Era::of(date) {
-        Some(era) => format!("{}{}.{}.{}", era.letter(), date.year() - era.offset(), date.month(), date.day()),
+    match era_year(date) {
+        Some((era, year)) => format!("{}{}.{}.{}", era.letter(), year, date.month(), date.day()),
         None => date.format("%Y-%m-%d").to_string(),
     }
 }
@@ -455,6 +462,20 @@ mod tests {
         assert_eq!(format_era(d(1868, 1, 24)), "1868-01-24");
         assert_eq!(format_era_letter(d(2021, 4, 1)), "R3.4.1");
         assert_eq!(format_era_letter(d(1989, 1, 8)), "H1.1.8");
+    }
+
+    /// Found by fuzzing (fuzz/ era_date): 2118 was written 令和100年, which parse_date
+    /// refuses (era years have one or two digits there).
+    #[test]
+    fn dates_from_reiwa_100_are_written_gregorian_and_read_back() {
+        assert_eq!(format_era(d(2117, 12, 31)), "令和99年12月31日");
+        assert_eq!(format_era_letter(d(2117, 12, 31)), "R99.12.31");
+        for day in [d(2118, 1, 1), d(2999, 12, 31)] {
+            assert_eq!(format_era(day), day.format("%Y-%m-%d").to_string());
+            assert_eq!(format_era_letter(day), day.format("%Y-%m-%d").to_string());
+            assert_eq!(parse_date(&format_era(day)).unwrap(), day);
+            assert_eq!(parse_date(&format_era_letter(day)).unwrap(), day);
+        }
     }
 
     #[test]

@@ -511,18 +511,31 @@ impl Registry {
             entry.recorded_at.to_rfc3339(),
             describe_change(&entry.change)
         );
+        // A dose has one finding per kind: a further conflicting change is added to its
+        // detail, a line each, so that no change drops out of the review queue (a closed
+        // finding, after a void, is reopened with its lines kept). A change listed already,
+        // whatever the reason it conflicted then, is not written again: a batch sent again
+        // writes nothing.
+        let line = |text: String| text.replace(['\n', '\r'], " ");
+        let head =
+            line(format!("tablet change {} recorded at {} by {who} was not applied (", entry.entry_id, entry.recorded_at.to_rfc3339()));
+        let tail = line(format!("); it wanted: {}", describe_change(&entry.change)));
         let existing = self.store().findings_for_dose(dose.id).await?;
-        let already = existing.iter().any(|f| f.kind == FindingKind::SyncConflict && f.open && f.detail == detail);
+        let queued = existing.iter().find(|f| f.kind == FindingKind::SyncConflict);
+        let already = queued.is_some_and(|f| f.detail.lines().any(|l| l.starts_with(&head) && l.ends_with(&tail)));
         if !already {
             let finding = Finding {
                 dose: dose.id,
                 municipality: dose.owner(),
                 kind: FindingKind::SyncConflict,
                 severity: FindingKind::SyncConflict.severity(),
-                detail: detail.clone(),
+                detail: match queued {
+                    Some(f) => format!("{}\n{}", f.detail, line(detail.clone())),
+                    None => line(detail.clone()),
+                },
                 related: None,
                 open: true,
-                raised_at: now,
+                raised_at: queued.filter(|f| f.open).map_or(now, |f| f.raised_at),
                 closed_at: None,
             };
             let audit = AuditEvent {

@@ -96,6 +96,7 @@ macro_rules! store_conformance_tests {
             testing_sync {
                 sync_batch_applied_twice_partly_and_out_of_order,
                 sync_conflicts_go_to_the_review_queue,
+                sync_conflicts_of_one_dose_all_stay_queued_and_replay_writes_nothing,
                 expired_lot_is_a_finding,
             }
         }

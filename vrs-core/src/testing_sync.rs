@@ -158,6 +158,55 @@ pub async fn sync_conflicts_go_to_the_review_queue(store: DynStore) {
     assert!(matches!(registry.apply_sync_batch(&venue, &batch("b6", vec![reg])).await, Err(Error::PermissionDenied { .. })));
 }
 
+/// Found by fuzzing (fuzz/ sync_batch): two conflicting changes of one dose kept only the
+/// last in the review queue (one finding per dose and kind, overwritten), and each time the
+/// batch was sent again both were written anew, the audit trail growing. Now both stay
+/// listed in the one finding, and sending the batch again writes nothing.
+pub async fn sync_conflicts_of_one_dose_all_stay_queued_and_replay_writes_nothing(store: DynStore) {
+    let (registry, _clock) = setup(store).await;
+    let venue = site_actor("venue");
+    let reg = SyncEntry::register(registration("m.1", 1, CHIYODA, "0000000001", "2021-07-01", "pfizer", "FA5765"), at());
+    registry.apply_sync_batch(&venue, &batch("b1", vec![reg])).await.unwrap();
+    let id = DoseId::for_key(&key("m.1"));
+    registry.correct(&staff(CHIYODA), id, &lot_fix("FA0001"), "checked the vial").await.unwrap();
+    let tablet = vec![
+        SyncEntry::correct(key("m.1"), 2, lot_fix("FA5766"), "lot misread", at()),
+        SyncEntry::correct(key("m.1"), 2, lot_fix("FA5767"), "lot misread again", at()),
+    ];
+    let reply = registry.apply_sync_batch(&venue, &batch("b2", tablet.clone())).await.unwrap();
+    assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Conflict]);
+    let queued = |findings: Vec<crate::finding::Finding>| -> Vec<String> {
+        findings.into_iter().filter(|f| f.kind == FindingKind::SyncConflict && f.open).map(|f| f.detail).collect()
+    };
+    let first = queued(registry.findings(&staff(CHIYODA), code(CHIYODA), true).await.unwrap());
+    assert_eq!(first.len(), 1);
+    assert!(first[0].contains("lot FA5766") && first[0].contains("lot FA5767"), "{}", first[0]);
+    let audit = registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap();
+    let reply = registry.apply_sync_batch(&venue, &batch("b2", tablet)).await.unwrap();
+    assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Conflict]);
+    assert_eq!(queued(registry.findings(&staff(CHIYODA), code(CHIYODA), true).await.unwrap()), first);
+    assert_eq!(registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap(), audit, "sent again, nothing written");
+
+    // A change that conflicts for another reason when sent again (a later entry of its batch
+    // wrote its version meanwhile) is the same change: nothing written. Likewise after a
+    // void closed the finding.
+    let reg = SyncEntry::register(registration("m.2", 1, CHIYODA, "0000000002", "2021-07-01", "pfizer", "FA5765"), at());
+    registry.apply_sync_batch(&venue, &batch("b3", vec![reg])).await.unwrap();
+    let tablet = vec![
+        SyncEntry::correct(key("m.2"), 2, lot_fix(""), "first try", at()),
+        SyncEntry::correct(key("m.2"), 2, lot_fix("FA5766"), "second try", at()),
+    ];
+    let reply = registry.apply_sync_batch(&venue, &batch("b4", tablet.clone())).await.unwrap();
+    assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Applied]);
+    registry.void(&staff(CHIYODA), DoseId::for_key(&key("m.2")), "wrong person").await.unwrap();
+    let findings = registry.findings(&staff(CHIYODA), code(CHIYODA), false).await.unwrap();
+    let audit = registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap();
+    let reply = registry.apply_sync_batch(&venue, &batch("b4", tablet)).await.unwrap();
+    assert_eq!(statuses(&reply), vec![EntryStatus::Conflict, EntryStatus::Replayed]);
+    assert_eq!(registry.findings(&staff(CHIYODA), code(CHIYODA), false).await.unwrap(), findings);
+    assert_eq!(registry.audit(&staff(CHIYODA), code(CHIYODA)).await.unwrap(), audit, "sent again, nothing written");
+}
+
 /// A lot used after its known expiry is a must-fix finding; correcting the expiry closes it.
 pub async fn expired_lot_is_a_finding(store: DynStore) {
     let (registry, _clock) = setup(store).await;
