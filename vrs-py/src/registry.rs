@@ -501,8 +501,12 @@ impl PyRegistry {
             // The store decodes the next columns while this thread hands the last ones to Arrow.
             let schema = Arc::new(DoseTable::schema());
             let mut batches = Vec::new();
-            let cursor =
-                registry.scan_dose_columns(actor, m, since, BATCH_ROWS, &mut |c| Ok(batches.push(dose_batch(&schema, c)?))).await?;
+            let cursor = registry
+                .scan_dose_columns(actor, m, since, BATCH_ROWS, &mut |c| {
+                    batches.push(dose_batch(&schema, c)?);
+                    Ok(())
+                })
+                .await?;
             Ok(table(schema, batches, Some(cursor)))
         })
     }
@@ -523,7 +527,12 @@ impl PyRegistry {
         block_on(py, async move {
             let schema = Arc::new(ResidentTable::schema());
             let mut batches = Vec::new();
-            registry.scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| Ok(batches.push(resident_batch(&schema, c)?))).await?;
+            registry
+                .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
+                    batches.push(resident_batch(&schema, c)?);
+                    Ok(())
+                })
+                .await?;
             Ok(table(schema, batches, None))
         })
     }
