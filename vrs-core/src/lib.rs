@@ -8,6 +8,7 @@
 pub mod access;
 pub mod changelog;
 pub mod clock;
+pub mod columns;
 pub mod credentials;
 pub mod dose;
 pub mod era;

@@ -774,6 +774,38 @@ impl Registry {
         self.store.scan_doses(municipality, scan, visit).await
     }
 
+    /// [`scan_residents`](Self::scan_residents) as columns of at most `rows` residents
+    /// ([`ResidentColumns`](crate::columns::ResidentColumns)), for columnar frontends.
+    pub async fn scan_resident_columns(
+        &self,
+        actor: &Actor,
+        municipality: MunicipalityCode,
+        rows: usize,
+        visit: Visit<'_, crate::columns::ResidentColumns>,
+    ) -> Result<()> {
+        self.check(actor, Operation::ReadResidents, &Subject::Municipality(municipality)).await?;
+        self.store.scan_resident_columns(municipality, rows, visit).await
+    }
+
+    /// [`scan_doses`](Self::scan_doses) as columns of at most `rows` doses
+    /// ([`DoseColumns`](crate::columns::DoseColumns)), for columnar frontends; returns the
+    /// same cursor.
+    pub async fn scan_dose_columns(
+        &self,
+        actor: &Actor,
+        municipality: MunicipalityCode,
+        since: Option<u64>,
+        rows: usize,
+        visit: Visit<'_, crate::columns::DoseColumns>,
+    ) -> Result<u64> {
+        self.check(actor, Operation::ExportLedger, &Subject::Municipality(municipality)).await?;
+        let scan = match since {
+            Some(after) => DoseScan::ChangedSince { after },
+            None => DoseScan::ByVoucher,
+        };
+        self.store.scan_dose_columns(municipality, scan, rows, visit).await
+    }
+
     /// One resident, for the staff of its municipality.
     pub async fn resident(&self, actor: &Actor, person: &PersonRef) -> Result<Resident> {
         self.check(actor, Operation::ReadResidents, &Subject::Municipality(person.municipality)).await?;

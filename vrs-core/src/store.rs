@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 use crate::access::TabletAccount;
+use crate::columns::{DoseColumns, ResidentColumns};
 use crate::credentials::SecretHash;
 use crate::dose::DoseRecord;
 use crate::finding::Finding;
@@ -258,6 +259,51 @@ pub trait StoreBackend: Send + Sync {
     /// [`DoseRecord`]'s serde representation), which skips most of a record's decoding.
     async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
         self.scan_doses(municipality, DoseScan::ByVoucher, &mut |d: DoseRecord| visit(LedgerDose::from(&d))).await
+    }
+
+    /// Scans a municipality's doses as [`scan_doses`](Self::scan_doses) does (same order,
+    /// same cursor returned), handing them to `visit` as columns of at most `rows` doses
+    /// each ([`DoseColumns`]), for columnar frontends. The default fills the columns from
+    /// [`scan_doses`](Self::scan_doses); a store may decode its stored records straight
+    /// into them ([`DoseColumns::push_stored`]).
+    async fn scan_dose_columns(
+        &self,
+        municipality: MunicipalityCode,
+        scan: DoseScan,
+        rows: usize,
+        visit: Visit<'_, DoseColumns>,
+    ) -> Result<u64> {
+        let rows = rows.max(1);
+        let mut columns = DoseColumns::with_capacity(rows);
+        let high = self
+            .scan_doses(municipality, scan, &mut |d: DoseRecord| {
+                columns.push_record(&d)?;
+                if columns.len() >= rows { visit(std::mem::replace(&mut columns, DoseColumns::with_capacity(rows))) } else { Ok(()) }
+            })
+            .await?;
+        if !columns.is_empty() {
+            visit(columns)?;
+        }
+        Ok(high)
+    }
+
+    /// Scans a municipality's residents as [`scan_residents`](Self::scan_residents) does,
+    /// handing them to `visit` as columns of at most `rows` residents each
+    /// ([`ResidentColumns`]). The default fills the columns from
+    /// [`scan_residents`](Self::scan_residents); a store may decode its stored residents
+    /// straight into them ([`ResidentColumns::push_stored`]).
+    async fn scan_resident_columns(&self, municipality: MunicipalityCode, rows: usize, visit: Visit<'_, ResidentColumns>) -> Result<()> {
+        let rows = rows.max(1);
+        let mut columns = ResidentColumns::with_capacity(rows);
+        self.scan_residents(municipality, &mut |r: Resident| {
+            columns.push_resident(&r)?;
+            if columns.len() >= rows { visit(std::mem::replace(&mut columns, ResidentColumns::with_capacity(rows))) } else { Ok(()) }
+        })
+        .await?;
+        if !columns.is_empty() {
+            visit(columns)?;
+        }
+        Ok(())
     }
 
     /// What each query's registration would be decided against ([`PersonContext`]), in

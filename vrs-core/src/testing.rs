@@ -73,6 +73,7 @@ macro_rules! store_conformance_tests {
                 visitor_error_stops_the_scan,
                 values_round_trip_exactly,
                 ledger_scan_is_the_by_voucher_scan_projected,
+                column_scans_are_the_record_scans_as_columns,
                 doses_by_vouchers_answer_each_voucher_in_order,
                 person_contexts_are_their_single_reads,
             }
@@ -1186,6 +1187,87 @@ pub async fn ledger_scan_is_the_by_voucher_scan_projected(store: DynStore) {
     let mut seen = 0;
     let stopped = store
         .scan_ledger_doses(code(CHIYODA), &mut |_| {
+            seen += 1;
+            Err(Error::NotFound { what: "stop".into() })
+        })
+        .await;
+    assert!(matches!(stopped, Err(Error::NotFound { .. })), "{stopped:?}");
+    assert_eq!(seen, 1);
+}
+
+/// [`StoreBackend::scan_dose_columns`] and [`StoreBackend::scan_resident_columns`] hand
+/// over, batch by batch, what the record scans yield, as columns (newest versions,
+/// voided and unmatched doses, both dose scans, the same cursors).
+pub async fn column_scans_are_the_record_scans_as_columns(store: DynStore) {
+    let mut a = resident(CHIYODA, "000042", "0000000200");
+    a.address = Some(PersonalText("東京都千代田区千代田1-1".into()));
+    a.previous = Some(voucher(CHUO, "0000000999"));
+    let residents = vec![a, resident(CHIYODA, "7", "0000000100"), resident(CHIYODA, "0000000000123", "0000000300")];
+    import(&store, residents, 3, 0).await;
+    let matched = DoseRecord {
+        matched: Some(person(CHIYODA, "000042")),
+        ..dose("m", voucher(CHIYODA, "0000000200"), 1, "2021-06-01T16:00:00.25Z", "venue-1")
+    };
+    let unmatched = dose("u", voucher(CHIYODA, "0000000100"), 2, "2021-06-02T01:00:00Z", "venue-2");
+    let voided = dose("v", voucher(CHIYODA, "0000000300"), 1, "2021-06-04T01:00:00Z", "venue-1");
+    let elsewhere = dose("e", voucher(CHUO, "0000000100"), 1, "2021-06-04T01:00:00Z", "venue-1");
+    store.apply(vec![new_doses(vec![matched, unmatched, voided.clone(), elsewhere])]).await.unwrap();
+    let voided = next_revision(&store.dose(voided.id).await.unwrap().unwrap(), |d| {
+        let mut v = d.current().clone();
+        v.version += 1;
+        v.voided = true;
+        v.details.lot = "EY0779".into();
+        d.versions.push(v);
+    });
+    store.apply(vec![updated_doses(vec![voided])]).await.unwrap();
+
+    for scan in [DoseScan::ByVoucher, DoseScan::ChangedSince { after: 0 }, DoseScan::ChangedSince { after: 2 }] {
+        let (records, cursor) = scanned_doses(&store, CHIYODA, scan).await;
+        let mut batches = Vec::new();
+        let columns_cursor = store
+            .scan_dose_columns(code(CHIYODA), scan, 2, &mut |c| {
+                batches.push(c);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(columns_cursor, cursor, "{scan:?}");
+        let expected: Vec<_> = records
+            .chunks(2)
+            .map(|chunk| {
+                let mut c = crate::columns::DoseColumns::with_capacity(2);
+                chunk.iter().for_each(|d| c.push_record(d).unwrap());
+                c
+            })
+            .collect();
+        assert_eq!(batches, expected, "{scan:?}");
+    }
+    let (all, _) = scanned_doses(&store, CHIYODA, DoseScan::ByVoucher).await;
+    assert_eq!(all.len(), 3);
+
+    let records = scanned_residents(&store, CHIYODA).await;
+    let mut batches = Vec::new();
+    store
+        .scan_resident_columns(code(CHIYODA), 2, &mut |c| {
+            batches.push(c);
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let expected: Vec<_> = records
+        .chunks(2)
+        .map(|chunk| {
+            let mut c = crate::columns::ResidentColumns::with_capacity(2);
+            chunk.iter().for_each(|r| c.push_resident(r).unwrap());
+            c
+        })
+        .collect();
+    assert_eq!(batches, expected);
+    assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 3);
+
+    let mut seen = 0;
+    let stopped = store
+        .scan_dose_columns(code(CHIYODA), DoseScan::ByVoucher, 1, &mut |_| {
             seen += 1;
             Err(Error::NotFound { what: "stop".into() })
         })

@@ -9,25 +9,27 @@
 //!   share their bytes;
 //! - dates are `date32`, instants `timestamp[us, tz=Asia/Tokyo]`.
 //!
-//! Rows are built in batches of [`BATCH_ROWS`] while the store streams records, so
-//! memory stays close to the size of the Arrow data itself.
+//! The store decodes its records straight into columns ([`vrs_core::columns`]) whose
+//! vectors already have Arrow's layouts, [`BATCH_ROWS`] rows at a time; each column is
+//! handed to Arrow as a buffer, without a copy, while the store decodes the next rows.
+//! Memory stays close to the size of the Arrow data itself.
 
 use std::sync::Arc;
 
-use arrow_array::builder::ArrayBuilder;
-use arrow_array::builder::{
-    BooleanBuilder, Date32Builder, StringViewBuilder, TimestampMicrosecondBuilder, UInt8Builder, UInt32Builder, UInt64Builder,
-};
+use arrow_array::builder::{Date32Builder, StringViewBuilder, UInt8Builder, UInt64Builder};
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
-use arrow_array::{ArrayRef, RecordBatch, RecordBatchIterator};
+use arrow_array::{
+    ArrayRef, BooleanArray, Date32Array, RecordBatch, RecordBatchIterator, StringViewArray, TimestampMicrosecondArray, UInt8Array,
+    UInt32Array, UInt64Array,
+};
+use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use vrs_core::Result;
-use vrs_core::dose::DoseRecord;
-use vrs_core::resident::Resident;
+use vrs_core::columns::{DateColumn, DoseColumns, ResidentColumns, TextColumn, Validity};
 use vrs_core::stats::StatsRow;
 
 use crate::errors::{StorageError, arrow as arrow_error};
@@ -158,121 +160,17 @@ fn days(d: NaiveDate) -> i32 {
     (d - NaiveDate::default()).num_days() as i32
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
-}
-
-/// A string column; `repeated` columns (few distinct values) share the bytes of equal values.
+/// A string column builder (for the small statistics table).
 fn strings(repeated: bool) -> StringViewBuilder {
-    let b = StringViewBuilder::with_capacity(BATCH_ROWS);
+    let b = StringViewBuilder::new();
     if repeated { b.with_deduplicate_strings() } else { b }
-}
-
-fn ts() -> TimestampMicrosecondBuilder {
-    TimestampMicrosecondBuilder::with_capacity(BATCH_ROWS).with_timezone(TIME_ZONE)
-}
-
-/// Accumulates rows into record batches of [`BATCH_ROWS`].
-trait Rows {
-    /// Rows pending in the builders.
-    fn pending(&self) -> usize;
-    /// Finishes the builders into columns (in schema order).
-    fn columns(&mut self) -> Vec<ArrayRef>;
-}
-
-struct Batches<R: Rows> {
-    schema: SchemaRef,
-    rows: R,
-    done: Vec<RecordBatch>,
-}
-
-impl<R: Rows> Batches<R> {
-    fn new(schema: Schema, rows: R) -> Self {
-        Self { schema: Arc::new(schema), rows, done: Vec::new() }
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.rows.pending() == 0 {
-            return Ok(());
-        }
-        let columns = self.rows.columns();
-        let batch = RecordBatch::try_new(self.schema.clone(), columns).map_err(arrow_error)?;
-        self.done.push(batch);
-        Ok(())
-    }
-
-    fn after_push(&mut self) -> Result<()> {
-        if self.rows.pending() >= BATCH_ROWS { self.flush() } else { Ok(()) }
-    }
-
-    fn finish(mut self, cursor: Option<u64>) -> Result<Table> {
-        self.flush()?;
-        Ok(Table::new(self.schema, self.done, cursor))
-    }
 }
 
 // ---- doses -------------------------------------------------------------------------------
 
-/// Builds the doses table: one row per dose, as it stands now (voided ones included,
-/// flagged); `version` counts its corrections.
-pub struct DoseTable(Batches<DoseRows>);
-
-struct DoseRows {
-    dose_id: StringViewBuilder,
-    municipality: StringViewBuilder,
-    voucher_number: StringViewBuilder,
-    ticket_kind: UInt8Builder,
-    dose_number: UInt8Builder,
-    date_given: Date32Builder,
-    registered_at: TimestampMicrosecondBuilder,
-    registered_by: StringViewBuilder,
-    administering_municipality: StringViewBuilder,
-    site_id: StringViewBuilder,
-    site_name: StringViewBuilder,
-    doctor: StringViewBuilder,
-    product: StringViewBuilder,
-    maker: StringViewBuilder,
-    lot: StringViewBuilder,
-    lot_expiry: Date32Builder,
-    resident_municipality: StringViewBuilder,
-    addressee_number: StringViewBuilder,
-    voided: BooleanBuilder,
-    version: UInt32Builder,
-    updated_at: TimestampMicrosecondBuilder,
-    seq: UInt64Builder,
-}
-
-impl Rows for DoseRows {
-    fn pending(&self) -> usize {
-        self.seq.len()
-    }
-    fn columns(&mut self) -> Vec<ArrayRef> {
-        vec![
-            Arc::new(self.dose_id.finish()),
-            Arc::new(self.municipality.finish()),
-            Arc::new(self.voucher_number.finish()),
-            Arc::new(self.ticket_kind.finish()),
-            Arc::new(self.dose_number.finish()),
-            Arc::new(self.date_given.finish()),
-            Arc::new(self.registered_at.finish()),
-            Arc::new(self.registered_by.finish()),
-            Arc::new(self.administering_municipality.finish()),
-            Arc::new(self.site_id.finish()),
-            Arc::new(self.site_name.finish()),
-            Arc::new(self.doctor.finish()),
-            Arc::new(self.product.finish()),
-            Arc::new(self.maker.finish()),
-            Arc::new(self.lot.finish()),
-            Arc::new(self.lot_expiry.finish()),
-            Arc::new(self.resident_municipality.finish()),
-            Arc::new(self.addressee_number.finish()),
-            Arc::new(self.voided.finish()),
-            Arc::new(self.version.finish()),
-            Arc::new(self.updated_at.finish()),
-            Arc::new(self.seq.finish()),
-        ]
-    }
-}
+/// The doses table: one row per dose, as it stands now (voided ones included, flagged);
+/// `version` counts its corrections.
+pub struct DoseTable;
 
 impl DoseTable {
     /// The schema of the doses table.
@@ -302,116 +200,13 @@ impl DoseTable {
             Field::new("seq", DataType::UInt64, false),
         ])
     }
-
-    /// An empty builder.
-    pub fn new() -> Self {
-        Self(Batches::new(
-            Self::schema(),
-            DoseRows {
-                dose_id: strings(false),
-                municipality: strings(false),
-                voucher_number: strings(false),
-                ticket_kind: UInt8Builder::with_capacity(BATCH_ROWS),
-                dose_number: UInt8Builder::with_capacity(BATCH_ROWS),
-                date_given: Date32Builder::with_capacity(BATCH_ROWS),
-                registered_at: ts(),
-                registered_by: strings(true),
-                administering_municipality: strings(false),
-                site_id: strings(true),
-                site_name: strings(true),
-                doctor: strings(true),
-                product: strings(true),
-                maker: strings(true),
-                lot: strings(true),
-                lot_expiry: Date32Builder::with_capacity(BATCH_ROWS),
-                resident_municipality: strings(false),
-                addressee_number: strings(false),
-                voided: BooleanBuilder::with_capacity(BATCH_ROWS),
-                version: UInt32Builder::with_capacity(BATCH_ROWS),
-                updated_at: ts(),
-                seq: UInt64Builder::with_capacity(BATCH_ROWS),
-            },
-        ))
-    }
-
-    /// Appends one dose.
-    pub fn push(&mut self, r: &DoseRecord) -> Result<()> {
-        let rows = &mut self.0.rows;
-        let current = r.current();
-        let d = &current.details;
-        rows.dose_id.append_value(r.id.to_string());
-        rows.municipality.append_value(r.voucher.municipality.as_str());
-        rows.voucher_number.append_value(r.voucher.number.as_str());
-        rows.ticket_kind.append_value(r.ticket_kind);
-        rows.dose_number.append_value(d.dose_number);
-        rows.date_given.append_value(days(d.date_given));
-        rows.registered_at.append_value(micros(r.registered_at));
-        rows.registered_by.append_value(r.registered_by.as_str());
-        rows.administering_municipality.append_value(d.administering_municipality.as_str());
-        rows.site_id.append_value(d.site.as_str());
-        rows.site_name.append_value(&d.site_name);
-        rows.doctor.append_value(&d.doctor);
-        rows.product.append_value(d.product.as_str());
-        rows.maker.append_value(&d.maker);
-        rows.lot.append_value(&d.lot);
-        rows.lot_expiry.append_option(d.lot_expiry.map(days));
-        rows.resident_municipality.append_option(r.matched.as_ref().map(|p| p.municipality.as_str()));
-        rows.addressee_number.append_option(r.matched.as_ref().map(|p| p.addressee.as_str()));
-        rows.voided.append_value(current.voided);
-        rows.version.append_value(current.version);
-        rows.updated_at.append_value(micros(current.recorded_at));
-        rows.seq.append_value(r.seq);
-        self.0.after_push()
-    }
-
-    /// The table; `cursor` is what a `since=` read returns for the next one.
-    pub fn finish(self, cursor: Option<u64>) -> Result<Table> {
-        self.0.finish(cursor)
-    }
 }
 
 // ---- residents ---------------------------------------------------------------------------
 
-/// Builds the residents table: one row per uploaded resident. The personal-number hash
-/// is never exported.
-pub struct ResidentTable(Batches<ResidentRows>);
-
-struct ResidentRows {
-    municipality: StringViewBuilder,
-    addressee_number: StringViewBuilder,
-    voucher_number: StringViewBuilder,
-    name: StringViewBuilder,
-    name_kana: StringViewBuilder,
-    birth_date: Date32Builder,
-    sex: StringViewBuilder,
-    address: StringViewBuilder,
-    previous_municipality: StringViewBuilder,
-    previous_voucher_number: StringViewBuilder,
-    status: StringViewBuilder,
-    status_date: Date32Builder,
-}
-
-impl Rows for ResidentRows {
-    fn pending(&self) -> usize {
-        self.birth_date.len()
-    }
-    fn columns(&mut self) -> Vec<ArrayRef> {
-        vec![
-            Arc::new(self.municipality.finish()),
-            Arc::new(self.addressee_number.finish()),
-            Arc::new(self.voucher_number.finish()),
-            Arc::new(self.name.finish()),
-            Arc::new(self.name_kana.finish()),
-            Arc::new(self.birth_date.finish()),
-            Arc::new(self.sex.finish()),
-            Arc::new(self.address.finish()),
-            Arc::new(self.previous_municipality.finish()),
-            Arc::new(self.previous_voucher_number.finish()),
-            Arc::new(self.status.finish()),
-            Arc::new(self.status_date.finish()),
-        ]
-    }
-}
+/// The residents table: one row per uploaded resident. The personal-number hash is never
+/// exported.
+pub struct ResidentTable;
 
 impl ResidentTable {
     /// The schema of the residents table.
@@ -430,50 +225,6 @@ impl ResidentTable {
             string("status", false),
             date("status_date", true),
         ])
-    }
-
-    /// An empty builder.
-    pub fn new() -> Self {
-        Self(Batches::new(
-            Self::schema(),
-            ResidentRows {
-                municipality: strings(false),
-                addressee_number: strings(false),
-                voucher_number: strings(false),
-                name: strings(false),
-                name_kana: strings(false),
-                birth_date: Date32Builder::with_capacity(BATCH_ROWS),
-                sex: strings(false),
-                address: strings(false),
-                previous_municipality: strings(false),
-                previous_voucher_number: strings(false),
-                status: strings(false),
-                status_date: Date32Builder::with_capacity(BATCH_ROWS),
-            },
-        ))
-    }
-
-    /// Appends one resident.
-    pub fn push(&mut self, r: &Resident) -> Result<()> {
-        let rows = &mut self.0.rows;
-        rows.municipality.append_value(r.person.municipality.as_str());
-        rows.addressee_number.append_value(r.person.addressee.as_str());
-        rows.voucher_number.append_value(r.voucher.as_str());
-        rows.name.append_value(r.name.as_str());
-        rows.name_kana.append_value(r.name_kana.as_str());
-        rows.birth_date.append_value(days(r.birth_date));
-        rows.sex.append_value(r.sex.letter());
-        rows.address.append_option(r.address.as_ref().map(|a| a.as_str()));
-        rows.previous_municipality.append_option(r.previous.as_ref().map(|v| v.municipality.as_str()));
-        rows.previous_voucher_number.append_option(r.previous.as_ref().map(|v| v.number.as_str()));
-        rows.status.append_value(r.status.as_str());
-        rows.status_date.append_option(r.status_date.map(days));
-        self.0.after_push()
-    }
-
-    /// The table.
-    pub fn finish(self) -> Result<Table> {
-        self.0.finish(None)
     }
 }
 
@@ -523,4 +274,83 @@ pub fn stats_table(rows: &[StatsRow]) -> Result<Table> {
     let schema = Arc::new(schema);
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)?;
     Ok(Table::new(schema, vec![batch], None))
+}
+
+// ---- columns -----------------------------------------------------------------------------
+// Columns decoded by the store ([`vrs_core::columns`]) become Arrow arrays without a copy:
+// their vectors are already Arrow's layouts (views over one byte buffer, day numbers,
+// microseconds), so each is handed over as a buffer.
+
+fn nulls(validity: Validity) -> Option<NullBuffer> {
+    validity.into_flags().map(NullBuffer::from)
+}
+
+fn text_array(column: TextColumn) -> Result<ArrayRef> {
+    let (views, bytes, validity) = column.into_parts();
+    let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(bytes)] };
+    let array = StringViewArray::try_new(ScalarBuffer::from(views), buffers, nulls(validity)).map_err(arrow_error)?;
+    Ok(Arc::new(array))
+}
+
+fn date_array(column: DateColumn) -> ArrayRef {
+    let (days, validity) = column.into_parts();
+    Arc::new(Date32Array::new(ScalarBuffer::from(days), nulls(validity)))
+}
+
+fn timestamp_array(micros: Vec<i64>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::new(ScalarBuffer::from(micros), None).with_timezone(TIME_ZONE))
+}
+
+/// The doses table's record batch of a batch of dose columns (schema [`DoseTable::schema`]).
+pub fn dose_batch(schema: &SchemaRef, c: DoseColumns) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        text_array(c.dose_id)?,
+        text_array(c.municipality)?,
+        text_array(c.voucher_number)?,
+        Arc::new(UInt8Array::new(ScalarBuffer::from(c.ticket_kind), None)),
+        Arc::new(UInt8Array::new(ScalarBuffer::from(c.dose_number), None)),
+        date_array(c.date_given),
+        timestamp_array(c.registered_at),
+        text_array(c.registered_by)?,
+        text_array(c.administering_municipality)?,
+        text_array(c.site_id)?,
+        text_array(c.site_name)?,
+        text_array(c.doctor)?,
+        text_array(c.product)?,
+        text_array(c.maker)?,
+        text_array(c.lot)?,
+        date_array(c.lot_expiry),
+        text_array(c.resident_municipality)?,
+        text_array(c.addressee_number)?,
+        Arc::new(BooleanArray::from(c.voided)),
+        Arc::new(UInt32Array::new(ScalarBuffer::from(c.version), None)),
+        timestamp_array(c.updated_at),
+        Arc::new(UInt64Array::new(ScalarBuffer::from(c.seq), None)),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+}
+
+/// The residents table's record batch of a batch of resident columns (schema
+/// [`ResidentTable::schema`]).
+pub fn resident_batch(schema: &SchemaRef, c: ResidentColumns) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = vec![
+        text_array(c.municipality)?,
+        text_array(c.addressee_number)?,
+        text_array(c.voucher_number)?,
+        text_array(c.name)?,
+        text_array(c.name_kana)?,
+        date_array(c.birth_date),
+        text_array(c.sex)?,
+        text_array(c.address)?,
+        text_array(c.previous_municipality)?,
+        text_array(c.previous_voucher_number)?,
+        text_array(c.status)?,
+        date_array(c.status_date),
+    ];
+    RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+}
+
+/// A table of record batches already built.
+pub fn table(schema: SchemaRef, batches: Vec<RecordBatch>, cursor: Option<u64>) -> Table {
+    Table::new(schema, batches, cursor)
 }

@@ -26,7 +26,7 @@ use vrs_core::{Error, Result};
 use vrs_store_postgres::{PostgresStore, redact_url};
 use vrs_store_redb::RedbStore;
 
-use crate::arrow::{DoseTable, ResidentTable, Table, stats_table};
+use crate::arrow::{BATCH_ROWS, DoseTable, ResidentTable, Table, dose_batch, resident_batch, stats_table, table};
 use crate::errors::{InvalidInput, StorageError, VrsError, panicked, to_py};
 use crate::types::{
     Account, Dose, DoseChange, FhirImport, Finding, ImportReport, LedgerExport, Reconciliation, Registration, actor_to_py, extract_actor,
@@ -498,9 +498,16 @@ impl PyRegistry {
         let m = self.municipality(municipality)?;
         let actor = &self.actor;
         block_on(py, async move {
-            let mut table = DoseTable::new();
-            let cursor = registry.scan_doses(actor, m, since, &mut |d| table.push(&d)).await?;
-            table.finish(Some(cursor))
+            // The store decodes the next columns while this thread hands the last ones to Arrow.
+            let schema = Arc::new(DoseTable::schema());
+            let mut batches = Vec::new();
+            let cursor = registry
+                .scan_dose_columns(actor, m, since, BATCH_ROWS, &mut |c| {
+                    batches.push(dose_batch(&schema, c)?);
+                    Ok(())
+                })
+                .await?;
+            Ok(table(schema, batches, Some(cursor)))
         })
     }
 
@@ -518,9 +525,15 @@ impl PyRegistry {
         let m = self.municipality(municipality)?;
         let actor = &self.actor;
         block_on(py, async move {
-            let mut table = ResidentTable::new();
-            registry.scan_residents(actor, m, &mut |r| table.push(&r)).await?;
-            table.finish()
+            let schema = Arc::new(ResidentTable::schema());
+            let mut batches = Vec::new();
+            registry
+                .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
+                    batches.push(resident_batch(&schema, c)?);
+                    Ok(())
+                })
+                .await?;
+            Ok(table(schema, batches, None))
         })
     }
 

@@ -33,6 +33,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use redb::Database;
 use vrs_core::access::TabletAccount;
+use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
@@ -199,6 +200,20 @@ impl StoreBackend for RedbStore {
 
     async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
         self.stream(move |db, out| ops::scan_ledger_doses(db, &municipality, out), visit).await
+    }
+
+    async fn scan_dose_columns(
+        &self,
+        municipality: MunicipalityCode,
+        scan: DoseScan,
+        rows: usize,
+        visit: Visit<'_, DoseColumns>,
+    ) -> Result<u64> {
+        self.stream(move |db, out| ops::scan_dose_columns(db, &municipality, scan, rows, out), visit).await
+    }
+
+    async fn scan_resident_columns(&self, municipality: MunicipalityCode, rows: usize, visit: Visit<'_, ResidentColumns>) -> Result<()> {
+        self.stream(move |db, out| ops::scan_resident_columns(db, &municipality, rows, out), visit).await
     }
 
     async fn person_contexts(&self, queries: &[PersonQuery]) -> Result<Vec<PersonContext>> {

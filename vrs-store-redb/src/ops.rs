@@ -25,6 +25,9 @@ use vrs_core::{Error, Result};
 
 use crate::schema::*;
 
+mod columns;
+pub(crate) use columns::{scan_dose_columns, scan_resident_columns};
+
 /// Residents pulled from an import source at a time.
 pub(crate) const IMPORT_BATCH: usize = 8192;
 /// Records sent from a scan's read transaction to the visitor at a time.

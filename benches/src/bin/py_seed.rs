@@ -46,6 +46,9 @@ impl ResidentSource for Generated {
     }
 }
 
+/// Doses per bulk change set (one durable commit each).
+const CHANGE_SET: usize = 200_000;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).expect("usage: py_seed STORE_FILE N [MUNICIPALITY]");
@@ -61,18 +64,24 @@ fn main() {
     let at = Utc.with_ymd_and_hms(2021, 6, 1, 0, 0, 0).unwrap();
     let site = SiteId::parse("venue-1").unwrap();
     let account = AccountId::parse("tablet-1").unwrap();
+    // Doses are written in the order the store keeps them (voucher order) and dated in
+    // that order too, so that each bulk change set fills neighbouring pages of the doses
+    // and by-site tables instead of touching pages all over a file larger than the cache:
+    // this is what makes 10M rows seed in minutes rather than half an hour.
+    let mut order: Vec<(u64, u64)> = (0..count).map(|i| (generator.row(i).unwrap().voucher.as_str().parse::<u64>().unwrap(), i)).collect();
+    order.sort_unstable();
     let mut cs = ChangeSet::default();
     let mut counters = Vec::new();
     let flush = |cs: &mut ChangeSet, counters: &mut Vec<_>| {
         cs.counters = merge_deltas(std::mem::take(counters));
         rt.block_on(store.apply(vec![std::mem::take(cs)])).unwrap();
     };
-    for i in 0..count {
+    for (rank, &(_, i)) in order.iter().enumerate() {
         let resident = generator.row(i).unwrap().to_resident(m, b"").unwrap();
         let key = IdempotencyKey::parse(&format!("seed-{i}")).unwrap();
         let details = DoseDetails {
             dose_number: 1,
-            date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap() + chrono::Duration::days((i % 60) as i64),
+            date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap() + chrono::Duration::days((rank as u64 * 60 / count) as i64),
             administering_municipality: m,
             site: site.clone(),
             site_name: "千代田区民会館".into(),
@@ -98,7 +107,7 @@ fn main() {
             counters.push((k, 1));
         }
         cs.new_doses.push(record);
-        if cs.new_doses.len() >= 50_000 {
+        if cs.new_doses.len() >= CHANGE_SET {
             flush(&mut cs, &mut counters);
         }
     }

@@ -1,0 +1,1062 @@
+//! Doses and residents read column by column, for frontends that hand out columnar data
+//! (the Python bindings' Arrow tables): a store decodes its stored records straight into
+//! these columns, a batch of rows at a time, with no per-row allocation, and a frontend
+//! takes the column buffers over as they are.
+//!
+//! The layouts are the ones Arrow shares with other columnar engines, so that taking them
+//! over costs no copy:
+//! - a text column is a vector of 16-byte views over one byte buffer (the "German string"
+//!   layout of Umbra, Arrow's `string_view`, polars' own): a value of at most
+//!   [`INLINE_TEXT`] bytes lives inside its view; a longer one is stored once in the byte
+//!   buffer and its view holds its length, first four bytes and offset;
+//! - a date is a day number counted from 1970-01-01, an instant microseconds since
+//!   1970-01-01T00:00:00Z;
+//! - a missing value (for nullable columns) is a `false` in the column's validity.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
+
+use crate::dose::DoseRecord;
+use crate::ids::{DoseId, MunicipalityCode, PersonalNumberHash, VoucherNumber, VoucherRef};
+use crate::resident::{Resident, ResidentStatus, Sex};
+use crate::{Error, Result};
+
+/// Values of at most this many bytes live inside their view.
+pub const INLINE_TEXT: usize = 12;
+
+/// How many recent long values a [`TextColumn::shared`] column compares a new value with.
+const RECENT: usize = 8;
+
+/// 1970-01-01 as a day number counted from 0001-01-01 (chrono's `num_days_from_ce`).
+const EPOCH_DAYS_FROM_CE: i32 = 719_163;
+
+/// Which rows of a nullable column hold a value; absent while every row does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Validity(Option<Vec<bool>>);
+
+impl Validity {
+    /// Records whether row `row` (the column's length before the push) holds a value.
+    fn push(&mut self, row: usize, valid: bool) {
+        match &mut self.0 {
+            Some(v) => v.push(valid),
+            None if valid => {}
+            None => {
+                let mut v = Vec::with_capacity(row.next_power_of_two());
+                v.resize(row, true);
+                v.push(false);
+                self.0 = Some(v);
+            }
+        }
+    }
+
+    /// One flag per row (`false`: missing), or `None` when no row is missing.
+    pub fn flags(&self) -> Option<&[bool]> {
+        self.0.as_deref()
+    }
+
+    /// Whether row `row` holds a value.
+    pub fn is_valid(&self, row: usize) -> bool {
+        self.0.as_ref().is_none_or(|v| v.get(row).copied().unwrap_or(false))
+    }
+
+    /// The flags, taken out (see [`flags`](Self::flags)).
+    pub fn into_flags(self) -> Option<Vec<bool>> {
+        self.0
+    }
+}
+
+/// A column of text values as 16-byte views over one byte buffer (see the module docs).
+///
+/// Texts decoded from a store's bytes ([`DoseColumns::push_stored`],
+/// [`ResidentColumns::push_stored`]) are taken as stored, without checking their UTF-8
+/// here: the store wrote them from Rust strings, and the consumer checks them once when it
+/// takes them as text (Arrow's `StringViewArray::try_new` does; [`get`](Self::get) gives
+/// `None` for bytes that are not UTF-8), rather than twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TextColumn {
+    views: Vec<u128>,
+    bytes: Vec<u8>,
+    validity: Validity,
+    /// For a column of few distinct values: the views of the latest long values stored,
+    /// which an equal value reuses instead of storing its bytes again.
+    recent: Option<Vec<u128>>,
+}
+
+impl TextColumn {
+    /// An empty column with room for `rows` values.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self { views: Vec::with_capacity(rows), ..Self::default() }
+    }
+
+    /// An empty column for values that repeat (a site, a doctor, a maker): a long value
+    /// equal to one of the last few stored shares their bytes.
+    pub fn shared(rows: usize) -> Self {
+        Self { recent: Some(Vec::with_capacity(RECENT)), ..Self::with_capacity(rows) }
+    }
+
+    /// Number of values (missing ones included).
+    pub fn len(&self) -> usize {
+        self.views.len()
+    }
+
+    /// Whether the column has no value.
+    pub fn is_empty(&self) -> bool {
+        self.views.is_empty()
+    }
+
+    /// Empty columns shaped like this one: room for as many values and bytes, so that the
+    /// next batch of a scan grows no buffer.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            views: Vec::with_capacity(self.views.capacity()),
+            bytes: Vec::with_capacity(self.bytes.len() + self.bytes.len() / 8),
+            validity: Validity::default(),
+            recent: self.recent.as_ref().map(|_| Vec::with_capacity(RECENT)),
+        }
+    }
+
+    /// Appends a value.
+    pub fn push(&mut self, value: &str) -> Result<()> {
+        self.push_bytes(value.as_bytes())
+    }
+
+    /// Appends a text as its bytes: UTF-8 from a `&str`, or a stored text as stored (see
+    /// [`DoseColumns::push_stored`]).
+    fn push_bytes(&mut self, value: &[u8]) -> Result<()> {
+        let v = self.view_of(value)?;
+        self.validity.push(self.views.len(), true);
+        self.views.push(v);
+        Ok(())
+    }
+
+    /// Appends a text's bytes, or a missing value.
+    fn push_bytes_option(&mut self, value: Option<&[u8]>) -> Result<()> {
+        match value {
+            Some(v) => self.push_bytes(v),
+            None => {
+                self.push_null();
+                Ok(())
+            }
+        }
+    }
+
+    /// Appends a missing value.
+    pub fn push_null(&mut self) {
+        self.validity.push(self.views.len(), false);
+        self.views.push(0);
+    }
+
+    /// Appends a value or a missing value.
+    pub fn push_option(&mut self, value: Option<&str>) -> Result<()> {
+        match value {
+            Some(v) => self.push(v),
+            None => {
+                self.push_null();
+                Ok(())
+            }
+        }
+    }
+
+    /// The view of `value`, storing its bytes when it is long and new.
+    fn view_of(&mut self, value: &[u8]) -> Result<u128> {
+        let len = value.len();
+        let mut b = [0u8; 16];
+        // A value is at most a few hundred bytes; a batch's buffer stays far below 4 GiB.
+        let too_long = || Error::Storage { message: "a text column outgrew 4 GiB".into(), source: None };
+        b[..4].copy_from_slice(&u32::try_from(len).map_err(|_| too_long())?.to_le_bytes());
+        if len <= INLINE_TEXT {
+            b[4..4 + len].copy_from_slice(value);
+            return Ok(u128::from_le_bytes(b));
+        }
+        b[4..8].copy_from_slice(&value[..4]);
+        if let Some(recent) = &self.recent {
+            let head = u128::from_le_bytes(b) & u64::MAX as u128;
+            for &v in recent.iter().rev() {
+                if v & u64::MAX as u128 == head && self.long_bytes(v) == Some(value) {
+                    return Ok(v);
+                }
+            }
+        }
+        let offset = u32::try_from(self.bytes.len()).map_err(|_| too_long())?;
+        u32::try_from(self.bytes.len() + len).map_err(|_| too_long())?;
+        self.bytes.extend_from_slice(value);
+        // Buffer index 0: a column has one byte buffer.
+        b[12..16].copy_from_slice(&offset.to_le_bytes());
+        let v = u128::from_le_bytes(b);
+        if let Some(recent) = &mut self.recent {
+            if recent.len() == RECENT {
+                recent.remove(0);
+            }
+            recent.push(v);
+        }
+        Ok(v)
+    }
+
+    /// The bytes a long value's view points at.
+    fn long_bytes(&self, view: u128) -> Option<&[u8]> {
+        let len = (view as u32) as usize;
+        let offset = ((view >> 96) as u32) as usize;
+        self.bytes.get(offset..offset + len)
+    }
+
+    /// Value `row` (copied out: a short value lives inside its view), or `None` when it is
+    /// missing, out of range or not UTF-8.
+    pub fn get(&self, row: usize) -> Option<String> {
+        let view = *self.views.get(row)?;
+        if !self.validity.is_valid(row) {
+            return None;
+        }
+        let len = (view as u32) as usize;
+        let bytes = if len <= INLINE_TEXT { view.to_le_bytes()[4..4 + len].to_vec() } else { self.long_bytes(view)?.to_vec() };
+        String::from_utf8(bytes).ok()
+    }
+
+    /// The 16-byte views, one per row (a missing value's view is 0).
+    pub fn views(&self) -> &[u128] {
+        &self.views
+    }
+
+    /// The bytes that long values point into.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Which rows hold a value.
+    pub fn validity(&self) -> &Validity {
+        &self.validity
+    }
+
+    /// The views, the byte buffer and the validity, taken out.
+    pub fn into_parts(self) -> (Vec<u128>, Vec<u8>, Validity) {
+        (self.views, self.bytes, self.validity)
+    }
+}
+
+/// A column of dates as day numbers counted from 1970-01-01 (Arrow's `date32`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DateColumn {
+    days: Vec<i32>,
+    validity: Validity,
+}
+
+impl DateColumn {
+    /// An empty column with room for `rows` values.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self { days: Vec::with_capacity(rows), validity: Validity::default() }
+    }
+
+    /// An empty column with room for as many values as this one.
+    pub fn empty_like(&self) -> Self {
+        Self::with_capacity(self.days.capacity())
+    }
+
+    /// Appends a day number, or a missing value.
+    pub fn push(&mut self, days: Option<i32>) {
+        self.validity.push(self.days.len(), days.is_some());
+        self.days.push(days.unwrap_or(0));
+    }
+
+    /// Number of values (missing ones included).
+    pub fn len(&self) -> usize {
+        self.days.len()
+    }
+
+    /// Whether the column has no value.
+    pub fn is_empty(&self) -> bool {
+        self.days.is_empty()
+    }
+
+    /// The day numbers (0 where missing).
+    pub fn days(&self) -> &[i32] {
+        &self.days
+    }
+
+    /// Which rows hold a value.
+    pub fn validity(&self) -> &Validity {
+        &self.validity
+    }
+
+    /// The day numbers and the validity, taken out.
+    pub fn into_parts(self) -> (Vec<i32>, Validity) {
+        (self.days, self.validity)
+    }
+}
+
+/// A date as a day number counted from 1970-01-01.
+pub fn epoch_days(date: NaiveDate) -> i32 {
+    chrono::Datelike::num_days_from_ce(&date) - EPOCH_DAYS_FROM_CE
+}
+
+/// An instant as microseconds since 1970-01-01T00:00:00Z.
+pub fn epoch_micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+/// A dose id as its 32 lowercase hex digits, as `DoseId`'s `Display` writes them.
+fn hex_id(id: &[u8; 16]) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, b) in id.iter().enumerate() {
+        out[2 * i] = HEX[usize::from(b >> 4)];
+        out[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    out
+}
+
+fn push_hex_id(column: &mut TextColumn, id: &[u8; 16]) -> Result<()> {
+    let hex = hex_id(id);
+    // Cannot fail: hex digits are ASCII.
+    column.push(std::str::from_utf8(&hex).unwrap_or_default())
+}
+
+// ---- doses -------------------------------------------------------------------------------
+
+/// A municipality's doses, one row per dose as it stands now (its newest version; voided
+/// ones included, flagged). Filled by [`StoreBackend::scan_dose_columns`](crate::store::StoreBackend::scan_dose_columns).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DoseColumns {
+    /// The dose id (32 hex digits).
+    pub dose_id: TextColumn,
+    /// The voucher's (owning) municipality.
+    pub municipality: TextColumn,
+    /// The voucher number (10 digits).
+    pub voucher_number: TextColumn,
+    /// Ticket kind (券種).
+    pub ticket_kind: Vec<u8>,
+    /// Dose number.
+    pub dose_number: Vec<u8>,
+    /// Date given.
+    pub date_given: DateColumn,
+    /// First registered (µs since the epoch).
+    pub registered_at: Vec<i64>,
+    /// The account that registered it.
+    pub registered_by: TextColumn,
+    /// Where the site is.
+    pub administering_municipality: TextColumn,
+    /// Site id.
+    pub site_id: TextColumn,
+    /// Site name.
+    pub site_name: TextColumn,
+    /// Doctor.
+    pub doctor: TextColumn,
+    /// Product code.
+    pub product: TextColumn,
+    /// Maker.
+    pub maker: TextColumn,
+    /// Lot number.
+    pub lot: TextColumn,
+    /// Lot expiry, when known.
+    pub lot_expiry: DateColumn,
+    /// Municipality of the matched resident (missing when unmatched).
+    pub resident_municipality: TextColumn,
+    /// Addressee number of the matched resident (missing when unmatched).
+    pub addressee_number: TextColumn,
+    /// Whether the newest version voids the dose.
+    pub voided: Vec<bool>,
+    /// The newest version's number.
+    pub version: Vec<u32>,
+    /// When the newest version was written (µs since the epoch).
+    pub updated_at: Vec<i64>,
+    /// Change sequence number of the dose's last write.
+    pub seq: Vec<u64>,
+}
+
+impl DoseColumns {
+    /// Empty columns with room for `rows` doses.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            dose_id: TextColumn::with_capacity(rows),
+            municipality: TextColumn::with_capacity(rows),
+            voucher_number: TextColumn::with_capacity(rows),
+            ticket_kind: Vec::with_capacity(rows),
+            dose_number: Vec::with_capacity(rows),
+            date_given: DateColumn::with_capacity(rows),
+            registered_at: Vec::with_capacity(rows),
+            registered_by: TextColumn::shared(rows),
+            administering_municipality: TextColumn::with_capacity(rows),
+            site_id: TextColumn::shared(rows),
+            site_name: TextColumn::shared(rows),
+            doctor: TextColumn::shared(rows),
+            product: TextColumn::shared(rows),
+            maker: TextColumn::shared(rows),
+            lot: TextColumn::shared(rows),
+            lot_expiry: DateColumn::with_capacity(rows),
+            resident_municipality: TextColumn::with_capacity(rows),
+            addressee_number: TextColumn::with_capacity(rows),
+            voided: Vec::with_capacity(rows),
+            version: Vec::with_capacity(rows),
+            updated_at: Vec::with_capacity(rows),
+            seq: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Empty columns shaped like these (see [`TextColumn::empty_like`]): a scan's next batch.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            dose_id: self.dose_id.empty_like(),
+            municipality: self.municipality.empty_like(),
+            voucher_number: self.voucher_number.empty_like(),
+            ticket_kind: Vec::with_capacity(self.ticket_kind.capacity()),
+            dose_number: Vec::with_capacity(self.dose_number.capacity()),
+            date_given: self.date_given.empty_like(),
+            registered_at: Vec::with_capacity(self.registered_at.capacity()),
+            registered_by: self.registered_by.empty_like(),
+            administering_municipality: self.administering_municipality.empty_like(),
+            site_id: self.site_id.empty_like(),
+            site_name: self.site_name.empty_like(),
+            doctor: self.doctor.empty_like(),
+            product: self.product.empty_like(),
+            maker: self.maker.empty_like(),
+            lot: self.lot.empty_like(),
+            lot_expiry: self.lot_expiry.empty_like(),
+            resident_municipality: self.resident_municipality.empty_like(),
+            addressee_number: self.addressee_number.empty_like(),
+            voided: Vec::with_capacity(self.voided.capacity()),
+            version: Vec::with_capacity(self.version.capacity()),
+            updated_at: Vec::with_capacity(self.updated_at.capacity()),
+            seq: Vec::with_capacity(self.seq.capacity()),
+        }
+    }
+
+    /// Number of doses.
+    pub fn len(&self) -> usize {
+        self.seq.len()
+    }
+
+    /// Whether there is no dose.
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
+
+    /// The highest change sequence number among the rows (0 when empty).
+    pub fn high_seq(&self) -> u64 {
+        self.seq.iter().copied().max().unwrap_or(0)
+    }
+
+    /// Appends a dose record.
+    pub fn push_record(&mut self, r: &DoseRecord) -> Result<()> {
+        let v = r.current();
+        let d = &v.details;
+        self.push_row(Row {
+            id: r.id.as_bytes(),
+            voucher: r.voucher,
+            ticket_kind: r.ticket_kind,
+            registered_at: epoch_micros(r.registered_at),
+            registered_by: r.registered_by.as_str().as_bytes(),
+            matched: r.matched.as_ref().map(|p| (p.municipality, p.addressee.as_str().as_bytes())),
+            version: v.version,
+            voided: v.voided,
+            updated_at: epoch_micros(v.recorded_at),
+            dose_number: d.dose_number,
+            date_given: epoch_days(d.date_given),
+            administering_municipality: d.administering_municipality,
+            site: d.site.as_str().as_bytes(),
+            site_name: d.site_name.as_bytes(),
+            doctor: d.doctor.as_bytes(),
+            product: d.product.as_str().as_bytes(),
+            maker: d.maker.as_bytes(),
+            lot: d.lot.as_bytes(),
+            lot_expiry: d.lot_expiry.map(epoch_days),
+            seq: r.seq,
+        })
+    }
+
+    /// Decodes one stored dose record (a [`DoseRecord`]'s serde representation, in any
+    /// format) and appends it, reading its texts in place: no allocation per dose.
+    pub fn push_stored<'de, D: Deserializer<'de>>(&mut self, d: D) -> std::result::Result<(), D::Error> {
+        let r = repr::Record::deserialize(d)?;
+        let v = &r.versions.0;
+        let det = &v.details;
+        self.push_row(Row {
+            id: r.id.as_bytes(),
+            voucher: r.voucher,
+            ticket_kind: r.ticket_kind,
+            registered_at: r.registered_at.0,
+            registered_by: r.registered_by.bytes(),
+            matched: r.matched.as_ref().map(|p| (p.municipality, p.addressee.bytes())),
+            version: v.version,
+            voided: v.voided,
+            updated_at: v.recorded_at.0,
+            dose_number: det.dose_number,
+            date_given: det.date_given.0,
+            administering_municipality: det.administering_municipality,
+            site: det.site.bytes(),
+            site_name: det.site_name.bytes(),
+            doctor: det.doctor.bytes(),
+            product: det.product.bytes(),
+            maker: det.maker.bytes(),
+            lot: det.lot.bytes(),
+            lot_expiry: det.lot_expiry.map(|d| d.0),
+            seq: r.seq,
+        })
+        .map_err(D::Error::custom)
+    }
+
+    fn push_row(&mut self, r: Row<'_>) -> Result<()> {
+        push_hex_id(&mut self.dose_id, r.id)?;
+        self.municipality.push(r.voucher.municipality.as_str())?;
+        self.voucher_number.push(r.voucher.number.as_str())?;
+        self.ticket_kind.push(r.ticket_kind);
+        self.dose_number.push(r.dose_number);
+        self.date_given.push(Some(r.date_given));
+        self.registered_at.push(r.registered_at);
+        self.registered_by.push_bytes(r.registered_by)?;
+        self.administering_municipality.push(r.administering_municipality.as_str())?;
+        self.site_id.push_bytes(r.site)?;
+        self.site_name.push_bytes(r.site_name)?;
+        self.doctor.push_bytes(r.doctor)?;
+        self.product.push_bytes(r.product)?;
+        self.maker.push_bytes(r.maker)?;
+        self.lot.push_bytes(r.lot)?;
+        self.lot_expiry.push(r.lot_expiry);
+        self.resident_municipality.push_option(r.matched.as_ref().map(|(m, _)| m.as_str()))?;
+        self.addressee_number.push_bytes_option(r.matched.map(|(_, a)| a))?;
+        self.voided.push(r.voided);
+        self.version.push(r.version);
+        self.updated_at.push(r.updated_at);
+        self.seq.push(r.seq);
+        Ok(())
+    }
+}
+
+/// One dose's values, borrowed from a record or from stored bytes.
+struct Row<'a> {
+    id: &'a [u8; 16],
+    voucher: VoucherRef,
+    ticket_kind: u8,
+    registered_at: i64,
+    registered_by: &'a [u8],
+    matched: Option<(MunicipalityCode, &'a [u8])>,
+    version: u32,
+    voided: bool,
+    updated_at: i64,
+    dose_number: u8,
+    date_given: i32,
+    administering_municipality: MunicipalityCode,
+    site: &'a [u8],
+    site_name: &'a [u8],
+    doctor: &'a [u8],
+    product: &'a [u8],
+    maker: &'a [u8],
+    lot: &'a [u8],
+    lot_expiry: Option<i32>,
+    seq: u64,
+}
+
+// ---- residents ---------------------------------------------------------------------------
+
+/// A municipality's residents, one row per resident; the personal-number hash is never
+/// read out. Filled by [`StoreBackend::scan_resident_columns`](crate::store::StoreBackend::scan_resident_columns).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ResidentColumns {
+    /// Municipality.
+    pub municipality: TextColumn,
+    /// Addressee number (個別宛名番号), as uploaded.
+    pub addressee_number: TextColumn,
+    /// Voucher number.
+    pub voucher_number: TextColumn,
+    /// Name (氏名).
+    pub name: TextColumn,
+    /// Name in kana (氏名カナ).
+    pub name_kana: TextColumn,
+    /// Birth date.
+    pub birth_date: DateColumn,
+    /// Sex: M, F or U.
+    pub sex: TextColumn,
+    /// Address, when uploaded.
+    pub address: TextColumn,
+    /// Municipality moved in from, when known.
+    pub previous_municipality: TextColumn,
+    /// Voucher number of the municipality moved in from, when known.
+    pub previous_voucher_number: TextColumn,
+    /// Status: active, moved_out or deceased.
+    pub status: TextColumn,
+    /// Date the status changed, when not active.
+    pub status_date: DateColumn,
+}
+
+impl ResidentColumns {
+    /// Empty columns with room for `rows` residents.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            municipality: TextColumn::with_capacity(rows),
+            addressee_number: TextColumn::with_capacity(rows),
+            voucher_number: TextColumn::with_capacity(rows),
+            name: TextColumn::with_capacity(rows),
+            name_kana: TextColumn::with_capacity(rows),
+            birth_date: DateColumn::with_capacity(rows),
+            sex: TextColumn::with_capacity(rows),
+            address: TextColumn::with_capacity(rows),
+            previous_municipality: TextColumn::with_capacity(rows),
+            previous_voucher_number: TextColumn::with_capacity(rows),
+            status: TextColumn::with_capacity(rows),
+            status_date: DateColumn::with_capacity(rows),
+        }
+    }
+
+    /// Empty columns shaped like these (see [`TextColumn::empty_like`]): a scan's next batch.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            municipality: self.municipality.empty_like(),
+            addressee_number: self.addressee_number.empty_like(),
+            voucher_number: self.voucher_number.empty_like(),
+            name: self.name.empty_like(),
+            name_kana: self.name_kana.empty_like(),
+            birth_date: self.birth_date.empty_like(),
+            sex: self.sex.empty_like(),
+            address: self.address.empty_like(),
+            previous_municipality: self.previous_municipality.empty_like(),
+            previous_voucher_number: self.previous_voucher_number.empty_like(),
+            status: self.status.empty_like(),
+            status_date: self.status_date.empty_like(),
+        }
+    }
+
+    /// Number of residents.
+    pub fn len(&self) -> usize {
+        self.birth_date.len()
+    }
+
+    /// Whether there is no resident.
+    pub fn is_empty(&self) -> bool {
+        self.birth_date.is_empty()
+    }
+
+    /// Appends a resident.
+    pub fn push_resident(&mut self, r: &Resident) -> Result<()> {
+        self.push_row(ResidentRow {
+            municipality: r.person.municipality,
+            addressee: r.person.addressee.as_str().as_bytes(),
+            voucher: r.voucher,
+            name: r.name.as_str().as_bytes(),
+            name_kana: r.name_kana.as_str().as_bytes(),
+            birth_date: epoch_days(r.birth_date),
+            sex: r.sex,
+            address: r.address.as_ref().map(|a| a.as_str().as_bytes()),
+            previous: r.previous,
+            status: r.status,
+            status_date: r.status_date.map(epoch_days),
+        })
+    }
+
+    /// Decodes one stored resident (a [`Resident`]'s serde representation, in any
+    /// format) and appends it, reading its texts in place: no allocation per resident.
+    pub fn push_stored<'de, D: Deserializer<'de>>(&mut self, d: D) -> std::result::Result<(), D::Error> {
+        let r = repr::Resident::deserialize(d)?;
+        self.push_row(ResidentRow {
+            municipality: r.person.municipality,
+            addressee: r.person.addressee.bytes(),
+            voucher: r.voucher,
+            name: r.name.bytes(),
+            name_kana: r.name_kana.bytes(),
+            birth_date: r.birth_date.0,
+            sex: r.sex,
+            address: r.address.as_ref().map(repr::Text::bytes),
+            previous: r.previous,
+            status: r.status,
+            status_date: r.status_date.map(|d| d.0),
+        })
+        .map_err(D::Error::custom)
+    }
+
+    fn push_row(&mut self, r: ResidentRow<'_>) -> Result<()> {
+        self.municipality.push(r.municipality.as_str())?;
+        self.addressee_number.push_bytes(r.addressee)?;
+        self.voucher_number.push(r.voucher.as_str())?;
+        self.name.push_bytes(r.name)?;
+        self.name_kana.push_bytes(r.name_kana)?;
+        self.birth_date.push(Some(r.birth_date));
+        self.sex.push(r.sex.letter())?;
+        self.address.push_bytes_option(r.address)?;
+        self.previous_municipality.push_option(r.previous.as_ref().map(|v| v.municipality.as_str()))?;
+        self.previous_voucher_number.push_option(r.previous.as_ref().map(|v| v.number.as_str()))?;
+        self.status.push(r.status.as_str())?;
+        self.status_date.push(r.status_date);
+        Ok(())
+    }
+}
+
+/// One resident's values, borrowed from a record or from stored bytes.
+struct ResidentRow<'a> {
+    municipality: MunicipalityCode,
+    addressee: &'a [u8],
+    voucher: VoucherNumber,
+    name: &'a [u8],
+    name_kana: &'a [u8],
+    birth_date: i32,
+    sex: Sex,
+    address: Option<&'a [u8]>,
+    previous: Option<VoucherRef>,
+    status: ResidentStatus,
+    status_date: Option<i32>,
+}
+
+/// [`DoseRecord`]'s and [`Resident`]'s serde representations, field for field in the same
+/// order (so that they read the same bytes in formats without field names), borrowing
+/// their texts, dates as day numbers and instants as microseconds. The tests hold them to
+/// the domain types: a field added to those must be added here too.
+mod repr {
+    use super::*;
+
+    #[derive(Deserialize)]
+    pub(super) struct Record<'a> {
+        pub id: DoseId,
+        #[serde(rename = "idempotency_key", borrow)]
+        _idempotency_key: Text<'a>,
+        pub voucher: VoucherRef,
+        pub ticket_kind: u8,
+        pub registered_at: Micros,
+        #[serde(borrow)]
+        pub registered_by: Text<'a>,
+        #[serde(borrow)]
+        pub matched: Option<Person<'a>>,
+        #[serde(borrow)]
+        pub versions: Newest<'a>,
+        #[serde(rename = "revision")]
+        _revision: u32,
+        pub seq: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Person<'a> {
+        pub municipality: MunicipalityCode,
+        #[serde(borrow)]
+        pub addressee: Text<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Version<'a> {
+        pub version: u32,
+        #[serde(borrow)]
+        pub details: Details<'a>,
+        pub voided: bool,
+        pub recorded_at: Micros,
+        #[serde(rename = "recorded_by", borrow)]
+        _recorded_by: Text<'a>,
+        #[serde(rename = "reason", borrow)]
+        _reason: Option<Text<'a>>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Details<'a> {
+        pub dose_number: u8,
+        pub date_given: Days,
+        pub administering_municipality: MunicipalityCode,
+        #[serde(borrow)]
+        pub site: Text<'a>,
+        #[serde(borrow)]
+        pub site_name: Text<'a>,
+        #[serde(borrow)]
+        pub doctor: Text<'a>,
+        #[serde(borrow)]
+        pub product: Text<'a>,
+        #[serde(borrow)]
+        pub maker: Text<'a>,
+        #[serde(borrow)]
+        pub lot: Text<'a>,
+        #[serde(default)]
+        pub lot_expiry: Option<Days>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Resident<'a> {
+        #[serde(borrow)]
+        pub person: Person<'a>,
+        pub voucher: VoucherNumber,
+        #[serde(borrow)]
+        pub name: Text<'a>,
+        #[serde(borrow)]
+        pub name_kana: Text<'a>,
+        pub birth_date: Days,
+        pub sex: Sex,
+        #[serde(borrow)]
+        pub address: Option<Text<'a>>,
+        pub previous: Option<VoucherRef>,
+        #[serde(rename = "personal_number_hash")]
+        _personal_number_hash: Option<PersonalNumberHash>,
+        pub status: ResidentStatus,
+        #[serde(default)]
+        pub status_date: Option<Days>,
+    }
+
+    /// A stored text as its bytes, borrowed where the format allows, its UTF-8 not
+    /// checked (see [`TextColumn`]): binary formats store a string as its bytes anyway.
+    pub(super) struct Text<'a>(Cow<'a, [u8]>);
+
+    impl Text<'_> {
+        pub fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Text<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a string")
+                }
+                fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> std::result::Result<Text<'de>, E> {
+                    Ok(Text(Cow::Borrowed(v)))
+                }
+                fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> std::result::Result<Text<'de>, E> {
+                    Ok(Text(Cow::Borrowed(v.as_bytes())))
+                }
+                fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Text<'de>, E> {
+                    Ok(Text(Cow::Owned(v.to_vec())))
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Text<'de>, E> {
+                    Ok(Text(Cow::Owned(v.as_bytes().to_vec())))
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+
+    /// A date (as [`crate::clock::serde_date`] writes it) as a day number from 1970-01-01.
+    #[derive(Clone, Copy)]
+    pub(super) struct Days(pub i32);
+
+    impl<'de> Deserialize<'de> for Days {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            if d.is_human_readable() {
+                Ok(Days(epoch_days(NaiveDate::deserialize(d)?)))
+            } else {
+                let days = i32::deserialize(d)?;
+                days.checked_sub(EPOCH_DAYS_FROM_CE).map(Days).ok_or_else(|| D::Error::custom(format!("day number {days} is out of range")))
+            }
+        }
+    }
+
+    /// An instant (as [`crate::clock::serde_instant`] writes it) as microseconds since the epoch.
+    #[derive(Clone, Copy)]
+    pub(super) struct Micros(pub i64);
+
+    impl<'de> Deserialize<'de> for Micros {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            if d.is_human_readable() {
+                Ok(Micros(epoch_micros(DateTime::<Utc>::deserialize(d)?)))
+            } else {
+                let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
+                secs.checked_mul(1_000_000)
+                    .and_then(|us| us.checked_add(i64::from(nanos / 1000)))
+                    .map(Micros)
+                    .ok_or_else(|| D::Error::custom(format!("timestamp {secs}.{nanos:09} is out of range")))
+            }
+        }
+    }
+
+    /// The newest (last) of a dose's versions; the others are read and dropped.
+    pub(super) struct Newest<'a>(pub Version<'a>);
+
+    impl<'de: 'a, 'a> Deserialize<'de> for Newest<'a> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            struct V<'a>(std::marker::PhantomData<Version<'a>>);
+            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+                type Value = Newest<'a>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a dose's versions")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Newest<'a>, A::Error> {
+                    let mut newest = None;
+                    while let Some(v) = seq.next_element::<Version<'a>>()? {
+                        newest = Some(v);
+                    }
+                    newest.map(Newest).ok_or_else(|| A::Error::custom("a dose has at least one version"))
+                }
+            }
+            d.deserialize_seq(V(std::marker::PhantomData))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::dose::{DoseDetails, DoseVersion};
+    use crate::ids::{AccountId, AddresseeNumber, IdempotencyKey, PersonRef, SiteId};
+    use crate::resident::PersonalText;
+    use crate::vaccine::ProductCode;
+
+    fn code(s: &str) -> MunicipalityCode {
+        MunicipalityCode::parse(s).unwrap()
+    }
+
+    fn details(lot_expiry: Option<NaiveDate>) -> DoseDetails {
+        DoseDetails {
+            dose_number: 2,
+            date_given: NaiveDate::from_ymd_opt(2021, 7, 1).unwrap(),
+            administering_municipality: code("131016"),
+            site: SiteId::parse("venue-1").unwrap(),
+            site_name: "千代田区民会館".into(),
+            doctor: "医師 一郎".into(),
+            product: ProductCode::new("pfizer"),
+            maker: "ファイザー".into(),
+            lot: "FA5765".into(),
+            lot_expiry,
+        }
+    }
+
+    fn dose(matched: bool) -> DoseRecord {
+        let key = IdempotencyKey::parse("k-1").unwrap();
+        let at = Utc.with_ymd_and_hms(2021, 7, 1, 9, 30, 0).unwrap() + chrono::Duration::microseconds(123_456);
+        DoseRecord {
+            id: DoseId::for_key(&key),
+            idempotency_key: key,
+            voucher: VoucherRef { municipality: code("131016"), number: VoucherNumber::parse("0000012345").unwrap() },
+            ticket_kind: 1,
+            registered_at: at,
+            registered_by: AccountId::parse("tablet-1").unwrap(),
+            matched: matched.then(|| PersonRef { municipality: code("131016"), addressee: AddresseeNumber::parse("000123").unwrap() }),
+            versions: vec![
+                DoseVersion {
+                    version: 1,
+                    details: details(None),
+                    voided: false,
+                    recorded_at: at,
+                    recorded_by: "site".into(),
+                    reason: None,
+                },
+                DoseVersion {
+                    version: 2,
+                    details: DoseDetails { doctor: "医師 二郎".into(), ..details(NaiveDate::from_ymd_opt(2021, 12, 31)) },
+                    voided: true,
+                    recorded_at: at + chrono::Duration::days(3),
+                    recorded_by: "staff:131016".into(),
+                    reason: Some("取消".into()),
+                },
+            ],
+            revision: 3,
+            seq: 42,
+        }
+    }
+
+    fn resident(full: bool) -> Resident {
+        Resident {
+            person: PersonRef { municipality: code("131016"), addressee: AddresseeNumber::parse("0000000123").unwrap() },
+            voucher: VoucherNumber::parse("0012345678").unwrap(),
+            name: PersonalText("山田 太郎".into()),
+            name_kana: PersonalText("ヤマダ タロウ".into()),
+            birth_date: NaiveDate::from_ymd_opt(1950, 2, 3).unwrap(),
+            sex: Sex::Male,
+            address: full.then(|| PersonalText("東京都千代田区千代田1-1".into())),
+            previous: full.then(|| VoucherRef { municipality: code("011002"), number: VoucherNumber::parse("9000000001").unwrap() }),
+            personal_number_hash: full.then_some(PersonalNumberHash([7; 32])),
+            status: if full { ResidentStatus::MovedOut } else { ResidentStatus::Active },
+            status_date: full.then(|| NaiveDate::from_ymd_opt(2022, 4, 1).unwrap()),
+        }
+    }
+
+    #[test]
+    fn stored_doses_decode_as_their_records() {
+        for matched in [true, false] {
+            let d = dose(matched);
+            let mut expected = DoseColumns::with_capacity(1);
+            expected.push_record(&d).unwrap();
+
+            let mut stored = DoseColumns::with_capacity(1);
+            // Decoded as a store does, every byte read: a field added to the domain type
+            // but not to `repr` would leave bytes behind.
+            let bytes = postcard::to_stdvec(&d).unwrap();
+            let mut de = postcard::Deserializer::from_bytes(&bytes);
+            stored.push_stored(&mut de).unwrap();
+            assert!(de.finalize().unwrap().is_empty(), "bytes left over: the column repr misses a field");
+            assert_eq!(stored, expected);
+
+            let mut json = DoseColumns::with_capacity(1);
+            json.push_stored(&mut serde_json::Deserializer::from_str(&serde_json::to_string(&d).unwrap())).unwrap();
+            assert_eq!(json, expected);
+        }
+    }
+
+    #[test]
+    fn dose_columns_hold_the_newest_version() {
+        let d = dose(true);
+        let mut c = DoseColumns::with_capacity(4);
+        c.push_record(&d).unwrap();
+        c.push_record(&dose(false)).unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.dose_id.get(0).unwrap(), d.id.to_string());
+        assert_eq!(c.municipality.get(0).as_deref(), Some("131016"));
+        assert_eq!(c.voucher_number.get(0).as_deref(), Some("0000012345"));
+        assert_eq!(c.doctor.get(0).as_deref(), Some("医師 二郎"));
+        assert_eq!(c.site_name.get(1).as_deref(), Some("千代田区民会館"));
+        assert_eq!(c.addressee_number.get(0).as_deref(), Some("000123"));
+        assert_eq!(c.addressee_number.get(1), None);
+        assert_eq!(c.resident_municipality.get(1), None);
+        assert_eq!(c.date_given.days()[0], 18_809); // 2021-07-01
+        assert_eq!(c.lot_expiry.days()[0], 18_992); // 2021-12-31
+        assert_eq!(c.registered_at[0], d.registered_at.timestamp_micros());
+        assert_eq!(c.updated_at[0], d.current().recorded_at.timestamp_micros());
+        assert_eq!((c.voided[0], c.version[0], c.seq[0], c.ticket_kind[0], c.dose_number[0]), (true, 2, 42, 1, 2));
+        assert_eq!(c.high_seq(), 42);
+        // The second row's long site name and maker share the first row's bytes.
+        assert_eq!(c.site_name.bytes().len(), "千代田区民会館".len());
+        assert_eq!(c.maker.bytes().len(), "ファイザー".len());
+    }
+
+    #[test]
+    fn stored_residents_decode_as_their_records() {
+        for full in [true, false] {
+            let r = resident(full);
+            let mut expected = ResidentColumns::with_capacity(1);
+            expected.push_resident(&r).unwrap();
+            assert_eq!(expected.addressee_number.get(0).as_deref(), Some("0000000123"));
+            assert_eq!(expected.voucher_number.get(0).as_deref(), Some("0012345678"));
+            assert_eq!(expected.previous_voucher_number.get(0).is_some(), full);
+            assert_eq!(expected.status_date.validity().is_valid(0), full);
+            assert_eq!(expected.birth_date.days()[0], -7272); // 1950-02-03
+
+            let mut stored = ResidentColumns::with_capacity(1);
+            // Decoded as a store does, every byte read: a field added to the domain type
+            // but not to `repr` would leave bytes behind.
+            let bytes = postcard::to_stdvec(&r).unwrap();
+            let mut de = postcard::Deserializer::from_bytes(&bytes);
+            stored.push_stored(&mut de).unwrap();
+            assert!(de.finalize().unwrap().is_empty(), "bytes left over: the column repr misses a field");
+            assert_eq!(stored, expected);
+
+            let mut json = ResidentColumns::with_capacity(1);
+            json.push_stored(&mut serde_json::Deserializer::from_str(&serde_json::to_string(&r).unwrap())).unwrap();
+            assert_eq!(json, expected);
+        }
+    }
+
+    #[test]
+    fn epoch_numbers() {
+        assert_eq!(epoch_days(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()), 0);
+        assert_eq!(epoch_days(NaiveDate::from_ymd_opt(1969, 12, 31).unwrap()), -1);
+        assert_eq!(epoch_micros(Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 1).unwrap()), 1_000_000);
+    }
+
+    proptest! {
+        #[test]
+        fn text_columns_give_back_what_was_pushed(values in proptest::collection::vec(proptest::option::of(".{0,20}"), 0..40), shared: bool) {
+            let mut c = if shared { TextColumn::shared(4) } else { TextColumn::with_capacity(4) };
+            for v in &values {
+                c.push_option(v.as_deref()).unwrap();
+            }
+            prop_assert_eq!(c.len(), values.len());
+            for (i, v) in values.iter().enumerate() {
+                prop_assert_eq!(c.get(i), v.clone());
+                let view = c.views()[i];
+                let len = (view as u32) as usize;
+                prop_assert_eq!(len, v.as_deref().map_or(0, str::len));
+                if len < INLINE_TEXT {
+                    // Inline: the bytes after the value are zero (Arrow checks it).
+                    prop_assert_eq!(view >> (32 + 8 * len as u32), 0);
+                } else if len > INLINE_TEXT {
+                    prop_assert_eq!(&view.to_le_bytes()[4..8], &v.as_deref().unwrap_or_default().as_bytes()[..4]);
+                }
+            }
+        }
+    }
+}
