@@ -1,11 +1,9 @@
 //! The vrs store conformance suite on redb, plus what only a file store can show.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use vrs_core::Error;
 use vrs_core::finding::FindingKind;
-use vrs_core::resident::Resident;
 use vrs_core::stats::StatsQuery;
 use vrs_core::store::{ChangeSet, DoseScan, DoseSlot, DynStore};
 use vrs_core::testing::*;
@@ -90,42 +88,4 @@ async fn integrity_check_and_exclusive_open() {
     let junk = dir.path().join("junk.redb");
     std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
     assert!(matches!(RedbStore::open(&junk), Err(Error::Storage { .. })));
-}
-
-/// Import throughput on a file store (run with
-/// `cargo test --release -p vrs-store-redb --test conformance -- --ignored --nocapture`).
-/// Measures the store alone: residents are built in memory, no CSV is parsed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement, run in release"]
-async fn import_throughput() {
-    let n: usize = std::env::var("VRS_IMPORT_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(1_000_000);
-    let dir = tempfile::tempdir().unwrap();
-    let store: DynStore = Arc::new(RedbStore::open(dir.path().join("vrs.redb")).unwrap());
-    // Voucher numbers scattered (a multiplicative permutation), addressees ascending.
-    let rows: Vec<Resident> = (0..n)
-        .map(|i| {
-            let v = (i as u64).wrapping_mul(2_654_435_761) % 10_000_000_000;
-            let mut r = resident(CHIYODA, &(i + 1).to_string(), &format!("{v:010}"));
-            if i % 50 == 0 {
-                r.previous = Some(voucher(SAPPORO, &format!("{i:010}")));
-            }
-            r
-        })
-        .collect();
-    let start = Instant::now();
-    let (_, applied) = store.import_residents(TestSource::new(rows, usize::MAX, true)).await.unwrap();
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(applied.inserted, n as u64);
-    println!("imported {n} residents in {secs:.2} s: {:.0} rows/s", n as f64 / secs);
-    let start = Instant::now();
-    let mut seen = 0usize;
-    store
-        .scan_residents(code(CHIYODA), &mut |_| {
-            seen += 1;
-            Ok(())
-        })
-        .await
-        .unwrap();
-    assert_eq!(seen, n);
-    println!("scanned {n} residents in {:.2} s", start.elapsed().as_secs_f64());
 }
