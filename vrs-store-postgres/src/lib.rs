@@ -37,6 +37,7 @@
 mod apply;
 mod codec;
 mod conn;
+mod context;
 mod error;
 mod import;
 
@@ -54,7 +55,9 @@ use vrs_core::finding::Finding;
 use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
-use vrs_core::store::{Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, ResidentSource, StoreBackend, Visit};
+use vrs_core::store::{
+    Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, PersonContext, PersonQuery, ResidentSource, StoreBackend, Visit,
+};
 use vrs_core::vaccine::ProductCode;
 use vrs_core::{Error, Result};
 
@@ -570,6 +573,10 @@ impl StoreBackend for PostgresStore {
                 Ok(high)
             }
         }
+    }
+
+    async fn person_contexts(&self, queries: &[PersonQuery]) -> Result<Vec<PersonContext>> {
+        context::person_contexts(self, queries).await
     }
 
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {
