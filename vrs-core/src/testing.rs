@@ -56,6 +56,7 @@ macro_rules! store_conformance_tests {
             // The store contract (vrs_core::testing).
             testing {
                 residents_upsert_replace_and_indexes,
+                voucher_given_up_stays_with_its_other_holder,
                 import_in_any_order_and_reimport,
                 import_not_committed_leaves_nothing,
                 import_error_midway_leaves_nothing,
@@ -92,6 +93,7 @@ macro_rules! store_conformance_tests {
                 batch_registration,
                 statistics_equal_a_recount,
                 tablet_secrets_sign_in_and_revocation,
+                chained_change_logs_cover_every_write_once_under_concurrency,
             }
             // Tablet sync batches on the store (vrs_core::testing_sync).
             testing_sync {
@@ -495,6 +497,32 @@ pub async fn residents_upsert_replace_and_indexes(store: DynStore) {
     import(&store, vec![r20.clone(), r10c.clone()], 1, 1).await;
     assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000000003")).await.unwrap(), Some(r20));
     assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000000008")).await.unwrap(), Some(r10c));
+}
+
+/// A voucher two residents hold (a later upload gave it to a second resident without
+/// taking it from the first): the later holder answers for it; when that one gives it up,
+/// the first, who still holds it, answers again (a voucher on record is never "unknown"
+/// while someone holds it); when nobody holds it any more, nobody answers. The
+/// registration context agrees.
+pub async fn voucher_given_up_stays_with_its_other_holder(store: DynStore) {
+    let shared = voucher(CHIYODA, "0000000001");
+    let older = resident(CHIYODA, "1", "0000000001");
+    import(&store, vec![older.clone()], 1, 0).await;
+    let newer = resident(CHIYODA, "2", "0000000001");
+    import(&store, vec![newer.clone()], 1, 0).await;
+    assert_eq!(store.resident_by_voucher(shared).await.unwrap(), Some(newer), "the latest upload's holder");
+
+    let newer_moved_on = resident(CHIYODA, "2", "0000000002");
+    import(&store, vec![newer_moved_on.clone()], 0, 1).await;
+    assert_eq!(store.resident_by_voucher(shared).await.unwrap(), Some(older.clone()), "the other holder still holds it");
+    assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000000002")).await.unwrap(), Some(newer_moved_on));
+    let contexts = store.person_contexts(&[PersonQuery { voucher: shared, dose: None }]).await.unwrap();
+    assert_eq!(contexts[0].resident.as_ref(), Some(&older));
+
+    let older_moved_on = resident(CHIYODA, "1", "0000000003");
+    import(&store, vec![older_moved_on.clone()], 0, 1).await;
+    assert_eq!(store.resident_by_voucher(shared).await.unwrap(), None, "nobody holds it any more");
+    assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000000003")).await.unwrap(), Some(older_moved_on));
 }
 
 /// An upload in any order (ascending, descending, shuffled) and a re-upload replacing

@@ -1,14 +1,19 @@
 //! Resident imports: the core's parser runs on a blocking thread and its residents stream
 //! as COPY text into a temporary staging table; one set-based `INSERT .. ON CONFLICT`
-//! then merges them into `residents`. All in one transaction: an import that fails, is
+//! then merges them into `residents`. A municipality's first upload skips both: its rows
+//! stream straight into `residents` (the merge's conflict handling costs about as much as
+//! the COPY), until a row names a resident again or another municipality, from which on
+//! the rest goes through staging. All in one transaction: an import that fails, is
 //! refused by its source, or loses its connection leaves nothing, and can simply be run
 //! again.
 
 use std::collections::HashSet;
+use std::io::Write as _;
 
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
+use vrs_core::ids::MunicipalityCode;
 use vrs_core::resident::Resident;
 use vrs_core::store::{ImportApplied, ResidentSource};
 use vrs_core::{Error, Result};
@@ -23,6 +28,9 @@ const BATCH: usize = 8192;
 const CHUNK: usize = 256 * 1024;
 /// Chunks that may wait between the parser and the connection.
 const CHANNEL: usize = 4;
+/// The first key of the advisory locks that keep imports of one municipality apart (the
+/// second is the municipality code as a number). 0x5649 is "VI".
+const IMPORT_LOCK_SPACE: i32 = 0x5649;
 
 const CREATE_STAGING: &str = "CREATE TEMP TABLE vrs_staging (
     ord bigint NOT NULL,
@@ -72,9 +80,30 @@ fn merge_sql(duplicates: bool) -> String {
     )
 }
 
+/// The columns of `residents` a direct COPY fills, in the order its lines carry them: the
+/// import's number twice, then the staging table's columns without `ord`.
+fn direct_copy_sql() -> String {
+    let columns = STAGING_COLUMNS.strip_prefix("ord, ").unwrap_or(STAGING_COLUMNS);
+    format!("COPY residents (voucher_import, first_import, {columns}) FROM STDIN")
+}
+
+/// What the parsing thread hands the connection.
+enum Msg {
+    /// COPY text for the target in force.
+    Chunk(Vec<u8>),
+    /// The rows that follow go to the staging table (the direct COPY ends here).
+    ToStaging,
+}
+
 /// What the parsing thread produced.
 struct Produced {
     rows: u64,
+    /// Rows that went straight into `residents` (distinct new residents).
+    direct: u64,
+    /// Residents that went straight in and came again after the switch to staging (the
+    /// merge counts them as inserted once more).
+    direct_again: u64,
+    /// Whether the staged rows may name a resident twice.
     duplicates: bool,
 }
 
@@ -85,29 +114,68 @@ fn key(r: &Resident) -> u128 {
     (u128::from(municipality_number(&r.person.municipality).unsigned_abs()) << 64) | ((a.len() as u128) << 56) | digits
 }
 
-/// The parsing thread: pulls batches from the source, encodes them as COPY text and
-/// hands full chunks over. Stops when the receiver is gone (the COPY failed).
-fn produce(source: &mut dyn ResidentSource, out: &mpsc::Sender<Vec<u8>>) -> Result<Produced> {
+/// The parsing thread: pulls batches from the source (after `first`), encodes them as COPY
+/// text and hands full chunks over. While `direct` names the municipality of a direct
+/// COPY, rows of it go straight into `residents`; the first row that cannot (a resident
+/// named again, another municipality) switches every later row to the staging table.
+/// Stops when the receiver is gone (the COPY failed).
+fn produce(
+    source: &mut dyn ResidentSource,
+    first: Vec<Resident>,
+    mut direct: Option<(MunicipalityCode, i64)>,
+    out: &mpsc::Sender<Msg>,
+) -> Result<Produced> {
+    let gone = || storage_message("the import's connection went away while sending rows");
     let mut seen: HashSet<u128> = HashSet::new();
-    let mut duplicates = false;
+    let mut again: HashSet<u128> = HashSet::new();
+    let mut produced = Produced { rows: 0, direct: 0, direct_again: 0, duplicates: false };
+    let mut staged: HashSet<u128> = HashSet::new();
     let mut buf = Vec::with_capacity(CHUNK + 4096);
     let mut ord = 0i64;
-    while let Some(batch) = source.next_batch(BATCH)? {
-        for r in &batch {
+    let mut batch = Some(first);
+    while let Some(rows) = batch {
+        for r in &rows {
             ord += 1;
-            if !seen.insert(key(r)) {
-                duplicates = true;
+            let k = key(r);
+            if let Some((m, import)) = direct {
+                if r.person.municipality == m && seen.insert(k) {
+                    let _ = write!(buf, "{import}\t");
+                    copy_resident(&mut buf, import, r)?;
+                    produced.direct += 1;
+                    if buf.len() >= CHUNK
+                        && out.blocking_send(Msg::Chunk(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096)))).is_err()
+                    {
+                        return Err(gone());
+                    }
+                    continue;
+                }
+                direct = None;
+                if !buf.is_empty() && out.blocking_send(Msg::Chunk(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096)))).is_err()
+                {
+                    return Err(gone());
+                }
+                if out.blocking_send(Msg::ToStaging).is_err() {
+                    return Err(gone());
+                }
+            }
+            if !staged.insert(k) {
+                produced.duplicates = true;
+            }
+            if seen.contains(&k) && again.insert(k) {
+                produced.direct_again += 1;
             }
             copy_resident(&mut buf, ord, r)?;
-            if buf.len() >= CHUNK && out.blocking_send(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096))).is_err() {
-                return Err(storage_message("the import's connection went away while sending rows"));
+            if buf.len() >= CHUNK && out.blocking_send(Msg::Chunk(std::mem::replace(&mut buf, Vec::with_capacity(CHUNK + 4096)))).is_err() {
+                return Err(gone());
             }
         }
+        batch = source.next_batch(BATCH)?;
     }
-    if !buf.is_empty() && out.blocking_send(buf).is_err() {
-        return Err(storage_message("the import's connection went away while sending rows"));
+    if !buf.is_empty() && out.blocking_send(Msg::Chunk(buf)).is_err() {
+        return Err(gone());
     }
-    Ok(Produced { rows: u64::try_from(ord).unwrap_or(0), duplicates })
+    produced.rows = u64::try_from(ord).unwrap_or(0);
+    Ok(produced)
 }
 
 /// Applies an import atomically (see the module documentation).
@@ -123,6 +191,38 @@ pub(crate) async fn import(conns: &Conns, source: Box<dyn ResidentSource>) -> Re
     result
 }
 
+/// Sends the parser's chunks into a COPY until the parser ends (`false`) or switches to
+/// the staging table (`true`).
+async fn stream(copy: &mut PgCopyIn<&mut PgConnection>, received: &mut mpsc::Receiver<Msg>) -> Result<bool> {
+    while let Some(msg) = received.recv().await {
+        match msg {
+            Msg::Chunk(chunk) => {
+                copy.send(chunk).await.map_err(|e| map("sending residents to the server", e))?;
+            }
+            Msg::ToStaging => return Ok(true),
+        }
+    }
+    Ok(false)
+}
+
+/// Whether `m` has no resident yet, under the lock that keeps other imports of `m` out
+/// until this transaction ends (so that it stays so, but for this import).
+async fn first_upload(tx: &mut PgConnection, m: &MunicipalityCode) -> Result<bool> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+        .bind(IMPORT_LOCK_SPACE)
+        .bind(municipality_number(m))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("waiting for other imports of the municipality"))?;
+    // A statement of its own: its snapshot is taken after the lock is held.
+    sqlx::query("SELECT NOT EXISTS (SELECT 1 FROM residents WHERE municipality = $1) AS empty")
+        .bind(m.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|row| row.try_get("empty"))
+        .map_err(db("looking for the municipality's residents"))
+}
+
 async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
     let mut tx = conn.begin().await.map_err(db("starting an import"))?;
     sqlx::query(CREATE_STAGING).execute(&mut *tx).await.map_err(db("creating the import's staging table"))?;
@@ -132,54 +232,87 @@ async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>)
         .and_then(|row| row.try_get("id"))
         .map_err(db("numbering the import"))?;
 
-    let (chunks, mut received) = mpsc::channel::<Vec<u8>>(CHANNEL);
+    // The first batch says which municipality the upload is for: when it has no resident
+    // yet, its rows go straight into `residents` (no staging, no merge).
+    let (returned, first) = tokio::task::spawn_blocking(move || {
+        let first = source.next_batch(BATCH);
+        (source, first)
+    })
+    .await
+    .map_err(|e| storage_message(format!("the import's parsing thread failed: {e}")))?;
+    source = returned;
+    let first = first?.unwrap_or_default();
+    let direct = match first.first().map(|r| r.person.municipality) {
+        Some(m) if first_upload(&mut tx, &m).await? => Some((m, import_id)),
+        _ => None,
+    };
+
+    let (chunks, mut received) = mpsc::channel::<Msg>(CHANNEL);
     let parser = tokio::task::spawn_blocking(move || {
-        let produced = produce(source.as_mut(), &chunks);
+        let produced = produce(source.as_mut(), first, direct, &chunks);
         (source, produced)
     });
-    let copy_sql = format!("COPY vrs_staging ({STAGING_COLUMNS}) FROM STDIN");
-    let copied: Result<Produced> = match tx.copy_in_raw(&copy_sql).await {
-        Ok(mut copy) => {
-            let mut sent: Result<()> = Ok(());
-            while let Some(chunk) = received.recv().await {
-                if let Err(e) = copy.send(chunk).await {
-                    sent = Err(map("sending residents to the server", e));
-                    break;
+    let staging_sql = format!("COPY vrs_staging ({STAGING_COLUMNS}) FROM STDIN");
+    let mut sql = if direct.is_some() { direct_copy_sql() } else { staging_sql.clone() };
+    let mut parser = Some(parser);
+    let mut back: Option<Box<dyn ResidentSource>> = None;
+    let copied: Result<Produced> = loop {
+        let mut copy = match tx.copy_in_raw(&sql).await {
+            Ok(copy) => copy,
+            Err(e) => break Err(map("starting the COPY of residents", e)),
+        };
+        match stream(&mut copy, &mut received).await {
+            Ok(true) => {
+                if let Err(e) = copy.finish().await {
+                    break Err(map("finishing the COPY of residents", e));
                 }
+                sql = staging_sql.clone();
             }
-            // Stop the parser if the server went away, then learn how it ended.
-            received.close();
-            let (returned, produced) = parser.await.map_err(|e| storage_message(format!("the import's parsing thread failed: {e}")))?;
-            source = returned;
-            match (sent, produced) {
-                (Err(e), _) => Err(e),
-                (Ok(()), Err(e)) => {
-                    // The source's own error (a failed read, a refused value) is the one to report.
-                    let _ = copy.abort("the import's source failed").await;
-                    Err(e)
-                }
-                (Ok(()), Ok(p)) => copy.finish().await.map(|_| p).map_err(db("finishing the COPY of residents")),
+            Ok(false) => {
+                // The parser ended: learn how.
+                let Some(handle) = parser.take() else { break Err(storage_message("the import's parsing thread ended twice")) };
+                let (returned, produced) = handle.await.map_err(|e| storage_message(format!("the import's parsing thread failed: {e}")))?;
+                back = Some(returned);
+                break match produced {
+                    Err(e) => {
+                        // The source's own error (a failed read, a refused value) is the one to report.
+                        let _ = copy.abort("the import's source failed").await;
+                        Err(e)
+                    }
+                    Ok(p) => copy.finish().await.map(|_| p).map_err(db("finishing the COPY of residents")),
+                };
             }
-        }
-        Err(e) => {
-            received.close();
-            let _ = parser.await;
-            return Err(map("starting the COPY of residents", e));
+            // The COPY is left open: the transaction rolls back.
+            Err(e) => break Err(e),
         }
     };
+    if let Some(handle) = parser.take() {
+        // Stop the parser (the server went away or refused the rows).
+        received.close();
+        let (returned, _) = handle.await.map_err(|e| storage_message(format!("the import's parsing thread failed: {e}")))?;
+        back = Some(returned);
+    }
+    let source = back.ok_or_else(|| storage_message("the import's parsing thread did not hand its source back"))?;
     let produced = copied?;
     if !source.may_commit() {
         tx.rollback().await.map_err(db("rolling back an import"))?;
         return Ok((source, ImportApplied { inserted: 0, replaced: 0, committed: false }));
     }
-    let inserted: i64 = sqlx::query(&merge_sql(produced.duplicates))
-        .bind(import_id)
-        .fetch_one(&mut *tx)
-        .await
-        .and_then(|row| row.try_get("inserted"))
-        .map_err(db("merging the imported residents"))?;
+    let staged = produced.rows - produced.direct;
+    let merged: i64 = if staged == 0 {
+        0
+    } else {
+        // After a switch, staged rows may name residents that went straight in.
+        let duplicates = produced.duplicates || produced.direct > 0;
+        sqlx::query(&merge_sql(duplicates))
+            .bind(import_id)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get("inserted"))
+            .map_err(db("merging the imported residents"))?
+    };
     tx.commit().await.map_err(db("committing an import"))?;
-    let inserted = u64::try_from(inserted).unwrap_or(0);
+    let inserted = (produced.direct + u64::try_from(merged).unwrap_or(0)).saturating_sub(produced.direct_again);
     Ok((source, ImportApplied { inserted, replaced: produced.rows.saturating_sub(inserted), committed: true }))
 }
 

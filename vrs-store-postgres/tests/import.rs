@@ -265,8 +265,9 @@ async fn killed_during_copy_leaves_nothing_and_the_rerun_succeeds() {
     assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000010000")).await.unwrap().unwrap().name.as_str(), "after 10000");
 }
 
-/// Killed while the staging table is merged into `residents`: nothing half-imported (all
-/// or nothing, whenever the kill lands), and the rerun succeeds.
+/// Killed while the staging table is merged into `residents` (the municipality has
+/// residents already, so the upload goes through staging): nothing half-imported (all or
+/// nothing, whenever the kill lands), and the rerun succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_during_the_merge_leaves_nothing_half_imported() {
     let schema = schema_name("vt_imp", "killed_merge");
@@ -274,6 +275,8 @@ async fn killed_during_the_merge_leaves_nothing_half_imported() {
     let app = format!("vrs-test-{schema}");
     let store: DynStore = Arc::new(store);
     let n = 200_000;
+    let before = many(n + 1, 1, "before");
+    store.import_residents(TestSource::new(before.clone(), 10, true)).await.unwrap();
     let upload = many(1, n, "merged");
     let importing = {
         let store = store.clone();
@@ -288,12 +291,47 @@ async fn killed_during_the_merge_leaves_nothing_half_imported() {
     }
     let outcome = importing.await.unwrap();
     assert_eq!(killed, 1, "the merge was caught in flight (outcome {outcome:?})");
-    let stored = scanned_residents(&store, CHIYODA).await.len();
+    let stored = scanned_residents(&store, CHIYODA).await;
     match outcome {
-        Err(Error::Storage { .. }) => assert_eq!(stored, 0, "a failed import leaves nothing"),
+        Err(Error::Storage { .. }) => assert_eq!(stored, before, "a failed import leaves the store as before"),
         other => panic!("expected a storage error, got {other:?}"),
     }
     let (_, applied) = store.import_residents(TestSource::new(upload, 8192, true)).await.unwrap();
     assert_eq!(applied, ImportApplied { inserted: n as u64, replaced: 0, committed: true });
-    assert_eq!(scanned_residents(&store, CHIYODA).await.len(), n);
+    assert_eq!(scanned_residents(&store, CHIYODA).await.len(), n + 1);
+}
+
+/// A municipality's first upload streams straight into `residents`: killed in the middle
+/// of that COPY, it leaves no resident, and the rerun succeeds (the same path again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_a_first_upload_leaves_nothing_and_the_rerun_succeeds() {
+    let schema = schema_name("vt_imp", "killed_first");
+    let store = fresh_store(&schema, Layout::Plain).await;
+    let app = format!("vrs-test-{schema}");
+    let store: DynStore = Arc::new(store);
+    let upload: Vec<Resident> = many(1, 20_000, "first");
+    let (at_pause, paused) = mpsc::channel();
+    let (go_on, resume) = mpsc::channel();
+    let source = PausingSource {
+        inner: TestSource::new(upload.clone(), 1000, true),
+        calls: 0,
+        pause_at: 5,
+        at_pause,
+        resume: Arc::new(Mutex::new(resume)),
+    };
+    let importing = {
+        let store = store.clone();
+        tokio::spawn(async move { store.import_residents(Box::new(source)).await.map(|(_, applied)| applied) })
+    };
+    tokio::task::spawn_blocking(move || paused.recv_timeout(Duration::from_secs(60)).unwrap()).await.unwrap();
+    assert_eq!(terminate(&app, "COPY residents").await, 1, "the import's backend, in the middle of its direct COPY");
+    go_on.send(()).unwrap();
+    match importing.await.unwrap() {
+        Err(Error::Storage { .. }) => {}
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert!(scanned_residents(&store, CHIYODA).await.is_empty(), "nothing imported");
+    let (_, applied) = store.import_residents(TestSource::new(upload, 1000, true)).await.unwrap();
+    assert_eq!(applied, ImportApplied { inserted: 20_000, replaced: 0, committed: true });
+    assert_eq!(scanned_residents(&store, CHIYODA).await.len(), 20_000);
 }

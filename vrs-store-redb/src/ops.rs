@@ -361,10 +361,12 @@ fn apply_voucher_ops(txn: &WriteTransaction, mut ops: Vec<VoucherOp>) -> Result<
         }
     }
     let mut vouchers = open_write(txn, VOUCHERS)?;
+    let mut given_up: Vec<[u8; VOUCHER_KEY]> = Vec::new();
     for ((key, a, _), _) in net.iter().filter(|(_, n)| *n < 0) {
         let current = vouchers.get(key.as_slice()).map_err(storage("reading the voucher index"))?.map(|g| g.value() == addressee_bytes(a));
         if current == Some(true) {
             vouchers.remove(key.as_slice()).map_err(storage("removing from the voucher index"))?;
+            given_up.push(*key);
         }
     }
     let adds = net.into_iter().filter(|(_, n)| *n > 0).map(|(op, _)| Ok(op));
@@ -379,7 +381,46 @@ fn apply_voucher_ops(txn: &WriteTransaction, mut ops: Vec<VoucherOp>) -> Result<
             Ok(())
         },
         |_, _, _| Ok(()),
-    )
+    )?;
+    let mut unheld = Vec::new();
+    for key in given_up {
+        if vouchers.get(key.as_slice()).map_err(storage("reading the voucher index"))?.is_none() {
+            unheld.push(key);
+        }
+    }
+    if !unheld.is_empty() {
+        hold_again(txn, &mut vouchers, &unheld)?;
+    }
+    Ok(())
+}
+
+/// Vouchers given up by the resident the index named may still be held by another resident
+/// (an upload gave one to a second resident without taking it from the first): the index
+/// names that one again (the highest addressee, if several). Found by scanning the
+/// municipalities concerned, which happens only for vouchers given up and left without a
+/// holder by the import.
+fn hold_again(txn: &WriteTransaction, vouchers: &mut Table<'_, Bytes, Bytes>, unheld: &[[u8; VOUCHER_KEY]]) -> Result<()> {
+    let wanted: std::collections::HashSet<&[u8; VOUCHER_KEY]> = unheld.iter().collect();
+    let mut municipalities: Vec<&[u8]> = unheld.iter().map(|k| &k[..M]).collect();
+    municipalities.sort_unstable();
+    municipalities.dedup();
+    let residents = open_write(txn, RESIDENTS)?;
+    let mut holders: std::collections::BTreeMap<[u8; VOUCHER_KEY], Vec<u8>> = std::collections::BTreeMap::new();
+    for m in municipalities {
+        for entry in prefixed(&residents, m)? {
+            let (k, v) = entry.map_err(storage("scanning residents"))?;
+            let r: Resident = decode("decoding a resident", v.value())?;
+            let key = voucher_key(&r.voucher_ref());
+            if wanted.contains(&key) {
+                // Key order: a later resident (higher addressee) replaces an earlier one.
+                holders.insert(key, k.value().get(M..).unwrap_or_default().to_vec());
+            }
+        }
+    }
+    for (key, a) in holders {
+        vouchers.insert(key.as_slice(), a.as_slice()).map_err(storage("writing the voucher index"))?;
+    }
+    Ok(())
 }
 
 /// Serializes into a reused buffer.
