@@ -106,7 +106,9 @@ pub struct ImportOutcome {
 struct Pending {
     doses: HashMap<DoseId, DoseRecord>,
     by_voucher: HashMap<VoucherRef, Vec<DoseId>>,
-    findings: HashMap<(DoseId, FindingKind), Finding>,
+    /// Ordered by dose, so that one dose's findings are a range (a batch of thousands
+    /// looks them up once per decision).
+    findings: BTreeMap<(DoseId, FindingKind), Finding>,
 }
 
 impl Pending {
@@ -232,8 +234,9 @@ impl Registry {
                 *f = p.clone();
             }
         }
-        for ((d, k), f) in &pending.findings {
-            if *d == dose && !found.iter().any(|x| x.kind == *k) {
+        let Some(first) = FindingKind::ALL.iter().copied().min() else { return found };
+        for ((_, k), f) in pending.findings.range((dose, first)..).take_while(|((d, _), _)| *d == dose) {
+            if !found.iter().any(|x| x.kind == *k) {
                 found.push(f.clone());
             }
         }
