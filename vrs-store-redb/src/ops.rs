@@ -798,6 +798,13 @@ struct Writer<'t> {
     counter_deltas: BTreeMap<Vec<u8>, i64>,
     /// A reused buffer for encoding values.
     buf: Vec<u8>,
+    /// New doses' rows, their id index entries and their `doses_by_site` keys, written in
+    /// key order once the change sets are read (or before an update reads the tables): a
+    /// batch's registrations then touch each page once, in order, and runs of new keys
+    /// fill pages through a cursor.
+    new_rows: Vec<([u8; DOSE_KEY], Vec<u8>)>,
+    new_ids: Vec<([u8; 16], [u8; VOUCHER_KEY])>,
+    new_sites: Vec<Vec<u8>>,
 }
 
 /// Applies change sets in one durable write transaction; nothing is written when a guard
@@ -834,10 +841,14 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         audit_seq,
         counter_deltas: BTreeMap::new(),
         buf: Vec::with_capacity(512),
+        new_rows: Vec::new(),
+        new_ids: Vec::new(),
+        new_sites: Vec::new(),
     };
     for change in changes {
         w.apply(change)?;
     }
+    w.write_new_doses()?;
     w.write_counters()?;
     if w.seq != seq {
         meta.insert(META_DOSE_SEQ, w.seq).map_err(storage("writing the sequence number"))?;
@@ -852,9 +863,13 @@ impl Writer<'_> {
     fn apply(&mut self, change: ChangeSet) -> Result<()> {
         let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit } = change;
         for mut dose in new_doses {
-            // The id index tells whether the id was taken (its insert returns the entry it
-            // replaced); a conflict aborts the whole transaction, so nothing is overwritten.
+            // Written with the id index, which tells whether the id was taken (its insert
+            // returns the entry it replaced; a conflict aborts the whole transaction, so
+            // nothing is overwritten), by `write_new_doses`.
             self.write_dose(None, &mut dose)?;
+        }
+        if !updated_doses.is_empty() {
+            self.write_new_doses()?;
         }
         for mut dose in updated_doses {
             let Some(stored) = get_dose::<DoseRecord, _, _>(&self.doses, &self.ids, dose.id.as_bytes())? else {
@@ -930,23 +945,56 @@ impl Writer<'_> {
         }
         self.seq = self.seq.checked_add(1).ok_or_else(|| exhausted("dose"))?;
         dose.seq = self.seq;
-        encode_into("encoding a dose", &*dose, &mut self.buf)?;
         let id = dose.id;
-        self.doses.insert(key.as_slice(), self.buf.as_slice()).map_err(storage("writing a dose"))?;
-        if stored.is_none_or(|old| old.voucher != dose.voucher) {
-            let taken = self.ids.insert(id.as_bytes(), &voucher).map_err(storage("writing the dose id index"))?.is_some();
-            if taken && stored.is_none() {
-                return Err(conflict(format!("dose {id} already exists")));
+        let site = site_key(&dose.details().site, dose.registered_on_jst(), &id);
+        if stored.is_none() {
+            self.new_rows.push((key, encode("encoding a dose", &*dose)?));
+            self.new_ids.push((*id.as_bytes(), voucher));
+            self.new_sites.push(site);
+        } else {
+            encode_into("encoding a dose", &*dose, &mut self.buf)?;
+            self.doses.insert(key.as_slice(), self.buf.as_slice()).map_err(storage("writing a dose"))?;
+            if stored.is_some_and(|old| old.voucher != dose.voucher) {
+                self.ids.insert(id.as_bytes(), &voucher).map_err(storage("writing the dose id index"))?;
             }
+            self.by_site.insert(site.as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }
         self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), &key).map_err(storage("writing a dose index entry"))?;
         if dose.matched.is_none() {
             self.unmatched.insert(unmatched_key(&dose.owner(), &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }
-        self.by_site
-            .insert(site_key(&dose.details().site, dose.registered_on_jst(), &id).as_slice(), ())
-            .map_err(storage("writing a dose index entry"))?;
         Ok(())
+    }
+
+    /// Writes the new doses held back by [`write_dose`](Self::write_dose), each table in
+    /// key order; fails with a conflict when an id was taken.
+    fn write_new_doses(&mut self) -> Result<()> {
+        let mut ids = std::mem::take(&mut self.new_ids);
+        ids.sort_unstable();
+        for (id, voucher) in &ids {
+            if self.ids.insert(id, voucher).map_err(storage("writing the dose id index"))?.is_some() {
+                return Err(conflict(format!("dose {} already exists", DoseId::from_bytes(*id))));
+            }
+        }
+        let mut sites = std::mem::take(&mut self.new_sites);
+        sites.sort_unstable();
+        for key in &sites {
+            self.by_site.insert(key.as_slice(), ()).map_err(storage("writing a dose index entry"))?;
+        }
+        let mut rows = std::mem::take(&mut self.new_rows);
+        rows.sort_unstable_by_key(|r| r.0);
+        write_runs(
+            &mut self.doses,
+            rows.into_iter().map(Ok),
+            |(k, v), key, value| {
+                key.clear();
+                key.extend_from_slice(k);
+                value.clear();
+                value.extend_from_slice(v);
+                Ok(())
+            },
+            |_, _, _| Ok(()),
+        )
     }
 
     fn write_finding(&mut self, f: &Finding) -> Result<()> {
