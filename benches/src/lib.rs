@@ -45,6 +45,28 @@ pub fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time this process has used so far, all threads (live or ended) together, from
+/// /proc/self/stat (10 ms resolution); zero where unavailable. On a shared machine the
+/// wall-clock figures depend on how much CPU the other tenants leave; the CPU time of a
+/// phase does not, so the benchmarks print it beside them.
+pub fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return Duration::ZERO };
+    // Fields after the command name (which is in parentheses and may hold spaces):
+    // state is field 3, utime 14 and stime 15, in clock ticks (USER_HZ, 100 on Linux).
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return Duration::ZERO };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}
+
+/// Runs `f` and returns its result with the elapsed wall-clock time and the CPU time the
+/// process used meanwhile ([`cpu_time`]).
+pub fn timed_cpu<T>(f: impl FnOnce() -> T) -> (T, Duration, Duration) {
+    let cpu = cpu_time();
+    let (out, wall) = timed(f);
+    (out, wall, cpu_time().saturating_sub(cpu))
+}
+
 /// Resets the peak-RSS counter (VmHWM) so the next phase's peak can be read alone.
 pub fn reset_peak_rss() {
     // Writing 5 to clear_refs resets VmHWM (Linux ≥ 4.0); ignored elsewhere.

@@ -101,26 +101,54 @@ pub struct ImportOutcome {
     pub reconciled: ReconcileReport,
 }
 
-/// Doses written earlier in the same batch, seen by later decisions of that batch.
+/// What a batch decided so far: its change sets, and the doses and findings in them,
+/// seen by the batch's later decisions. The records stay in the change sets (the batch
+/// writes them as they are); the indexes say where.
 #[derive(Default)]
 struct Pending {
-    doses: HashMap<DoseId, DoseRecord>,
+    sets: Vec<ChangeSet>,
+    doses: HashMap<DoseId, DoseAt>,
     by_voucher: HashMap<VoucherRef, Vec<DoseId>>,
-    findings: HashMap<(DoseId, FindingKind), Finding>,
+    /// Ordered by dose, so that one dose's findings are a range (a batch of thousands
+    /// looks them up once per decision): (set, position in its findings).
+    findings: BTreeMap<(DoseId, FindingKind), (usize, usize)>,
+}
+
+/// Where a dose of [`Pending`] is: its change set, and its position among that set's
+/// new (or updated) doses.
+#[derive(Clone, Copy)]
+struct DoseAt {
+    set: usize,
+    updated: bool,
+    index: usize,
 }
 
 impl Pending {
-    fn absorb(&mut self, cs: &ChangeSet) {
-        for d in cs.new_doses.iter().chain(&cs.updated_doses) {
+    fn push(&mut self, cs: ChangeSet) {
+        let set = self.sets.len();
+        let new = cs.new_doses.iter().enumerate().map(|(index, d)| (d, DoseAt { set, updated: false, index }));
+        let updated = cs.updated_doses.iter().enumerate().map(|(index, d)| (d, DoseAt { set, updated: true, index }));
+        for (d, at) in new.chain(updated) {
             let ids = self.by_voucher.entry(d.voucher).or_default();
             if !ids.contains(&d.id) {
                 ids.push(d.id);
             }
-            self.doses.insert(d.id, d.clone());
+            self.doses.insert(d.id, at);
         }
-        for f in &cs.findings {
-            self.findings.insert((f.dose, f.kind), f.clone());
+        for (i, f) in cs.findings.iter().enumerate() {
+            self.findings.insert((f.dose, f.kind), (set, i));
         }
+        self.sets.push(cs);
+    }
+
+    fn dose(&self, id: &DoseId) -> Option<&DoseRecord> {
+        let at = self.doses.get(id)?;
+        let cs = self.sets.get(at.set)?;
+        if at.updated { cs.updated_doses.get(at.index) } else { cs.new_doses.get(at.index) }
+    }
+
+    fn finding(&self, (set, index): (usize, usize)) -> Option<&Finding> {
+        self.sets.get(set)?.findings.get(index)
     }
 }
 
@@ -214,7 +242,7 @@ impl Registry {
     fn overlay_doses(pending: &Pending, voucher: VoucherRef, mut doses: Vec<DoseRecord>) -> Vec<DoseRecord> {
         if let Some(ids) = pending.by_voucher.get(&voucher) {
             for id in ids {
-                if let Some(p) = pending.doses.get(id) {
+                if let Some(p) = pending.dose(id) {
                     match doses.iter_mut().find(|d| d.id == *id) {
                         Some(d) => *d = p.clone(),
                         None => doses.push(p.clone()),
@@ -228,12 +256,15 @@ impl Registry {
     /// A dose's stored findings with the batch's own findings of that dose over them.
     fn overlay_findings(pending: &Pending, dose: DoseId, mut found: Vec<Finding>) -> Vec<Finding> {
         for f in found.iter_mut() {
-            if let Some(p) = pending.findings.get(&(f.dose, f.kind)) {
+            if let Some(p) = pending.findings.get(&(f.dose, f.kind)).and_then(|at| pending.finding(*at)) {
                 *f = p.clone();
             }
         }
-        for ((d, k), f) in &pending.findings {
-            if *d == dose && !found.iter().any(|x| x.kind == *k) {
+        let Some(first) = FindingKind::ALL.iter().copied().min() else { return found };
+        for ((_, k), at) in pending.findings.range((dose, first)..).take_while(|((d, _), _)| *d == dose) {
+            if let Some(f) = pending.finding(*at)
+                && !found.iter().any(|x| x.kind == *k)
+            {
                 found.push(f.clone());
             }
         }
@@ -286,10 +317,12 @@ impl Registry {
 
     /// Re-assesses a person's doses after `changed` replaced or joined them, producing
     /// the findings to write.
-    fn reassess(&self, view: &PersonView, now: DateTime<Utc>) -> Vec<Finding> {
-        let refs: Vec<&DoseRecord> = view.doses.iter().collect();
+    /// `extra` is a dose joining the view (a new registration), passed apart so that it
+    /// need not be copied into it.
+    fn reassess(&self, view: &PersonView, extra: Option<&DoseRecord>, now: DateTime<Utc>) -> Vec<Finding> {
+        let refs: Vec<&DoseRecord> = view.doses.iter().chain(extra).collect();
         let assessed = assess_person(view.resident.as_ref(), &refs, &self.catalogue);
-        let owners: BTreeMap<DoseId, MunicipalityCode> = view.doses.iter().map(|d| (d.id, d.owner())).collect();
+        let owners: BTreeMap<DoseId, MunicipalityCode> = refs.iter().map(|d| (d.id, d.owner())).collect();
         diff_findings(&view.findings, &assessed, |id| owners.get(&id).copied(), now)
     }
 
@@ -336,7 +369,7 @@ impl Registry {
             Some(c) => c,
             None => self.person_context(ocr.voucher, Some(id)).await?,
         };
-        let replay = match pending.doses.get(&id) {
+        let replay = match pending.dose(&id) {
             Some(first) => Some((first.clone(), self.view_findings(pending, id).await?)),
             None => context.existing.clone().map(|(d, f)| (d, Self::overlay_findings(pending, id, f))),
         };
@@ -355,7 +388,7 @@ impl Registry {
         }
         let valid = validate_registration(reg, &account.site, &self.catalogue, jst_date(now))?;
         let voucher = valid.ocr.voucher;
-        let mut view = Self::person_view(pending, context);
+        let view = Self::person_view(pending, context);
         // Registration order decides which of two colliding doses carries the finding, so
         // a new dose is always registered after every dose it was decided against, even
         // when the clock has not moved (a batch, a fixed clock, coarse time).
@@ -379,8 +412,7 @@ impl Registry {
             revision: 1,
             seq: 0,
         };
-        view.doses.push(record.clone());
-        let findings = self.reassess(&view, now);
+        let findings = self.reassess(&view, Some(&record), now);
         let own = Self::open_findings_of(&findings, &view.findings, id);
         let mut cs = ChangeSet::default();
         // The slot guards racing registrations of the same dose number; when another active
@@ -465,14 +497,12 @@ impl Registry {
             return Err(Error::Storage { message: "the store answered a different number of person contexts".into(), source: None });
         }
         let mut pending = Pending::default();
-        let mut sets = Vec::new();
         let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
         for (reg, query) in regs.iter().zip(&queries) {
             let context = if query.is_some() { answers.next() } else { None };
             match self.decide_registration(&pending, &account, &who, reg, context).await {
                 Ok((Some(cs), outcome)) => {
-                    pending.absorb(&cs);
-                    sets.push(cs);
+                    pending.push(cs);
                     results.push(Ok(outcome));
                 }
                 Ok((None, outcome)) => results.push(Ok(outcome)),
@@ -480,10 +510,10 @@ impl Registry {
                 Err(e) => results.push(Err(e)),
             }
         }
-        if sets.is_empty() {
+        if pending.sets.is_empty() {
             return Ok(results);
         }
-        match self.store.apply(sets).await {
+        match self.store.apply(pending.sets).await {
             Ok(_) => {
                 let mut out = Vec::with_capacity(results.len());
                 for result in results {
@@ -579,7 +609,7 @@ impl Registry {
             for d in view.doses.iter_mut().filter(|d| d.id == id) {
                 *d = record.clone();
             }
-            let mut cs = ChangeSet { findings: self.reassess(&view, now), ..ChangeSet::default() };
+            let mut cs = ChangeSet { findings: self.reassess(&view, None, now), ..ChangeSet::default() };
             if voided {
                 // A voided dose keeps no open finding.
                 for f in view.findings.iter().filter(|f| f.dose == id && f.open) {
@@ -736,7 +766,7 @@ impl Registry {
             }
             let n = cs.updated_doses.len() as u64;
             cs.counters = merge_deltas(counters);
-            cs.findings = self.reassess(&view, now);
+            cs.findings = self.reassess(&view, None, now);
             match self.store.apply(vec![cs]).await {
                 Ok(_) => return Ok(n),
                 Err(e) if e.is_conflict() => last = Some(e),

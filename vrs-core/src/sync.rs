@@ -28,7 +28,8 @@
 //!
 //! # Applying it ([`Registry::apply_sync_batch`])
 //!
-//! Registrations go through [`Registry::register_batch`], a durable commit per 500: a key
+//! Registrations go through [`Registry::register_batch`], one durable commit for the whole batch
+//! (up to 20,000 registrations): a key
 //! already used replays the first result. A change names the version it creates: when the dose already has
 //! that version, written by this account with the same reason, it is a replay; when it has the
 //! version before, the change is applied through [`Registry::correct`] / [`Registry::void`];
@@ -65,8 +66,11 @@ pub const REPLY_FORMAT: &str = "vrs.sync.reply";
 /// The version of both formats this code writes and reads.
 pub const SYNC_VERSION: u32 = 1;
 
-/// Registrations of a batch committed together.
-const REGISTRATION_CHUNK: usize = 500;
+/// Registrations of a batch committed together. A tablet's batch is decided against one
+/// read and written in one commit up to this size (each commit rewrites every page its
+/// registrations touched, so fewer commits write far less); only a larger batch is split,
+/// to bound the in-memory overlay of what it registered.
+const REGISTRATION_CHUNK: usize = 20_000;
 
 /// A batch of what a tablet recorded, in the order it recorded it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

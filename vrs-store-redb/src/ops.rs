@@ -1,6 +1,7 @@
 //! The synchronous side: every redb transaction of the store. These functions block and
 //! run on the `blocking` thread pool, never on an async executor's threads.
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::mpsc;
 
@@ -117,7 +118,6 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
     open_write(txn, DOSES_BY_SEQ)?;
     open_write(txn, UNMATCHED)?;
     open_write(txn, DOSES_BY_SITE)?;
-    open_write(txn, SLOTS)?;
     open_write(txn, FINDINGS)?;
     open_write(txn, FINDINGS_BY_MUNICIPALITY)?;
     open_write(txn, ACCOUNTS)?;
@@ -560,8 +560,10 @@ pub(crate) fn doses_by_vouchers(db: &Database, vouchers: &[[u8; VOUCHER_KEY]]) -
 fn voucher_doses<T: ReadableTable<Bytes, Bytes>>(doses: &T, voucher: &[u8; VOUCHER_KEY]) -> Result<Vec<DoseRecord>> {
     let mut out = Vec::new();
     for entry in prefixed(doses, voucher)? {
-        let (_, v) = entry.map_err(storage("scanning a voucher's doses"))?;
-        out.push(decode("decoding a dose", v.value())?);
+        let (k, v) = entry.map_err(storage("scanning a voucher's doses"))?;
+        if is_dose_key(k.value()) {
+            out.push(decode("decoding a dose", v.value())?);
+        }
     }
     Ok(out)
 }
@@ -597,7 +599,10 @@ pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, ou
     match scan {
         DoseScan::ByVoucher => {
             for entry in prefixed(&doses, &muni(m))? {
-                let (_, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                if !is_dose_key(k.value()) {
+                    continue;
+                }
                 if !send(&mut chunk, decode("decoding a dose", v.value())?, &mut high) {
                     return Ok(high);
                 }
@@ -638,7 +643,10 @@ pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async
         Ok(out.send_blocking(chunk).is_ok())
     };
     for entry in prefixed(&doses, &muni(m))? {
-        let (_, v) = entry.map_err(storage("scanning doses by voucher"))?;
+        let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+        if !is_dose_key(k.value()) {
+            continue;
+        }
         batch.push(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
         if batch.len() == LEDGER_SCAN_CHUNK && !send(&mut batch)? {
             // The visitor stopped the scan.
@@ -832,7 +840,6 @@ struct Writer<'t> {
     by_seq: Table<'t, Bytes, &'static [u8; DOSE_KEY]>,
     unmatched: Table<'t, Bytes, ()>,
     by_site: Table<'t, Bytes, ()>,
-    slots: Table<'t, &'static [u8; SLOT_KEY], &'static [u8; 16]>,
     findings: Table<'t, Bytes, Bytes>,
     findings_index: Table<'t, Bytes, ()>,
     accounts: Table<'t, &'static str, Bytes>,
@@ -844,6 +851,18 @@ struct Writer<'t> {
     seq: u64,
     /// The last audit sequence number given.
     audit_seq: u64,
+    /// Counter changes summed over every change set, written once per key at the end
+    /// (a batch of registrations mostly moves the same few counters).
+    counter_deltas: BTreeMap<Vec<u8>, i64>,
+    /// A reused buffer for encoding values.
+    buf: Vec<u8>,
+    /// New doses' rows, their id index entries and their `doses_by_site` keys, written in
+    /// key order once the change sets are read (or before an update reads the tables): a
+    /// batch's registrations then touch each page once, in order, and runs of new keys
+    /// fill pages through a cursor.
+    new_rows: Vec<([u8; DOSE_KEY], Vec<u8>)>,
+    new_ids: Vec<([u8; 16], [u8; VOUCHER_KEY])>,
+    new_sites: Vec<Vec<u8>>,
 }
 
 /// Applies change sets in one durable write transaction; nothing is written when a guard
@@ -870,7 +889,6 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         by_seq: open_write(txn, DOSES_BY_SEQ)?,
         unmatched: open_write(txn, UNMATCHED)?,
         by_site: open_write(txn, DOSES_BY_SITE)?,
-        slots: open_write(txn, SLOTS)?,
         findings: open_write(txn, FINDINGS)?,
         findings_index: open_write(txn, FINDINGS_BY_MUNICIPALITY)?,
         accounts: open_write(txn, ACCOUNTS)?,
@@ -880,10 +898,17 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         audit: open_write(txn, AUDIT)?,
         seq,
         audit_seq,
+        counter_deltas: BTreeMap::new(),
+        buf: Vec::with_capacity(512),
+        new_rows: Vec::new(),
+        new_ids: Vec::new(),
+        new_sites: Vec::new(),
     };
     for change in changes {
         w.apply(change)?;
     }
+    w.write_new_doses()?;
+    w.write_counters()?;
     if w.seq != seq {
         meta.insert(META_DOSE_SEQ, w.seq).map_err(storage("writing the sequence number"))?;
     }
@@ -898,10 +923,13 @@ impl Writer<'_> {
         let ChangeSet { new_doses, updated_doses, claim_slots, release_slots, findings, counters, accounts, audit, account_secrets } =
             change;
         for mut dose in new_doses {
-            if self.ids.get(dose.id.as_bytes()).map_err(storage("reading the dose id index"))?.is_some() {
-                return Err(conflict(format!("dose {} already exists", dose.id)));
-            }
+            // Written with the id index, which tells whether the id was taken (its insert
+            // returns the entry it replaced; a conflict aborts the whole transaction, so
+            // nothing is overwritten), by `write_new_doses`.
             self.write_dose(None, &mut dose)?;
+        }
+        if !updated_doses.is_empty() {
+            self.write_new_doses()?;
         }
         for mut dose in updated_doses {
             let Some(stored) = get_dose::<DoseRecord, _, _>(&self.doses, &self.ids, dose.id.as_bytes())? else {
@@ -917,34 +945,36 @@ impl Writer<'_> {
         }
         for (slot, id) in release_slots {
             let key = slot_key(&slot.voucher, slot.dose_number);
-            let held = self.slots.get(&key).map_err(storage("reading a slot"))?.map(|g| *g.value());
-            if held.as_ref() == Some(id.as_bytes()) {
-                self.slots.remove(&key).map_err(storage("releasing a slot"))?;
+            let held = self.doses.get(key.as_slice()).map_err(storage("reading a slot"))?.map(|g| g.value() == id.as_bytes());
+            if held == Some(true) {
+                self.doses.remove(key.as_slice()).map_err(storage("releasing a slot"))?;
             }
         }
         for (slot, id) in claim_slots {
             let key = slot_key(&slot.voucher, slot.dose_number);
-            let held = self.slots.get(&key).map_err(storage("reading a slot"))?.map(|g| *g.value());
-            match held {
-                None => {
-                    self.slots.insert(&key, id.as_bytes()).map_err(storage("claiming a slot"))?;
-                }
-                Some(held) if &held == id.as_bytes() => {}
-                Some(held) => {
-                    return Err(conflict(format!(
-                        "dose {} of voucher {} is already held by dose {}",
-                        slot.dose_number,
-                        slot.voucher,
-                        DoseId::from_bytes(held)
-                    )));
-                }
+            // Claimed by inserting; what it replaced says whether another dose held it (a
+            // conflict aborts the whole transaction, so nothing is overwritten).
+            let held = self
+                .doses
+                .insert(key.as_slice(), id.as_bytes().as_slice())
+                .map_err(storage("claiming a slot"))?
+                .map(|g| id_suffix(g.value()));
+            if let Some(held) = held.filter(|held| held != id.as_bytes()) {
+                return Err(conflict(format!(
+                    "dose {} of voucher {} is already held by dose {}",
+                    slot.dose_number,
+                    slot.voucher,
+                    DoseId::from_bytes(held)
+                )));
             }
         }
         for finding in findings {
             self.write_finding(&finding)?;
         }
         for (key, delta) in counters {
-            self.add_counter(&key, delta)?;
+            if delta != 0 {
+                *self.counter_deltas.entry(counter_key(&key)?).or_default() += delta;
+            }
         }
         for account in accounts {
             self.write_account(&account)?;
@@ -955,9 +985,9 @@ impl Writer<'_> {
         }
         for event in audit {
             self.audit_seq = self.audit_seq.checked_add(1).ok_or_else(|| exhausted("audit"))?;
-            let value = encode("encoding an audit event", &event)?;
+            encode_into("encoding an audit event", &event, &mut self.buf)?;
             self.audit
-                .insert(seq_key(&event.municipality, self.audit_seq).as_slice(), value.as_slice())
+                .insert(seq_key(&event.municipality, self.audit_seq).as_slice(), self.buf.as_slice())
                 .map_err(storage("writing the audit trail"))?;
         }
         Ok(())
@@ -979,20 +1009,56 @@ impl Writer<'_> {
         }
         self.seq = self.seq.checked_add(1).ok_or_else(|| exhausted("dose"))?;
         dose.seq = self.seq;
-        let value = encode("encoding a dose", &*dose)?;
         let id = dose.id;
-        self.doses.insert(key.as_slice(), value.as_slice()).map_err(storage("writing a dose"))?;
-        if stored.is_none_or(|old| old.voucher != dose.voucher) {
-            self.ids.insert(id.as_bytes(), &voucher).map_err(storage("writing the dose id index"))?;
+        let site = site_key(&dose.details().site, dose.registered_on_jst(), &id);
+        if stored.is_none() {
+            self.new_rows.push((key, encode("encoding a dose", &*dose)?));
+            self.new_ids.push((*id.as_bytes(), voucher));
+            self.new_sites.push(site);
+        } else {
+            encode_into("encoding a dose", &*dose, &mut self.buf)?;
+            self.doses.insert(key.as_slice(), self.buf.as_slice()).map_err(storage("writing a dose"))?;
+            if stored.is_some_and(|old| old.voucher != dose.voucher) {
+                self.ids.insert(id.as_bytes(), &voucher).map_err(storage("writing the dose id index"))?;
+            }
+            self.by_site.insert(site.as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }
         self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), &key).map_err(storage("writing a dose index entry"))?;
         if dose.matched.is_none() {
             self.unmatched.insert(unmatched_key(&dose.owner(), &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }
-        self.by_site
-            .insert(site_key(&dose.details().site, dose.registered_on_jst(), &id).as_slice(), ())
-            .map_err(storage("writing a dose index entry"))?;
         Ok(())
+    }
+
+    /// Writes the new doses held back by [`write_dose`](Self::write_dose), each table in
+    /// key order; fails with a conflict when an id was taken.
+    fn write_new_doses(&mut self) -> Result<()> {
+        let mut ids = std::mem::take(&mut self.new_ids);
+        ids.sort_unstable();
+        for (id, voucher) in &ids {
+            if self.ids.insert(id, voucher).map_err(storage("writing the dose id index"))?.is_some() {
+                return Err(conflict(format!("dose {} already exists", DoseId::from_bytes(*id))));
+            }
+        }
+        let mut sites = std::mem::take(&mut self.new_sites);
+        sites.sort_unstable();
+        for key in &sites {
+            self.by_site.insert(key.as_slice(), ()).map_err(storage("writing a dose index entry"))?;
+        }
+        let mut rows = std::mem::take(&mut self.new_rows);
+        rows.sort_unstable_by_key(|r| r.0);
+        write_runs(
+            &mut self.doses,
+            rows.into_iter().map(Ok),
+            |(k, v), key, value| {
+                key.clear();
+                key.extend_from_slice(k);
+                value.clear();
+                value.extend_from_slice(v);
+                Ok(())
+            },
+            |_, _, _| Ok(()),
+        )
     }
 
     fn write_finding(&mut self, f: &Finding) -> Result<()> {
@@ -1013,19 +1079,21 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn add_counter(&mut self, key: &StatsKey, delta: i64) -> Result<()> {
-        if delta == 0 {
-            return Ok(());
-        }
-        let k = counter_key(key)?;
-        let current = self.counters.get(k.as_slice()).map_err(storage("reading a counter"))?.map(|g| g.value()).unwrap_or(0);
-        let Some(next) = current.checked_add(delta) else {
-            return Err(Error::Storage { message: "a statistics counter overflowed".into(), source: None });
-        };
-        if next == 0 {
-            self.counters.remove(k.as_slice()).map_err(storage("removing a counter"))?;
-        } else {
-            self.counters.insert(k.as_slice(), next).map_err(storage("writing a counter"))?;
+    /// Writes the summed counter changes, each counter once.
+    fn write_counters(&mut self) -> Result<()> {
+        for (k, delta) in std::mem::take(&mut self.counter_deltas) {
+            if delta == 0 {
+                continue;
+            }
+            let current = self.counters.get(k.as_slice()).map_err(storage("reading a counter"))?.map(|g| g.value()).unwrap_or(0);
+            let Some(next) = current.checked_add(delta) else {
+                return Err(Error::Storage { message: "a statistics counter overflowed".into(), source: None });
+            };
+            if next == 0 {
+                self.counters.remove(k.as_slice()).map_err(storage("removing a counter"))?;
+            } else {
+                self.counters.insert(k.as_slice(), next).map_err(storage("writing a counter"))?;
+            }
         }
         Ok(())
     }
@@ -1051,4 +1119,24 @@ impl Writer<'_> {
 
 fn exhausted(what: &str) -> Error {
     Error::Storage { message: format!("the {what} sequence numbers are exhausted"), source: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_another_layout_is_refused_with_its_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_VERSION - 1).unwrap();
+            txn.commit().unwrap();
+        }
+        let message = crate::RedbStore::open(&path).unwrap_err().to_string();
+        let old = format!("layout version {}", SCHEMA_VERSION - 1);
+        assert!(message.contains(&old) && message.contains(&format!("reads version {SCHEMA_VERSION}")), "{message}");
+    }
 }

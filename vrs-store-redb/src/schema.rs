@@ -11,11 +11,11 @@
 //! | `previous_vouchers` | prev m(6) · prev voucher(10) · m(6) · addressee | () |
 //! | `moved_in` | m(6) · addressee | () |
 //! | `doses` | m(6) · voucher(10) · dose id(16) | [`DoseRecord`] |
+//! | `doses` (slots) | m(6) · voucher(10) · dose number(1) | dose id(16) |
 //! | `dose_ids` | dose id(16) | m(6) · voucher(10) |
 //! | `doses_by_seq` | m(6) · seq(8, big-endian) | `doses` key(32) |
 //! | `unmatched` | m(6) · dose id(16) | () |
 //! | `doses_by_site` | site id length(1) · site id · JST date(4) · dose id(16) | () |
-//! | `slots` | m(6) · voucher(10) · dose number(1) | dose id(16) |
 //! | `findings` | dose id(16) · kind(1) | [`Finding`] |
 //! | `findings_by_municipality` | m(6) · open flag(1: 0 open, 1 closed) · dose id(16) · kind(1) | () |
 //! | `accounts` | account id | [`TabletAccount`] |
@@ -30,6 +30,10 @@
 //!
 //! Doses are stored in voucher order, so that a municipality's ledger and a person's
 //! doses are read as ranges of neighbouring pages; `dose_ids` finds a dose by its id.
+//! The slots (which dose holds each dose number of a voucher, the guard against racing
+//! registrations) live in the `doses` table beside that voucher's doses, told apart by
+//! their shorter key ([`is_dose_key`]): a registration then writes the page it writes its
+//! dose to, not one more page of a table of its own (layout version 4).
 //!
 //! [`Resident`]: vrs_core::resident::Resident
 //! [`DoseRecord`]: vrs_core::dose::DoseRecord
@@ -56,7 +60,6 @@ pub(crate) const DOSE_IDS: TableDefinition<&[u8; 16], &[u8; VOUCHER_KEY]> = Tabl
 pub(crate) const DOSES_BY_SEQ: TableDefinition<Bytes, &[u8; DOSE_KEY]> = TableDefinition::new("doses_by_seq");
 pub(crate) const UNMATCHED: TableDefinition<Bytes, ()> = TableDefinition::new("unmatched");
 pub(crate) const DOSES_BY_SITE: TableDefinition<Bytes, ()> = TableDefinition::new("doses_by_site");
-pub(crate) const SLOTS: TableDefinition<&[u8; SLOT_KEY], &[u8; 16]> = TableDefinition::new("slots");
 pub(crate) const FINDINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new("findings");
 pub(crate) const FINDINGS_BY_MUNICIPALITY: TableDefinition<Bytes, ()> = TableDefinition::new("findings_by_municipality");
 pub(crate) const ACCOUNTS: TableDefinition<&str, Bytes> = TableDefinition::new("accounts");
@@ -73,7 +76,7 @@ pub(crate) const META_DOSE_SEQ: &str = "seq";
 /// `meta` entry: the last sequence number given to an audit event.
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.
-pub(crate) const SCHEMA_VERSION: u64 = 3;
+pub(crate) const SCHEMA_VERSION: u64 = 4;
 
 /// Length of a municipality code in a key.
 pub(crate) const M: usize = 6;
@@ -81,7 +84,7 @@ pub(crate) const M: usize = 6;
 pub(crate) const VOUCHER_KEY: usize = M + 10;
 /// Length of a `doses` key: voucher key and dose id.
 pub(crate) const DOSE_KEY: usize = VOUCHER_KEY + 16;
-/// Length of a `slots` key: voucher key and dose number.
+/// Length of a slot's key in `doses`: voucher key and dose number.
 pub(crate) const SLOT_KEY: usize = VOUCHER_KEY + 1;
 /// An encoded addressee: one length byte and at most 15 digits.
 pub(crate) type Addressee = [u8; 16];
@@ -184,7 +187,12 @@ pub(crate) fn site_key(site: &SiteId, day: NaiveDate, id: &DoseId) -> Vec<u8> {
     k
 }
 
-/// The `slots` key.
+/// Whether a `doses` key is a dose's (the others are slots).
+pub(crate) fn is_dose_key(key: &[u8]) -> bool {
+    key.len() == DOSE_KEY
+}
+
+/// A slot's key in `doses`.
 pub(crate) fn slot_key(v: &VoucherRef, dose_number: u8) -> [u8; SLOT_KEY] {
     let mut k = [0u8; SLOT_KEY];
     k[..VOUCHER_KEY].copy_from_slice(&voucher_key(v));

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use vrs_benches::{Scale, note, proc_status_kib, report, report_absolute, reset_peak_rss, timed};
+use vrs_benches::{Scale, cpu_time, note, proc_status_kib, report, report_absolute, reset_peak_rss, timed, timed_cpu};
 use vrs_core::access::{Actor, Site};
 use vrs_core::dose::{DoseDetails, DoseRecord, DoseRegistration, DoseVersion};
 use vrs_core::generate::{GenOptions, HeaderLanguage, ResidentGenerator, write_residents_csv};
@@ -293,10 +293,14 @@ fn main() {
     let clock = Arc::new(FixedClock::new(Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).unwrap()));
     let registry = Registry::new(store.clone(), clock.clone());
     let ledger = dir.path().join("ledger.csv");
+    let cpu = cpu_time();
     let (doses, t_export) = export(&rt, &registry, OutputEncoding::Utf8, &ledger);
+    let cpu_export = cpu_time().saturating_sub(cpu);
     assert_eq!(doses, seeded);
     let rows_in_memory: Vec<csv::StringRecord> = csv::Reader::from_path(&ledger).unwrap().records().map(|r| r.unwrap()).collect();
+    let cpu = cpu_time();
     let t_plain = plain_csv(&rows_in_memory, &dir.path().join("plain.csv"));
+    let cpu_plain = cpu_time().saturating_sub(cpu);
     let export_rate = doses as f64 / t_export.as_secs_f64();
     all_ok &= report(
         "ledger export UTF-8 (doses/s)",
@@ -305,6 +309,10 @@ fn main() {
         "csv writer, same rows from memory",
         doses as f64 / t_plain.as_secs_f64(),
         0.7,
+    );
+    note(
+        "ledger export UTF-8 / csv writer, CPU time",
+        format!("{:.0} / {:.0} ms (all threads)", cpu_export.as_secs_f64() * 1000.0, cpu_plain.as_secs_f64() * 1000.0),
     );
     let (_, t_export_sjis) = export(&rt, &registry, OutputEncoding::ShiftJis, &dir.path().join("ledger.sjis.csv"));
     all_ok &= report(
@@ -332,7 +340,7 @@ fn main() {
     let singles = scale.pick(100, 1_000);
     let first = n / 2; // persons without doses yet
     let regs = registrations("single", m, &options, first..first + singles);
-    let ((), t_single) = timed(|| {
+    let ((), t_single, cpu_single) = timed_cpu(|| {
         rt.block_on(async {
             for r in &regs {
                 registry.register(&tablet, r).await.unwrap();
@@ -341,7 +349,7 @@ fn main() {
     });
     let batched = scale.pick(1_000, 10_000);
     let regs = registrations("batch", m, &options, first + singles..first + singles + batched);
-    let ((), t_batch) = timed(|| {
+    let ((), t_batch, cpu_batch) = timed_cpu(|| {
         rt.block_on(async {
             for chunk in regs.chunks(500) {
                 for r in registry.register_batch(&tablet, chunk).await.unwrap() {
@@ -358,6 +366,14 @@ fn main() {
         "one durable commit per dose",
         single_rate,
         10.0,
+    );
+    note(
+        "register, CPU time per dose (all threads)",
+        format!(
+            "batches {:.0} µs, single commits {:.0} µs",
+            cpu_batch.as_secs_f64() * 1e6 / batched as f64,
+            cpu_single.as_secs_f64() * 1e6 / singles as f64
+        ),
     );
 
     println!();
