@@ -23,6 +23,9 @@ use crate::store::{
 use crate::vaccine::{Catalogue, ProductCode};
 use crate::{Error, Result};
 
+/// Vouchers matched per commit when an upload or a reconciliation meets waiting doses.
+const MATCH_BATCH: usize = 500;
+
 /// How many times an operation is re-decided after a store conflict before giving up.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -484,12 +487,49 @@ impl Registry {
 
     /// Registers many doses in one durable commit (a tablet's sync batch, a bulk load).
     /// Each entry gets its own result; a rejected entry does not stop the others. If
-    /// the batch meets a conflict, its entries are registered one by one instead.
+    /// the commit meets a conflict (another writer touched one of the batch's persons in
+    /// between), the batch is read and decided again; only if it keeps conflicting are its
+    /// entries registered one by one.
     pub async fn register_batch(&self, actor: &Actor, regs: &[DoseRegistration]) -> Result<Vec<Result<RegistrationOutcome>>> {
         let (account, who) = self.site_account(actor).await?;
-        // Everything the batch is decided against, in one read: nothing is written before
-        // the batch's one commit, so each entry sees what it would have read on its own,
-        // and the entries before it through `pending`.
+        for _ in 0..MAX_ATTEMPTS {
+            let (pending, results) = self.decide_batch(&account, &who, regs).await?;
+            if pending.sets.is_empty() {
+                return Ok(results);
+            }
+            match self.store.apply(pending.sets).await {
+                Ok(_) => {
+                    let mut out = Vec::with_capacity(results.len());
+                    for result in results {
+                        out.push(match result {
+                            Ok(outcome) => self.match_if_uploaded_meanwhile(&account, outcome).await,
+                            Err(e) => Err(e),
+                        });
+                    }
+                    return Ok(out);
+                }
+                // Re-deciding costs one read and the decisions; falling back to one commit
+                // per entry at once would cost a durable commit per entry of a large batch.
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = Vec::with_capacity(regs.len());
+        for reg in regs {
+            out.push(self.register_one(&account, &who, reg).await);
+        }
+        Ok(out)
+    }
+
+    /// Decides every entry of a batch against one read of the persons involved: nothing
+    /// is written before the batch's one commit, so each entry sees what it would have read
+    /// on its own, and the entries before it through the pending change sets.
+    async fn decide_batch(
+        &self,
+        account: &TabletAccount,
+        who: &str,
+        regs: &[DoseRegistration],
+    ) -> Result<(Pending, Vec<Result<RegistrationOutcome>>)> {
         let queries = Self::registration_queries(regs);
         let asked: Vec<PersonQuery> = queries.iter().flatten().copied().collect();
         let mut answers = self.store.person_contexts(&asked).await?.into_iter();
@@ -500,7 +540,7 @@ impl Registry {
         let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
         for (reg, query) in regs.iter().zip(&queries) {
             let context = if query.is_some() { answers.next() } else { None };
-            match self.decide_registration(&pending, &account, &who, reg, context).await {
+            match self.decide_registration(&pending, account, who, reg, context).await {
                 Ok((Some(cs), outcome)) => {
                     pending.push(cs);
                     results.push(Ok(outcome));
@@ -510,29 +550,7 @@ impl Registry {
                 Err(e) => results.push(Err(e)),
             }
         }
-        if pending.sets.is_empty() {
-            return Ok(results);
-        }
-        match self.store.apply(pending.sets).await {
-            Ok(_) => {
-                let mut out = Vec::with_capacity(results.len());
-                for result in results {
-                    out.push(match result {
-                        Ok(outcome) => self.match_if_uploaded_meanwhile(&account, outcome).await,
-                        Err(e) => Err(e),
-                    });
-                }
-                Ok(out)
-            }
-            Err(e) if e.is_conflict() => {
-                let mut out = Vec::with_capacity(regs.len());
-                for reg in regs {
-                    out.push(self.register_one(&account, &who, reg).await);
-                }
-                Ok(out)
-            }
-            Err(e) => Err(e),
-        }
+        Ok((pending, results))
     }
 
     /// A dose just stored unmatched may have raced the upload holding its voucher:
@@ -730,10 +748,56 @@ impl Registry {
         vouchers.sort();
         vouchers.dedup();
         let mut report = ReconcileReport::default();
-        for voucher in vouchers {
-            report.matched += self.match_voucher(principal, voucher).await?;
+        for chunk in vouchers.chunks(MATCH_BATCH) {
+            report.matched += self.match_voucher_batch(principal, chunk).await?;
         }
         Ok(report)
+    }
+
+    /// Matches the unmatched doses of many vouchers decided against one read and written
+    /// in one commit: an upload that meets thousands of waiting doses would otherwise
+    /// spend a durable commit on each voucher. A voucher whose person another voucher of
+    /// the batch already reached waits for its own pass (its view must include the
+    /// other's matches); a conflict sends the batch one voucher at a time, each re-read.
+    async fn match_voucher_batch(&self, principal: &Principal, vouchers: &[VoucherRef]) -> Result<u64> {
+        let queries: Vec<PersonQuery> = vouchers.iter().map(|&voucher| PersonQuery { voucher, dose: None }).collect();
+        let contexts = self.store.person_contexts(&queries).await?;
+        if contexts.len() != queries.len() {
+            return Err(Error::Storage { message: "the store answered a different number of person contexts".into(), source: None });
+        }
+        let now = self.clock.now();
+        let mut persons = std::collections::HashSet::new();
+        let mut later = Vec::new();
+        let mut sets = Vec::new();
+        let mut matched = 0;
+        for (&voucher, context) in vouchers.iter().zip(contexts) {
+            let Some(resident) = context.resident.clone() else { continue };
+            if !persons.insert(resident.person.clone()) {
+                later.push(voucher);
+                continue;
+            }
+            if let Some(cs) = self.match_change_set(principal, &resident, context, now) {
+                matched += cs.updated_doses.len() as u64;
+                sets.push(cs);
+            }
+        }
+        if !sets.is_empty() {
+            match self.store.apply(sets).await {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() => {
+                    let mut matched = 0;
+                    for &voucher in vouchers {
+                        matched += self.match_voucher(principal, voucher).await?;
+                    }
+                    return Ok(matched);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for voucher in later {
+            matched += self.match_voucher(principal, voucher).await?;
+        }
+        Ok(matched)
     }
 
     /// Matches the unmatched doses of one voucher, if a resident now holds or names it.
@@ -742,31 +806,8 @@ impl Registry {
         for _ in 0..MAX_ATTEMPTS {
             let context = self.person_context(voucher, None).await?;
             let Some(resident) = context.resident.clone() else { return Ok(0) };
-            let now = self.clock.now();
-            let mut view = Self::person_view(&Pending::default(), context);
-            let mut cs = ChangeSet::default();
-            let mut counters = Vec::new();
-            for d in view.doses.iter_mut().filter(|d| d.matched.is_none()) {
-                let before = key_for(d, None);
-                d.matched = Some(resident.person.clone());
-                d.revision += 1;
-                counters.extend(deltas(before, key_for(d, Some(&resident))));
-                cs.audit.push(AuditEvent {
-                    at: now,
-                    municipality: d.owner(),
-                    actor: principal.describe(),
-                    action: "match".into(),
-                    dose: Some(d.id),
-                    detail: format!("voucher {} matched to {}", d.voucher, resident.person),
-                });
-                cs.updated_doses.push(d.clone());
-            }
-            if cs.updated_doses.is_empty() {
-                return Ok(0);
-            }
+            let Some(cs) = self.match_change_set(principal, &resident, context, self.clock.now()) else { return Ok(0) };
             let n = cs.updated_doses.len() as u64;
-            cs.counters = merge_deltas(counters);
-            cs.findings = self.reassess(&view, None, now);
             match self.store.apply(vec![cs]).await {
                 Ok(_) => return Ok(n),
                 Err(e) if e.is_conflict() => last = Some(e),
@@ -774,6 +815,42 @@ impl Registry {
             }
         }
         Err(last.unwrap_or(Error::Conflict { what: format!("voucher {voucher} kept changing") }))
+    }
+
+    /// The change set matching a context's unmatched doses to `resident` (counters moved to
+    /// the resident's sex and age, findings reassessed, one audit entry per dose), or
+    /// `None` when nothing is left to match.
+    fn match_change_set(
+        &self,
+        principal: &Principal,
+        resident: &Resident,
+        context: PersonContext,
+        now: DateTime<Utc>,
+    ) -> Option<ChangeSet> {
+        let mut view = Self::person_view(&Pending::default(), context);
+        let mut cs = ChangeSet::default();
+        let mut counters = Vec::new();
+        for d in view.doses.iter_mut().filter(|d| d.matched.is_none()) {
+            let before = key_for(d, None);
+            d.matched = Some(resident.person.clone());
+            d.revision += 1;
+            counters.extend(deltas(before, key_for(d, Some(resident))));
+            cs.audit.push(AuditEvent {
+                at: now,
+                municipality: d.owner(),
+                actor: principal.describe(),
+                action: "match".into(),
+                dose: Some(d.id),
+                detail: format!("voucher {} matched to {}", d.voucher, resident.person),
+            });
+            cs.updated_doses.push(d.clone());
+        }
+        if cs.updated_doses.is_empty() {
+            return None;
+        }
+        cs.counters = merge_deltas(counters);
+        cs.findings = self.reassess(&view, None, now);
+        Some(cs)
     }
 
     /// Streams every resident a municipality uploaded to `visit`, in addressee order, for
