@@ -307,7 +307,12 @@ fn personal_data_stays_out_of_debug_errors_and_command_output() {
     // The search itself finds what it looks for.
     let mut control = Collected::default();
     control.add("a control text", format!("{NAME} born {}", BIRTH[1]));
-    assert_eq!(control.leaks().len(), 2);
+    // The name, its fragment 漏洩 and the birth date: three values found.
+    let found = control.leaks();
+    assert_eq!(found.len(), 3, "{found:?}");
+    for value in [NAME, "漏洩", BIRTH[1]] {
+        assert!(found.iter().any(|l| l.contains(&format!("shows {value:?}"))), "{value} not found in {found:?}");
+    }
 
     let leaks = seen.leaks();
     assert!(leaks.is_empty(), "{} leaks of personal data in {} texts:\n{}", leaks.len(), seen.0.len(), leaks.join("\n\n"));
