@@ -38,7 +38,11 @@ pub(crate) fn scan_dose_columns(
     match scan {
         DoseScan::ByVoucher => {
             for entry in prefixed(&doses, &muni(m))? {
-                let (_, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                // Slots live beside their voucher's doses under a shorter key (layout v4).
+                if !is_dose_key(k.value()) {
+                    continue;
+                }
                 push(&mut columns, v.value())?;
                 if columns.len() == rows && !send(&mut columns, &mut high) {
                     return Ok(high);
