@@ -56,9 +56,14 @@ fun registration(voucher: String, expiry: String? = null, date: String = TODAY) 
     idempotencyKey = null,
 )
 
+/** The tablet account's secret, printed once by `vrs accounts issue`; `sync apply` signs in with it. */
+var accountSecret: String? = null
+
 /** Runs the vrs command; returns stdout, failing the test on a non-zero exit. */
 fun vrs(bin: String, vararg args: String): String {
-    val p = ProcessBuilder(listOf(bin) + args.toList()).redirectError(ProcessBuilder.Redirect.INHERIT).start()
+    val pb = ProcessBuilder(listOf(bin) + args.toList()).redirectError(ProcessBuilder.Redirect.INHERIT)
+    accountSecret?.let { pb.environment()["VRS_ACCOUNT_SECRET"] = it }
+    val p = pb.start()
     val out = p.inputStream.bufferedReader().readText()
     check("vrs ${args.joinToString(" ")} exits 0", p.waitFor() == 0) { out }
     return out
@@ -128,8 +133,10 @@ fun crashChild(dataDir: String, out: String) = runBlocking {
 
 fun session(bin: String, vaccinesJson: String, work: File) = runBlocking {
     val server = File(work, "server.redb").path
-    vrs(bin, "--store", server, "accounts", "issue", "--municipality", "131016", "--account", "tab-1",
+    val issued = vrs(bin, "--store", server, "--json", "accounts", "issue", "--municipality", "131016", "--account", "tab-1",
         "--site-id", "venue-1", "--site-name", "区民会館")
+    accountSecret = Regex("\"secret\":\\s*\"([0-9a-f]+)\"").find(issued)?.groupValues?.get(1)
+    check("account issued with a secret", accountSecret != null) { issued }
 
     val dir = File(work, "tablet").path
     val s = openTabletSession(dir, ACCOUNT, catalogueWithGtins(vaccinesJson))
