@@ -584,46 +584,64 @@ pub(crate) fn doses_via(db: &Database, index: TableDefinition<Bytes, ()>, prefix
     Ok(out)
 }
 
-/// Sends a municipality's doses in the order `scan` asks for, in chunks; returns the
-/// highest sequence number sent (or `after`, or 0).
-pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, out: &async_channel::Sender<Vec<DoseRecord>>) -> Result<u64> {
+/// Hands the stored bytes of a municipality's doses, in the order `scan` asks for, from
+/// one read snapshot, to `visit` until it answers `false`: the one traversal behind every
+/// dose scan (records, ledger projections, columns), so each skips the slots stored beside
+/// the doses (layout v4) the same way.
+pub(crate) fn each_stored_dose(
+    db: &Database,
+    m: &MunicipalityCode,
+    scan: DoseScan,
+    mut visit: impl FnMut(&[u8]) -> Result<bool>,
+) -> Result<()> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
-    let mut high = 0u64;
-    let send = |chunk: &mut Vec<DoseRecord>, d: DoseRecord, high: &mut u64| -> bool {
-        *high = (*high).max(d.seq);
-        chunk.push(d);
-        chunk.len() < SCAN_CHUNK || out.send_blocking(std::mem::replace(chunk, Vec::with_capacity(SCAN_CHUNK))).is_ok()
-    };
     match scan {
         DoseScan::ByVoucher => {
             for entry in prefixed(&doses, &muni(m))? {
                 let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
-                if !is_dose_key(k.value()) {
-                    continue;
-                }
-                if !send(&mut chunk, decode("decoding a dose", v.value())?, &mut high) {
-                    return Ok(high);
+                if is_dose_key(k.value()) && !visit(v.value())? {
+                    return Ok(());
                 }
             }
         }
         DoseScan::ChangedSince { after } => {
-            high = after;
-            let Some(first) = after.checked_add(1) else { return Ok(high) };
+            let Some(first) = after.checked_add(1) else { return Ok(()) };
             let start = seq_key(m, first);
             let end = prefix_end(&muni(m)).unwrap_or_default();
             let index = open_read(&txn, DOSES_BY_SEQ)?;
             for entry in index.range::<&[u8]>(start.as_slice()..end.as_slice()).map_err(storage("scanning doses by sequence"))? {
                 let (_, key) = entry.map_err(storage("scanning doses by sequence"))?;
-                if let Some(d) = get_dose_at(&doses, key.value())?
-                    && !send(&mut chunk, d, &mut high)
+                if let Some(v) = doses.get(key.value().as_slice()).map_err(storage("reading a dose"))?
+                    && !visit(v.value())?
                 {
-                    return Ok(high);
+                    return Ok(());
                 }
             }
         }
     }
+    Ok(())
+}
+
+/// The cursor a scan returns when it sends nothing newer: `after`, or 0.
+pub(crate) fn scan_floor(scan: DoseScan) -> u64 {
+    match scan {
+        DoseScan::ByVoucher => 0,
+        DoseScan::ChangedSince { after } => after,
+    }
+}
+
+/// Sends a municipality's doses in the order `scan` asks for, in chunks; returns the
+/// highest sequence number sent (or `after`, or 0).
+pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, out: &async_channel::Sender<Vec<DoseRecord>>) -> Result<u64> {
+    let mut chunk = Vec::with_capacity(SCAN_CHUNK);
+    let mut high = scan_floor(scan);
+    each_stored_dose(db, m, scan, |bytes| {
+        let d: DoseRecord = decode("decoding a dose", bytes)?;
+        high = high.max(d.seq);
+        chunk.push(d);
+        Ok(chunk.len() < SCAN_CHUNK || out.send_blocking(std::mem::replace(&mut chunk, Vec::with_capacity(SCAN_CHUNK))).is_ok())
+    })?;
     if !chunk.is_empty() {
         let _ = out.send_blocking(chunk);
     }
@@ -633,8 +651,6 @@ pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, ou
 /// Sends a municipality's doses in voucher order as the ledger reads them, decoded
 /// straight from the stored records in batches; returns the highest sequence number sent.
 pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDose>>) -> Result<u64> {
-    let txn = begin_read(db)?;
-    let doses = open_read(&txn, DOSES)?;
     let mut batch = LedgerBatch::default();
     let mut high = 0u64;
     let mut send = |batch: &mut LedgerBatch| -> Result<bool> {
@@ -642,17 +658,11 @@ pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async
         high = chunk.iter().fold(high, |h, d| h.max(d.seq));
         Ok(out.send_blocking(chunk).is_ok())
     };
-    for entry in prefixed(&doses, &muni(m))? {
-        let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
-        if !is_dose_key(k.value()) {
-            continue;
-        }
-        batch.push(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
-        if batch.len() == LEDGER_SCAN_CHUNK && !send(&mut batch)? {
-            // The visitor stopped the scan.
-            return Ok(high);
-        }
-    }
+    each_stored_dose(db, m, DoseScan::ByVoucher, |bytes| {
+        batch.push(&mut postcard::Deserializer::from_bytes(bytes)).map_err(storage("decoding a dose"))?;
+        // `false` once the visitor stopped the scan.
+        Ok(batch.len() < LEDGER_SCAN_CHUNK || send(&mut batch)?)
+    })?;
     if !batch.is_empty() {
         send(&mut batch)?;
     }

@@ -8,7 +8,7 @@ use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::ids::MunicipalityCode;
 use vrs_core::store::DoseScan;
 
-use super::{begin_read, open_read, prefixed, storage};
+use super::{begin_read, each_stored_dose, open_read, prefixed, scan_floor, storage};
 use crate::schema::*;
 
 /// Sends a municipality's doses in the order `scan` asks for, as columns of at most `rows`
@@ -22,50 +22,18 @@ pub(crate) fn scan_dose_columns(
     out: &async_channel::Sender<Vec<DoseColumns>>,
 ) -> Result<u64> {
     let rows = rows.max(1);
-    let txn = begin_read(db)?;
-    let doses = open_read(&txn, DOSES)?;
     let mut columns = DoseColumns::with_capacity(rows);
-    let mut high = 0u64;
+    let mut high = scan_floor(scan);
     // Sends full columns; `false` once the visitor stopped the scan.
     let send = |columns: &mut DoseColumns, high: &mut u64| -> bool {
         *high = (*high).max(columns.high_seq());
         let next = columns.empty_like();
         out.send_blocking(vec![std::mem::replace(columns, next)]).is_ok()
     };
-    let push = |columns: &mut DoseColumns, bytes: &[u8]| -> Result<()> {
-        columns.push_stored(&mut postcard::Deserializer::from_bytes(bytes)).map_err(storage("decoding a dose"))
-    };
-    match scan {
-        DoseScan::ByVoucher => {
-            for entry in prefixed(&doses, &muni(m))? {
-                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
-                // Slots live beside their voucher's doses under a shorter key (layout v4).
-                if !is_dose_key(k.value()) {
-                    continue;
-                }
-                push(&mut columns, v.value())?;
-                if columns.len() == rows && !send(&mut columns, &mut high) {
-                    return Ok(high);
-                }
-            }
-        }
-        DoseScan::ChangedSince { after } => {
-            high = after;
-            let Some(first) = after.checked_add(1) else { return Ok(high) };
-            let start = seq_key(m, first);
-            let end = prefix_end(&muni(m)).unwrap_or_default();
-            let index = open_read(&txn, DOSES_BY_SEQ)?;
-            for entry in index.range::<&[u8]>(start.as_slice()..end.as_slice()).map_err(storage("scanning doses by sequence"))? {
-                let (_, key) = entry.map_err(storage("scanning doses by sequence"))?;
-                if let Some(v) = doses.get(key.value().as_slice()).map_err(storage("reading a dose"))? {
-                    push(&mut columns, v.value())?;
-                    if columns.len() == rows && !send(&mut columns, &mut high) {
-                        return Ok(high);
-                    }
-                }
-            }
-        }
-    }
+    each_stored_dose(db, m, scan, |bytes| {
+        columns.push_stored(&mut postcard::Deserializer::from_bytes(bytes)).map_err(storage("decoding a dose"))?;
+        Ok(columns.len() < rows || send(&mut columns, &mut high))
+    })?;
     if !columns.is_empty() {
         send(&mut columns, &mut high);
     }
