@@ -756,21 +756,6 @@ pub async fn statistics_equal_a_recount(store: DynStore) {
     assert_eq!(doses.len(), 4);
 }
 
-/// Yields once to the other futures polled by the same task.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-}
-
 /// Change-log exports chained by their cursors while registrations, corrections and voids
 /// run at the same time (the store serves both from separate calls in flight at once):
 /// every dose's final state is in an export after its last write, no export repeats a
@@ -796,7 +781,7 @@ pub async fn chained_change_logs_cover_every_write_once_under_concurrency(store:
                     .await
                     .unwrap();
             }
-            yield_once().await;
+            yield_now().await;
         }
         finished.store(true, Ordering::SeqCst);
     };
@@ -818,7 +803,7 @@ pub async fn chained_change_logs_cover_every_write_once_under_concurrency(store:
             if done {
                 break;
             }
-            yield_once().await;
+            yield_now().await;
         }
         seen
     };
