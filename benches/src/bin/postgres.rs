@@ -12,7 +12,8 @@
 //!
 //! Needs `DATABASE_URL` (scripts/test starts a throwaway server) and the PostgreSQL client
 //! programs (`VRS_PG_BIN`, else /usr/lib/postgresql/15/bin, else `PATH`). Works in the
-//! schemas `vrs_bench` and `vrs_bench_base` of that database, which it drops first.
+//! schemas `vrs_bench` and `vrs_bench_base` of that database, which it drops first and
+//! last (`VRS_BENCH_KEEP=1` keeps them at the end).
 //! `VRS_BENCH_SCALE=smoke` runs in seconds; `full` (the default) uses the sizes:
 //! 1,000,000 residents, 30 s of registration, 100,000 vs 10,000,000 doses.
 
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Row};
-use vrs_benches::{Scale, note, report, timed};
+use vrs_benches::{Scale, cpu_time, note, report, timed};
 use vrs_core::access::{Actor, Site};
 use vrs_core::clock::jst_date;
 use vrs_core::dose::DoseRegistration;
@@ -204,6 +205,52 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Utime + stime of a process and of its children it has waited for, from /proc/PID/stat
+/// (fields 14-17, clock ticks of 10 ms); `None` when the process is gone or not local.
+fn proc_cpu(pid: &str) -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let tick = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    Some((Duration::from_millis((tick(14) + tick(15)) * 10), Duration::from_millis((tick(16) + tick(17)) * 10)))
+}
+
+/// The server's processes when it runs on this machine: the postmaster (the parent of our
+/// backend) and its children. Empty for a remote server.
+async fn server_pids() -> Vec<String> {
+    let mut conn = admin().await;
+    let backend: i32 = sqlx::query("SELECT pg_backend_pid() AS pid").fetch_one(&mut conn).await.unwrap().get("pid");
+    let parent = |pid: &str| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1).map(str::to_owned)
+    };
+    let Some(postmaster) = parent(&backend.to_string()) else { return Vec::new() };
+    let mut pids = vec![postmaster.clone()];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.bytes().all(|b| b.is_ascii_digit()) && parent(&name).as_deref() == Some(postmaster.as_str()) {
+            pids.push(name);
+        }
+    }
+    pids
+}
+
+/// CPU the server has used so far: its processes alive now, each with the children it has
+/// reaped (the postmaster reaps ended backends, so pgbench's connections count too).
+async fn server_cpu() -> Duration {
+    server_pids().await.iter().filter_map(|p| proc_cpu(p)).map(|(own, reaped)| own + reaped).sum()
+}
+
+/// CPU of this process's children it has waited for (pgbench).
+fn children_cpu() -> Duration {
+    proc_cpu("self").map(|(_, reaped)| reaped).unwrap_or_default()
+}
+
+/// A phase's CPU per transaction in µs: the server's and the client's.
+fn cpu_per_tx(server: Duration, client: Duration, transactions: f64) -> (f64, f64) {
+    let per = |d: Duration| if transactions > 0.0 { d.as_secs_f64() * 1e6 / transactions } else { 0.0 };
+    (per(server), per(client))
+}
+
 /// pgbench with 16 clients inserting one dose-shaped row per transaction; returns tps and
 /// the average latency in ms.
 fn pgbench(seconds: u64, record: &str, dir: &Path) -> (f64, f64) {
@@ -284,9 +331,14 @@ async fn bench_registration(scale: Scale, dir: &Path) -> bool {
         .await
         .unwrap();
     let record = serde_json::to_string(&sample.dose).unwrap();
+    let (server0, client0) = (server_cpu().await, children_cpu());
+    let pgbench_started = Instant::now();
     let (pgbench_tps, pgbench_latency) = pgbench(seconds, &record, dir);
+    let pgbench_tx = pgbench_tps * pgbench_started.elapsed().as_secs_f64().min(seconds as f64);
+    let pgbench_cpu = cpu_per_tx(server_cpu().await.saturating_sub(server0), children_cpu().saturating_sub(client0), pgbench_tx);
 
     // Ours: 16 clients through the service for the same time.
+    let (server0, client0) = (server_cpu().await, cpu_time());
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut clients = Vec::new();
     for (c, (m, vouchers)) in work.into_iter().enumerate() {
@@ -320,6 +372,7 @@ async fn bench_registration(scale: Scale, dir: &Path) -> bool {
     }
     let elapsed = started.elapsed();
     let registered = latencies.len() as u64;
+    let ours_cpu = cpu_per_tx(server_cpu().await.saturating_sub(server0), cpu_time().saturating_sub(client0), registered as f64);
     latencies.sort();
     let rate = registered as f64 / elapsed.as_secs_f64();
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
@@ -337,6 +390,11 @@ async fn bench_registration(scale: Scale, dir: &Path) -> bool {
 
     note("registration: clients, seconds", format!("{CLIENTS} clients, {seconds} s, {registered} doses, retries stored nothing"));
     note("registration: pgbench average latency", format!("{pgbench_latency:.2} ms"));
+    // CPU per transaction does not depend on what else runs on the machine; on a machine
+    // where the server and the clients share the cores, the rates follow its ratio.
+    let cpu_line = |(server, client): (f64, f64)| format!("server {server:.0} µs + client {client:.0} µs = {:.0} µs", server + client);
+    note("registration: CPU per dose, service", cpu_line(ours_cpu));
+    note("registration: CPU per pgbench insert", cpu_line(pgbench_cpu));
     let ok_rate = report("register doses (16 clients, service)", rate, "doses/s", "pgbench single-row inserts, 16 cl.", pgbench_tps, 0.35);
     note("registration latency p50", format!("{:.2} ms", p50.as_secs_f64() * 1e3));
     let p99_ms = p99.as_secs_f64() * 1e3;
@@ -492,7 +550,12 @@ fn main() {
     if run("statistics") {
         ok &= rt.block_on(bench_statistics(scale));
     }
+    // `VRS_BENCH_KEEP=1` leaves the schemas in place (to profile statements against them).
+    let keep = std::env::var("VRS_BENCH_KEEP").is_ok_and(|v| v == "1");
     rt.block_on(async {
+        if keep {
+            return;
+        }
         let mut conn = admin().await;
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")).execute(&mut conn).await;
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {BASE} CASCADE")).execute(&mut conn).await;
