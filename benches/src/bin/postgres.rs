@@ -251,9 +251,15 @@ fn cpu_per_tx(server: Duration, client: Duration, transactions: f64) -> (f64, f6
     (per(server), per(client))
 }
 
-/// pgbench with 16 clients inserting one dose-shaped row per transaction; returns tps and
-/// the average latency in ms.
-fn pgbench(seconds: u64, record: &str, dir: &Path) -> (f64, f64) {
+/// What pgbench measured: transactions per second and the latencies of its transactions
+/// (from its per-transaction log), sorted.
+struct Pgbench {
+    tps: f64,
+    latencies: Vec<Duration>,
+}
+
+/// pgbench with 16 clients inserting one dose-shaped row per transaction.
+fn pgbench(seconds: u64, record: &str, dir: &Path) -> Pgbench {
     psql(&format!(
         "CREATE SCHEMA IF NOT EXISTS {BASE}; DROP TABLE IF EXISTS {BASE}.doses_like; CREATE TABLE {BASE}.doses_like (municipality text COLLATE \"C\" NOT NULL, id bytea NOT NULL, \
          voucher text COLLATE \"C\" NOT NULL, seq bigint NOT NULL, revision integer NOT NULL, matched boolean NOT NULL, site text COLLATE \"C\" NOT NULL, \
@@ -271,7 +277,9 @@ fn pgbench(seconds: u64, record: &str, dir: &Path) -> (f64, f64) {
     .unwrap();
     drop(f);
     let out = Command::new(pg_program("pgbench"))
-        .args(["-n", "-c", &CLIENTS.to_string(), "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .args(["-n", "-c", &CLIENTS.to_string(), "-j", "2", "-T", &seconds.to_string(), "-l", "--log-prefix"])
+        .arg(dir.join("pgbench-log"))
+        .arg("-f")
         .arg(&script)
         .arg(database_url())
         .output()
@@ -285,7 +293,20 @@ fn pgbench(seconds: u64, record: &str, dir: &Path) -> (f64, f64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    (field("tps = "), field("latency average = "))
+    // One file per thread; each line: client, transaction, latency (µs), script, epoch s, µs.
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("pgbench-log") {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+                    latencies.push(Duration::from_micros(us));
+                }
+            }
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    latencies.sort();
+    Pgbench { tps: field("tps = "), latencies }
 }
 
 fn registration(key: String, m: &str, voucher: &str) -> DoseRegistration {
@@ -333,7 +354,7 @@ async fn bench_registration(scale: Scale, dir: &Path) -> bool {
     let record = serde_json::to_string(&sample.dose).unwrap();
     let (server0, client0) = (server_cpu().await, children_cpu());
     let pgbench_started = Instant::now();
-    let (pgbench_tps, pgbench_latency) = pgbench(seconds, &record, dir);
+    let Pgbench { tps: pgbench_tps, latencies: pgbench_latencies } = pgbench(seconds, &record, dir);
     let pgbench_tx = pgbench_tps * pgbench_started.elapsed().as_secs_f64().min(seconds as f64);
     let pgbench_cpu = cpu_per_tx(server_cpu().await.saturating_sub(server0), children_cpu().saturating_sub(client0), pgbench_tx);
 
@@ -389,7 +410,11 @@ async fn bench_registration(scale: Scale, dir: &Path) -> bool {
     store.close().await;
 
     note("registration: clients, seconds", format!("{CLIENTS} clients, {seconds} s, {registered} doses, retries stored nothing"));
-    note("registration: pgbench average latency", format!("{pgbench_latency:.2} ms"));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    note(
+        "registration: pgbench latency p50, p99",
+        format!("{:.2} ms, {:.2} ms", ms(percentile(&pgbench_latencies, 0.50)), ms(percentile(&pgbench_latencies, 0.99))),
+    );
     // CPU per transaction does not depend on what else runs on the machine; on a machine
     // where the server and the clients share the cores, the rates follow its ratio.
     let cpu_line = |(server, client): (f64, f64)| format!("server {server:.0} µs + client {client:.0} µs = {:.0} µs", server + client);
