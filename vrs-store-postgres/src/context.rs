@@ -37,10 +37,17 @@ const NO_RESIDENT: &str = "NULL::text AS municipality, NULL::text AS addressee, 
 
 /// Every lookup is a `LATERAL` subquery fenced by `OFFSET 0`: the planner cannot tell how
 /// few queries the arrays hold and would otherwise hash-join whole tables (measured: half
-/// the registration rate of the single reads).
-fn statement() -> String {
+/// the registration rate of the single reads). One query (a registration) comes as scalars
+/// in a `VALUES` row instead of arrays: no arrays to build and take apart, no function scan
+/// to materialise (measured with pgbench: ~8 µs less server CPU per registration).
+fn statement(one: bool) -> String {
+    let queries = if one {
+        "(VALUES ($1::int4, $2::text, $3::text, $4::bytea)) AS q(ord, m, v, dose)"
+    } else {
+        "unnest($1::int4[], $2::text[], $3::text[], $4::bytea[]) AS q(ord, m, v, dose)"
+    };
     format!(
-        "WITH q AS (SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::bytea[]) AS q(ord, m, v, dose)),
+        "WITH q AS (SELECT * FROM {queries}),
         ex AS MATERIALIZED (
             SELECT q.ord, d.id, d.record, d.seq FROM q CROSS JOIN LATERAL (
                 SELECT d.id, d.record, d.seq FROM dose_ids AS k JOIN doses AS d ON d.municipality = k.municipality AND d.id = k.id
@@ -170,8 +177,11 @@ pub(crate) async fn person_contexts(store: &PostgresStore, queries: &[PersonQuer
         voucher.push(q.voucher.number.as_str());
         dose.push(q.dose.map(|d| d.as_bytes().to_vec()));
     }
-    let sql = statement();
-    let query = sqlx::query(&sql).bind(ord).bind(municipality).bind(voucher).bind(dose);
+    let sql = statement(queries.len() == 1);
+    let query = match (ord.as_slice(), municipality.as_slice(), voucher.as_slice(), dose.as_slice()) {
+        ([o], [m], [v], [d]) => sqlx::query(&sql).bind(*o).bind(*m).bind(*v).bind(d.clone()),
+        _ => sqlx::query(&sql).bind(ord).bind(municipality).bind(voucher).bind(dose),
+    };
     let rows = store.fetch_all("reading what registrations are decided against", query).await?;
     let mut out = Vec::with_capacity(queries.len());
     for (g, q) in gather(&rows, queries.len())?.into_iter().zip(queries) {
