@@ -69,54 +69,117 @@ impl Validity {
     }
 }
 
-/// A column of text values as 16-byte views over one byte buffer (see the module docs).
+/// A column of text values, in one of Arrow's two string layouts (see the module docs):
+///
+/// - *contiguous* ([`with_capacity`](Self::with_capacity)), for values that are mostly
+///   distinct (codes, names, addresses): every value's bytes one after another with their
+///   offsets (Arrow's `string`). A consumer checks the UTF-8 of the whole buffer in one pass
+///   and builds the views from the offsets, instead of checking each view's bytes in a call
+///   of its own (which cost a quarter of a residents read);
+/// - *views* ([`shared`](Self::shared)), for values that repeat (site, doctor, maker, lot):
+///   16-byte views, a long value equal to one of the last few stored sharing their bytes.
 ///
 /// Texts decoded from a store's bytes ([`DoseColumns::push_stored`],
 /// [`ResidentColumns::push_stored`]) are taken as stored, without checking their UTF-8
 /// here: the store wrote them from Rust strings, and the consumer checks them once when it
-/// takes them as text (Arrow's `StringViewArray::try_new` does; [`get`](Self::get) gives
-/// `None` for bytes that are not UTF-8), rather than twice.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// takes them as text (Arrow's `StringArray::try_new` / `StringViewArray::try_new` do;
+/// [`get`](Self::get) gives `None` for bytes that are not UTF-8), rather than twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TextColumn {
-    views: Vec<u128>,
+    layout: Layout,
     bytes: Vec<u8>,
     validity: Validity,
-    /// For a column of few distinct values: the views of the latest long values stored,
-    /// which an equal value reuses instead of storing its bytes again.
-    recent: Option<Vec<u128>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Layout {
+    /// Value `i` is `bytes[offsets[i]..offsets[i + 1]]`; `offsets` starts with 0.
+    Contiguous { offsets: Vec<i32> },
+    /// One view per value; `recent` holds the views of the latest long values stored, which
+    /// an equal value reuses instead of storing its bytes again.
+    Views { views: Vec<u128>, recent: Vec<u128> },
+}
+
+impl Default for TextColumn {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+/// A [`TextColumn`]'s buffers, taken out in its layout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TextParts {
+    /// Value `i` is `bytes[offsets[i]..offsets[i + 1]]` (Arrow's `string`); `offsets` has
+    /// one entry more than there are values and starts with 0.
+    Contiguous {
+        /// Offsets into `bytes`.
+        offsets: Vec<i32>,
+        /// Every value's bytes, one after another.
+        bytes: Vec<u8>,
+        /// Which rows hold a value.
+        validity: Validity,
+    },
+    /// 16-byte views over `bytes` (Arrow's `string_view`, buffer index 0).
+    Views {
+        /// One view per value (a missing value's view is 0).
+        views: Vec<u128>,
+        /// The bytes that long values point into.
+        bytes: Vec<u8>,
+        /// Which rows hold a value.
+        validity: Validity,
+    },
+}
+
+/// The error of a batch whose text outgrew Arrow's 32-bit offsets.
+fn too_long() -> Error {
+    Error::Storage { message: "a text column outgrew 2 GiB in one batch".into(), source: None }
 }
 
 impl TextColumn {
-    /// An empty column with room for `rows` values.
+    /// An empty contiguous column with room for `rows` values.
     pub fn with_capacity(rows: usize) -> Self {
-        Self { views: Vec::with_capacity(rows), ..Self::default() }
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self { layout: Layout::Contiguous { offsets }, bytes: Vec::new(), validity: Validity::default() }
     }
 
-    /// An empty column for values that repeat (a site, a doctor, a maker): a long value
-    /// equal to one of the last few stored shares their bytes.
+    /// An empty column of views for values that repeat (a site, a doctor, a maker): a long
+    /// value equal to one of the last few stored shares their bytes.
     pub fn shared(rows: usize) -> Self {
-        Self { recent: Some(Vec::with_capacity(RECENT)), ..Self::with_capacity(rows) }
+        Self {
+            layout: Layout::Views { views: Vec::with_capacity(rows), recent: Vec::with_capacity(RECENT) },
+            bytes: Vec::new(),
+            validity: Validity::default(),
+        }
     }
 
     /// Number of values (missing ones included).
     pub fn len(&self) -> usize {
-        self.views.len()
+        match &self.layout {
+            Layout::Contiguous { offsets } => offsets.len().saturating_sub(1),
+            Layout::Views { views, .. } => views.len(),
+        }
     }
 
     /// Whether the column has no value.
     pub fn is_empty(&self) -> bool {
-        self.views.is_empty()
+        self.len() == 0
     }
 
-    /// Empty columns shaped like this one: room for as many values and bytes, so that the
-    /// next batch of a scan grows no buffer.
+    /// An empty column shaped like this one: same layout, room for as many values and
+    /// bytes, so that the next batch of a scan grows no buffer.
     pub fn empty_like(&self) -> Self {
-        Self {
-            views: Vec::with_capacity(self.views.capacity()),
-            bytes: Vec::with_capacity(self.bytes.len() + self.bytes.len() / 8),
-            validity: Validity::default(),
-            recent: self.recent.as_ref().map(|_| Vec::with_capacity(RECENT)),
-        }
+        let layout = match &self.layout {
+            Layout::Contiguous { offsets } => {
+                let mut next = Vec::with_capacity(offsets.capacity());
+                next.push(0);
+                Layout::Contiguous { offsets: next }
+            }
+            Layout::Views { views, .. } => {
+                Layout::Views { views: Vec::with_capacity(views.capacity()), recent: Vec::with_capacity(RECENT) }
+            }
+        };
+        Self { layout, bytes: Vec::with_capacity(self.bytes.len() + self.bytes.len() / 8), validity: Validity::default() }
     }
 
     /// Appends a value.
@@ -127,9 +190,18 @@ impl TextColumn {
     /// Appends a text as its bytes: UTF-8 from a `&str`, or a stored text as stored (see
     /// [`DoseColumns::push_stored`]).
     fn push_bytes(&mut self, value: &[u8]) -> Result<()> {
-        let v = self.view_of(value)?;
-        self.validity.push(self.views.len(), true);
-        self.views.push(v);
+        let row = self.len();
+        match &mut self.layout {
+            Layout::Contiguous { offsets } => {
+                self.bytes.extend_from_slice(value);
+                offsets.push(i32::try_from(self.bytes.len()).map_err(|_| too_long())?);
+            }
+            Layout::Views { views, recent } => {
+                let v = view_of(&mut self.bytes, recent, value)?;
+                views.push(v);
+            }
+        }
+        self.validity.push(row, true);
         Ok(())
     }
 
@@ -146,8 +218,13 @@ impl TextColumn {
 
     /// Appends a missing value.
     pub fn push_null(&mut self) {
-        self.validity.push(self.views.len(), false);
-        self.views.push(0);
+        let row = self.len();
+        match &mut self.layout {
+            // The bytes only grow, and were in range at the last push: the offset fits.
+            Layout::Contiguous { offsets } => offsets.push(offsets.last().copied().unwrap_or(0)),
+            Layout::Views { views, .. } => views.push(0),
+        }
+        self.validity.push(row, false);
     }
 
     /// Appends a value or a missing value.
@@ -161,66 +238,26 @@ impl TextColumn {
         }
     }
 
-    /// The view of `value`, storing its bytes when it is long and new.
-    fn view_of(&mut self, value: &[u8]) -> Result<u128> {
-        let len = value.len();
-        let mut b = [0u8; 16];
-        // A value is at most a few hundred bytes; a batch's buffer stays far below 4 GiB.
-        let too_long = || Error::Storage { message: "a text column outgrew 4 GiB".into(), source: None };
-        b[..4].copy_from_slice(&u32::try_from(len).map_err(|_| too_long())?.to_le_bytes());
-        if len <= INLINE_TEXT {
-            b[4..4 + len].copy_from_slice(value);
-            return Ok(u128::from_le_bytes(b));
-        }
-        b[4..8].copy_from_slice(&value[..4]);
-        if let Some(recent) = &self.recent {
-            let head = u128::from_le_bytes(b) & u64::MAX as u128;
-            for &v in recent.iter().rev() {
-                if v & u64::MAX as u128 == head && self.long_bytes(v) == Some(value) {
-                    return Ok(v);
-                }
-            }
-        }
-        let offset = u32::try_from(self.bytes.len()).map_err(|_| too_long())?;
-        u32::try_from(self.bytes.len() + len).map_err(|_| too_long())?;
-        self.bytes.extend_from_slice(value);
-        // Buffer index 0: a column has one byte buffer.
-        b[12..16].copy_from_slice(&offset.to_le_bytes());
-        let v = u128::from_le_bytes(b);
-        if let Some(recent) = &mut self.recent {
-            if recent.len() == RECENT {
-                recent.remove(0);
-            }
-            recent.push(v);
-        }
-        Ok(v)
-    }
-
-    /// The bytes a long value's view points at.
-    fn long_bytes(&self, view: u128) -> Option<&[u8]> {
-        let len = (view as u32) as usize;
-        let offset = ((view >> 96) as u32) as usize;
-        self.bytes.get(offset..offset + len)
-    }
-
-    /// Value `row` (copied out: a short value lives inside its view), or `None` when it is
-    /// missing, out of range or not UTF-8.
+    /// Value `row` (copied out), or `None` when it is missing, out of range or not UTF-8.
     pub fn get(&self, row: usize) -> Option<String> {
-        let view = *self.views.get(row)?;
-        if !self.validity.is_valid(row) {
+        if row >= self.len() || !self.validity.is_valid(row) {
             return None;
         }
-        let len = (view as u32) as usize;
-        let bytes = if len <= INLINE_TEXT { view.to_le_bytes()[4..4 + len].to_vec() } else { self.long_bytes(view)?.to_vec() };
+        let bytes = match &self.layout {
+            Layout::Contiguous { offsets } => {
+                let (start, end) = (usize::try_from(offsets[row]).ok()?, usize::try_from(offsets[row + 1]).ok()?);
+                self.bytes.get(start..end)?.to_vec()
+            }
+            Layout::Views { views, .. } => {
+                let view = views[row];
+                let len = (view as u32) as usize;
+                if len <= INLINE_TEXT { view.to_le_bytes()[4..4 + len].to_vec() } else { long_bytes(&self.bytes, view)?.to_vec() }
+            }
+        };
         String::from_utf8(bytes).ok()
     }
 
-    /// The 16-byte views, one per row (a missing value's view is 0).
-    pub fn views(&self) -> &[u128] {
-        &self.views
-    }
-
-    /// The bytes that long values point into.
+    /// The bytes of the values (contiguous), or of the long values (views).
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -230,10 +267,50 @@ impl TextColumn {
         &self.validity
     }
 
-    /// The views, the byte buffer and the validity, taken out.
-    pub fn into_parts(self) -> (Vec<u128>, Vec<u8>, Validity) {
-        (self.views, self.bytes, self.validity)
+    /// The buffers, taken out in the column's layout.
+    pub fn into_parts(self) -> TextParts {
+        match self.layout {
+            Layout::Contiguous { offsets } => TextParts::Contiguous { offsets, bytes: self.bytes, validity: self.validity },
+            Layout::Views { views, .. } => TextParts::Views { views, bytes: self.bytes, validity: self.validity },
+        }
     }
+}
+
+/// The view of `value`, storing its bytes in `bytes` when it is long and not among `recent`.
+fn view_of(bytes: &mut Vec<u8>, recent: &mut Vec<u128>, value: &[u8]) -> Result<u128> {
+    let len = value.len();
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&u32::try_from(len).map_err(|_| too_long())?.to_le_bytes());
+    if len <= INLINE_TEXT {
+        b[4..4 + len].copy_from_slice(value);
+        return Ok(u128::from_le_bytes(b));
+    }
+    b[4..8].copy_from_slice(&value[..4]);
+    let head = u128::from_le_bytes(b) & u64::MAX as u128;
+    for &v in recent.iter().rev() {
+        if v & u64::MAX as u128 == head && long_bytes(bytes, v) == Some(value) {
+            return Ok(v);
+        }
+    }
+    // Views hold 32-bit offsets; Arrow's readers of a batch's offsets take them as i32.
+    let offset = i32::try_from(bytes.len()).map_err(|_| too_long())?;
+    i32::try_from(bytes.len() + len).map_err(|_| too_long())?;
+    bytes.extend_from_slice(value);
+    // Buffer index 0: a column has one byte buffer.
+    b[12..16].copy_from_slice(&offset.to_le_bytes());
+    let v = u128::from_le_bytes(b);
+    if recent.len() == RECENT {
+        recent.remove(0);
+    }
+    recent.push(v);
+    Ok(v)
+}
+
+/// The bytes a long value's view points at.
+fn long_bytes(bytes: &[u8], view: u128) -> Option<&[u8]> {
+    let len = (view as u32) as usize;
+    let offset = ((view >> 96) as u32) as usize;
+    bytes.get(offset..offset + len)
 }
 
 /// A column of dates as day numbers counted from 1970-01-01 (Arrow's `date32`).
@@ -1047,14 +1124,28 @@ mod tests {
             prop_assert_eq!(c.len(), values.len());
             for (i, v) in values.iter().enumerate() {
                 prop_assert_eq!(c.get(i), v.clone());
-                let view = c.views()[i];
-                let len = (view as u32) as usize;
-                prop_assert_eq!(len, v.as_deref().map_or(0, str::len));
-                if len < INLINE_TEXT {
-                    // Inline: the bytes after the value are zero (Arrow checks it).
-                    prop_assert_eq!(view >> (32 + 8 * len as u32), 0);
-                } else if len > INLINE_TEXT {
-                    prop_assert_eq!(&view.to_le_bytes()[4..8], &v.as_deref().unwrap_or_default().as_bytes()[..4]);
+            }
+            match c.into_parts() {
+                TextParts::Views { views, .. } => {
+                    prop_assert!(shared);
+                    for (view, v) in views.iter().zip(&values) {
+                        let len = (*view as u32) as usize;
+                        prop_assert_eq!(len, v.as_deref().map_or(0, str::len));
+                        if len < INLINE_TEXT {
+                            // Inline: the bytes after the value are zero (Arrow checks it).
+                            prop_assert_eq!(view >> (32 + 8 * len as u32), 0);
+                        } else if len > INLINE_TEXT {
+                            prop_assert_eq!(&view.to_le_bytes()[4..8], &v.as_deref().unwrap_or_default().as_bytes()[..4]);
+                        }
+                    }
+                }
+                TextParts::Contiguous { offsets, bytes, .. } => {
+                    prop_assert!(!shared);
+                    prop_assert_eq!(offsets.len(), values.len() + 1);
+                    prop_assert_eq!(offsets[0], 0);
+                    // Every value's bytes one after another; a missing value takes none.
+                    let all: String = values.iter().flatten().map(String::as_str).collect();
+                    prop_assert_eq!(bytes, all.into_bytes());
                 }
             }
         }

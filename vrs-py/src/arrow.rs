@@ -29,7 +29,7 @@ use chrono::NaiveDate;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use vrs_core::Result;
-use vrs_core::columns::{DateColumn, DoseColumns, ResidentColumns, TextColumn, Validity};
+use vrs_core::columns::{DateColumn, DoseColumns, ResidentColumns, TextColumn, TextParts, Validity};
 use vrs_core::stats::StatsRow;
 
 use crate::errors::{StorageError, arrow as arrow_error};
@@ -286,9 +286,33 @@ fn nulls(validity: Validity) -> Option<NullBuffer> {
 }
 
 fn text_array(column: TextColumn) -> Result<ArrayRef> {
-    let (views, bytes, validity) = column.into_parts();
-    let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(bytes)] };
-    let array = StringViewArray::try_new(ScalarBuffer::from(views), buffers, nulls(validity)).map_err(arrow_error)?;
+    let array = match column.into_parts() {
+        TextParts::Views { views, bytes, validity } => {
+            let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(bytes)] };
+            StringViewArray::try_new(ScalarBuffer::from(views), buffers, nulls(validity)).map_err(arrow_error)?
+        }
+        TextParts::Contiguous { offsets, bytes, validity } => {
+            // The whole buffer's UTF-8 is checked once, with SIMD (simdutf8: names and
+            // addresses are Japanese, which std's check, per value in
+            // `StringViewArray::try_new` or whole in `StringArray::try_new`, takes nearly a
+            // byte at a time: a quarter of a residents read). Each value is then a slice of
+            // checked text, which the builder takes without checking it again.
+            let text = simdutf8::basic::from_utf8(&bytes).map_err(|_| arrow_error("a stored text is not UTF-8"))?;
+            let block = u32::try_from(bytes.len().max(1)).map_err(arrow_error)?;
+            let rows = offsets.len().saturating_sub(1);
+            let mut builder = StringViewBuilder::with_capacity(rows).with_fixed_block_size(block);
+            for (row, w) in offsets.windows(2).enumerate() {
+                if validity.is_valid(row) {
+                    let range = usize::try_from(w[0]).map_err(arrow_error)?..usize::try_from(w[1]).map_err(arrow_error)?;
+                    let value = text.get(range).ok_or_else(|| arrow_error("a text offset off a character boundary"))?;
+                    builder.try_append_value(value).map_err(arrow_error)?;
+                } else {
+                    builder.append_null();
+                }
+            }
+            builder.finish()
+        }
+    };
     Ok(Arc::new(array))
 }
 

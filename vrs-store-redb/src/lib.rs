@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
-use redb::Database;
+use redb::{Database, Durability};
 use vrs_core::access::TabletAccount;
 use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::dose::DoseRecord;
@@ -54,6 +54,8 @@ const SCAN_CHANNEL: usize = 4;
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
+    /// How this handle's write transactions commit (see [`RedbStore::open_for_bulk_load`]).
+    durability: Durability,
 }
 
 impl fmt::Debug for RedbStore {
@@ -74,6 +76,26 @@ impl RedbStore {
         Self::from_database(db)
     }
 
+    /// Opens the store at `path` for loading a large amount of data, as [`open`](Self::open)
+    /// does, except that this handle's writes commit without waiting for the disk: each
+    /// commit is visible to readers at once but durable only after [`persist`](Self::persist).
+    /// A crash before that loses every commit since the last durable one (never the file:
+    /// redb reopens at its last durable commit). Seeding benchmarks and first loads use it
+    /// to avoid one disk flush per bulk commit; call `persist` when the load is done.
+    pub fn open_for_bulk_load(path: impl AsRef<Path>) -> Result<Self> {
+        let db = Database::create(path.as_ref()).map_err(storage("opening the store file"))?;
+        let mut store = Self::from_database(db)?;
+        store.durability = Durability::None;
+        Ok(store)
+    }
+
+    /// Makes every commit made so far durable: one durable (empty) commit, which in redb
+    /// also persists the non-durable commits before it. Blocks; a no-op in effect for a
+    /// store opened with [`open`](Self::open), whose commits are durable already.
+    pub fn persist(&self) -> Result<()> {
+        ops::persist(&self.db)
+    }
+
     /// A fresh, empty store in memory (for tests, demos and tablets that sync elsewhere).
     pub fn in_memory() -> Result<Self> {
         let db = Database::builder()
@@ -84,7 +106,7 @@ impl RedbStore {
 
     fn from_database(db: Database) -> Result<Self> {
         ops::init(&db)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self { db: Arc::new(db), durability: Durability::Immediate })
     }
 
     /// Runs redb's integrity check (every page's checksum and the allocator state),
@@ -167,7 +189,8 @@ impl StoreBackend for RedbStore {
     }
 
     async fn import_residents(&self, source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
-        self.run(move |db| ops::import_residents(db, source)).await
+        let durability = self.durability;
+        self.run(move |db| ops::import_residents(db, durability, source)).await
     }
 
     async fn dose(&self, id: DoseId) -> Result<Option<DoseRecord>> {
@@ -252,7 +275,8 @@ impl StoreBackend for RedbStore {
     }
 
     async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied> {
-        let seq = self.run(move |db| ops::apply(db, changes)).await?;
+        let durability = self.durability;
+        let seq = self.run(move |db| ops::apply(db, durability, changes)).await?;
         Ok(Applied { seq })
     }
 }

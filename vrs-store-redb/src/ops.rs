@@ -6,8 +6,8 @@ use std::ops::Bound;
 use std::sync::mpsc;
 
 use redb::{
-    CursorError, Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, Value,
-    WriteTransaction,
+    CursorError, Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    TableHandle, Value, WriteTransaction,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -61,6 +61,21 @@ fn begin_read(db: &Database) -> Result<ReadTransaction> {
 /// commit returns once the data is on disk.
 fn begin_write(db: &Database) -> Result<WriteTransaction> {
     db.begin_write().map_err(storage("starting a write transaction"))
+}
+
+/// A write transaction committing with `durability`: `Immediate` for every store but one
+/// opened for a bulk load, whose commits are made durable later by [`persist`].
+fn begin_write_with(db: &Database, durability: Durability) -> Result<WriteTransaction> {
+    let mut txn = begin_write(db)?;
+    if !matches!(durability, Durability::Immediate) {
+        txn.set_durability(durability).map_err(storage("setting a write transaction's durability"))?;
+    }
+    Ok(txn)
+}
+
+/// One durable commit, which makes every non-durable commit before it durable too.
+pub(crate) fn persist(db: &Database) -> Result<()> {
+    commit(begin_write(db)?)
 }
 
 fn commit(txn: WriteTransaction) -> Result<()> {
@@ -237,8 +252,12 @@ type VoucherOp = ([u8; VOUCHER_KEY], Addressee, i8);
 
 /// Applies an import in one write transaction: a second thread pulls batches from the
 /// source (parsing) while this one writes them.
-pub(crate) fn import_residents(db: &Database, mut source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
-    let txn = begin_write(db)?;
+pub(crate) fn import_residents(
+    db: &Database,
+    durability: Durability,
+    mut source: Box<dyn ResidentSource>,
+) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
+    let txn = begin_write_with(db, durability)?;
     let loaded = std::thread::scope(|scope| {
         let (tx, rx) = mpsc::sync_channel::<Result<Vec<Resident>>>(2);
         let src = &mut source;
@@ -875,11 +894,11 @@ struct Writer<'t> {
     new_sites: Vec<Vec<u8>>,
 }
 
-/// Applies change sets in one durable write transaction; nothing is written when a guard
-/// fails. Returns the highest sequence number given (or the last one given before, when
-/// no dose was written).
-pub(crate) fn apply(db: &Database, changes: Vec<ChangeSet>) -> Result<u64> {
-    let txn = begin_write(db)?;
+/// Applies change sets in one write transaction (durable unless the store was opened for a
+/// bulk load); nothing is written when a guard fails. Returns the highest sequence number
+/// given (or the last one given before, when no dose was written).
+pub(crate) fn apply(db: &Database, durability: Durability, changes: Vec<ChangeSet>) -> Result<u64> {
+    let txn = begin_write_with(db, durability)?;
     match apply_in(&txn, changes) {
         Ok(seq) => {
             commit(txn)?;

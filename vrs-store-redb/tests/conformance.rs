@@ -69,6 +69,37 @@ async fn reopened_file_store_sees_everything() {
     assert!(store.apply(vec![new_doses(vec![other])]).await.unwrap().seq > seq);
 }
 
+/// A store opened for a bulk load shows its (non-durable) commits to readers at once, and
+/// after `persist` a fresh open of the file finds every one of them, intact.
+#[tokio::test]
+async fn bulk_load_commits_are_durable_after_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vrs.redb");
+    let r = resident(CHIYODA, "1", "0000000001");
+    let doses: Vec<_> =
+        (0..3).map(|i| dose(&format!("d{i}"), voucher(CHIYODA, "0000000001"), 1, "2021-06-01T16:00:00Z", "venue-1")).collect();
+    {
+        let bulk = RedbStore::open_for_bulk_load(&path).unwrap();
+        let store: DynStore = Arc::new(bulk.clone());
+        import(&store, vec![r.clone()], 1, 0).await;
+        for d in &doses {
+            store.apply(vec![new_doses(vec![d.clone()])]).await.unwrap();
+        }
+        assert_eq!(store.resident(&r.person).await.unwrap(), Some(r.clone()), "visible before persist");
+        assert_eq!(store.doses_by_voucher(r.voucher_ref()).await.unwrap().len(), 3);
+        bulk.persist().unwrap();
+    }
+    let mut reopened = RedbStore::open(&path).unwrap();
+    assert!(reopened.check_integrity().unwrap(), "the file is intact");
+    let store: DynStore = Arc::new(reopened);
+    assert_eq!(store.resident(&r.person).await.unwrap(), Some(r.clone()));
+    let mut ids: Vec<_> = store.doses_by_voucher(r.voucher_ref()).await.unwrap().into_iter().map(|d| d.id).collect();
+    let mut expected: Vec<_> = doses.iter().map(|d| d.id).collect();
+    ids.sort();
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
 /// The integrity check needs the only handle; a second open of the same file is refused;
 /// a file that is not a store is refused.
 #[tokio::test]
