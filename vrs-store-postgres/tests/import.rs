@@ -335,3 +335,100 @@ async fn killed_during_a_first_upload_leaves_nothing_and_the_rerun_succeeds() {
     assert_eq!(applied, ImportApplied { inserted: 20_000, replaced: 0, committed: true });
     assert_eq!(scanned_residents(&store, CHIYODA).await.len(), 20_000);
 }
+
+/// Indexes of `table` in `schema`, and whether it is a partition of `residents`.
+async fn partition_of_residents(schema: &str, table: &str) -> (i64, bool) {
+    let mut conn = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+    let indexes: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND tablename = $2")
+        .bind(schema)
+        .bind(table)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let attached: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+             JOIN pg_class AS p ON p.oid = i.inhparent JOIN pg_namespace AS n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2 AND p.relname = 'residents')",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    (indexes, attached)
+}
+
+/// A first upload becomes its municipality's partition, indexed like `residents` (the
+/// ATTACH adopted the indexes built after the load rather than building its own); a
+/// re-upload and an upload naming other municipalities then go through staging, which
+/// gives the others a partition of their own. On both layouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_upload_becomes_the_municipality_partition() {
+    for layout in [Layout::Plain, Layout::Partitioned] {
+        let schema = schema_name("vt_imp", &format!("partition_{layout}"));
+        let store: DynStore = Arc::new(fresh_store(&schema, layout).await);
+        let first = many(1, 300, "first");
+        let (_, applied) = store.import_residents(TestSource::new(first.clone(), 100, true)).await.unwrap();
+        assert_eq!(applied, ImportApplied { inserted: 300, replaced: 0, committed: true });
+        assert_eq!(partition_of_residents(&schema, &format!("residents_{CHIYODA}")).await, (4, true), "{layout}");
+        assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000000150")).await.unwrap().unwrap().name.as_str(), "first 150");
+
+        // Again, with one resident of another municipality: staging and the merge.
+        let mut again = many(251, 100, "again");
+        let other = resident("131024", "1", "0000000001");
+        again.push(other.clone());
+        let (_, applied) = store.import_residents(TestSource::new(again, 100, true)).await.unwrap();
+        assert_eq!(applied, ImportApplied { inserted: 51, replaced: 50, committed: true });
+        assert_eq!(partition_of_residents(&schema, "residents_131024").await, (4, true), "{layout}");
+        assert_eq!(store.resident(&other.person).await.unwrap(), Some(other));
+        assert_eq!(scanned_residents(&store, CHIYODA).await.len(), 350);
+        assert_eq!(store.resident_by_voucher(voucher(CHIYODA, "0000000300")).await.unwrap().unwrap().name.as_str(), "again 300");
+    }
+}
+
+/// A schema created before residents were partitioned by municipality (migrations up to
+/// 0010) keeps its residents through migration 0011, each municipality in its partition.
+#[tokio::test]
+async fn residents_stored_before_0011_are_moved_into_their_partitions() {
+    for (layout, dir) in [(Layout::Plain, "migrations"), (Layout::Partitioned, "migrations/partitioned")] {
+        let schema = schema_name("vt_imp", &format!("migrate_0011_{layout}"));
+        common::drop_schema(&schema).await;
+        // The migrations as they were before 0011.
+        let old = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            if path.is_file() && name.as_str() < "0011" {
+                std::fs::copy(&path, old.path().join(name)).unwrap();
+            }
+        }
+        let mut conn = sqlx::PgConnection::connect(&database_url()).await.unwrap();
+        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&mut conn).await.unwrap();
+        sqlx::query(&format!("SET search_path TO {schema}")).execute(&mut conn).await.unwrap();
+        sqlx::migrate::Migrator::new(old.path()).await.unwrap().run_direct(&mut conn).await.unwrap();
+        sqlx::query(
+            "INSERT INTO residents (municipality, addressee_len, addressee, voucher, first_import, voucher_import, name, name_kana,
+                 birth_date, sex, status)
+             SELECT m, 1, a::text, lpad(a::text, 10, '0'), 0, 0, 'name ' || a, 'kana', DATE '1960-01-01', 1, 0
+             FROM unnest(ARRAY['131016', '131024']) AS m, generate_series(1, 5) AS a",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+
+        let store = vrs_store_postgres::PostgresStore::connect_with(&database_url(), common::options(&schema, layout, 2)).await.unwrap();
+        assert_eq!(store.layout(), layout);
+        assert!(partition_of_residents(&schema, "residents_131016").await.1, "{layout}");
+        assert!(partition_of_residents(&schema, "residents_131024").await.1, "{layout}");
+        let store: DynStore = Arc::new(store);
+        for m in [CHIYODA, "131024"] {
+            assert_eq!(scanned_residents(&store, m).await.len(), 5, "{layout} {m}");
+        }
+        assert_eq!(store.resident_by_voucher(voucher("131024", "0000000003")).await.unwrap().unwrap().name.as_str(), "name 3");
+        // And the next upload of the municipality goes through staging into its partition.
+        let (_, applied) = store.import_residents(TestSource::new(many(5, 2, "new"), 10, true)).await.unwrap();
+        assert_eq!(applied, ImportApplied { inserted: 1, replaced: 1, committed: true });
+    }
+}
