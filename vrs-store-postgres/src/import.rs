@@ -104,13 +104,12 @@ fn create_partition_sql(m: &MunicipalityCode) -> String {
 
 /// The indexes of a partition, built over its rows, then the ATTACH (which adopts them:
 /// they match the parent's indexes of migrations/0011 column for column).
-fn attach_partition_sql(m: &MunicipalityCode) -> [String; 5] {
+fn attach_partition_sql(m: &MunicipalityCode) -> [String; 4] {
     let (t, code) = (partition(m), m.as_str());
     [
-        format!("ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (municipality, addressee_len, addressee)"),
-        format!("CREATE INDEX {t}_voucher ON {t} (municipality, voucher)"),
+        format!("ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (addressee_len, addressee, municipality)"),
+        format!("CREATE INDEX {t}_voucher ON {t} (voucher)"),
         format!("CREATE INDEX {t}_previous ON {t} (previous_municipality, previous_voucher) WHERE previous_voucher IS NOT NULL"),
-        format!("CREATE INDEX {t}_moved_in ON {t} (municipality, addressee_len, addressee) WHERE previous_voucher IS NOT NULL"),
         format!("ALTER TABLE residents ATTACH PARTITION {t} FOR VALUES IN ('{code}')"),
     ]
 }
@@ -390,6 +389,9 @@ async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>)
         return Ok((source, ImportApplied { inserted: 0, replaced: 0, committed: false }));
     }
     if let Some(m) = fresh {
+        // The sorts of the index builds fit in memory at a few million residents (the
+        // server's default of 64MB spills 1M residents' voucher index to disk).
+        run(&mut tx, "sizing the import's index builds", &["SET LOCAL maintenance_work_mem = '256MB'".to_owned()]).await?;
         run(&mut tx, "indexing and attaching the municipality's residents", &attach_partition_sql(&m)).await?;
     }
     let staged = produced.rows - produced.direct;

@@ -8,7 +8,7 @@ ALTER TABLE residents RENAME TO residents_0010;
 ALTER INDEX residents_pkey RENAME TO residents_0010_pkey;
 ALTER INDEX residents_voucher RENAME TO residents_0010_voucher;
 ALTER INDEX residents_previous RENAME TO residents_0010_previous;
-ALTER INDEX residents_moved_in RENAME TO residents_0010_moved_in;
+DROP INDEX residents_moved_in;
 
 CREATE TABLE residents (
     municipality text COLLATE "C" NOT NULL,
@@ -28,11 +28,15 @@ CREATE TABLE residents (
     personal_number_hash bytea,
     status smallint NOT NULL,
     status_date date,
-    PRIMARY KEY (municipality, addressee_len, addressee)
+    PRIMARY KEY (addressee_len, addressee, municipality)
 ) PARTITION BY LIST (municipality);
-CREATE INDEX residents_voucher ON residents (municipality, voucher);
+-- Within a partition the municipality is one value: leading an index with it only slows
+-- the index builds (PostgreSQL's abbreviated sort keys come from the first column: 3.3 s
+-- instead of 0.9 s for the voucher index of 1M residents), so the key and the voucher
+-- index lead with what varies. The moved-in residents of a municipality are its
+-- partition's entries of residents_previous (which is why residents_moved_in is gone).
+CREATE INDEX residents_voucher ON residents (voucher);
 CREATE INDEX residents_previous ON residents (previous_municipality, previous_voucher) WHERE previous_voucher IS NOT NULL;
-CREATE INDEX residents_moved_in ON residents (municipality, addressee_len, addressee) WHERE previous_voucher IS NOT NULL;
 
 -- The residents stored so far, each municipality into its own partition.
 DO $$
