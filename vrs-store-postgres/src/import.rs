@@ -1,15 +1,13 @@
 //! Resident imports: the core's parser runs on a blocking thread and its residents stream
 //! as COPY text into a temporary staging table; one set-based `INSERT .. ON CONFLICT`
 //! then merges them into `residents`. A municipality's first upload skips both: its rows
-//! stream straight into a fresh table (`residents` is LIST-partitioned by municipality),
-//! which gets its indexes once the rows are in and is then attached as the municipality's
-//! partition: building an index over loaded rows costs a fraction of maintaining it row
-//! by row. That lasts until a row names a resident again or another municipality, from
-//! which on the rest goes through staging (merged after the attach). All in one
-//! transaction: an import that fails, is refused by its source, or loses its connection
-//! leaves nothing (not even the new partition), and can simply be run again.
+//! stream straight into `residents` (the merge's conflict handling costs about as much as
+//! the COPY), until a row names a resident again or another municipality, from which on
+//! the rest goes through staging. All in one transaction: an import that fails, is
+//! refused by its source, or loses its connection leaves nothing, and can simply be run
+//! again.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::io::Write as _;
 
 use sqlx::postgres::{PgConnection, PgCopyIn};
@@ -82,36 +80,11 @@ fn merge_sql(duplicates: bool) -> String {
     )
 }
 
-/// The columns of `table` (`residents` or a partition) a direct COPY fills, in the order
-/// its lines carry them: the import's number twice, then the staging table's columns
-/// without `ord`.
-fn direct_copy_sql(table: &str) -> String {
+/// The columns of `residents` a direct COPY fills, in the order its lines carry them: the
+/// import's number twice, then the staging table's columns without `ord`.
+fn direct_copy_sql() -> String {
     let columns = STAGING_COLUMNS.strip_prefix("ord, ").unwrap_or(STAGING_COLUMNS);
-    format!("COPY {table} (voucher_import, first_import, {columns}) FROM STDIN")
-}
-
-/// The name of municipality `m`'s partition of `residents` (six digits: no quoting needed).
-fn partition(m: &MunicipalityCode) -> String {
-    format!("residents_{}", m.as_str())
-}
-
-/// A new table shaped like `residents`, constrained to `m`'s rows: the CHECK matches the
-/// partition bound, so that ATTACH need not scan the rows to prove it.
-fn create_partition_sql(m: &MunicipalityCode) -> String {
-    let (t, code) = (partition(m), m.as_str());
-    format!("CREATE TABLE {t} (LIKE residents INCLUDING DEFAULTS, CONSTRAINT {t}_bound CHECK (municipality = '{code}'))")
-}
-
-/// The indexes of a partition, built over its rows, then the ATTACH (which adopts them:
-/// they match the parent's indexes of migrations/0011 column for column).
-fn attach_partition_sql(m: &MunicipalityCode) -> [String; 4] {
-    let (t, code) = (partition(m), m.as_str());
-    [
-        format!("ALTER TABLE {t} ADD CONSTRAINT {t}_pkey PRIMARY KEY (addressee_len, addressee, municipality)"),
-        format!("CREATE INDEX {t}_voucher ON {t} (voucher)"),
-        format!("CREATE INDEX {t}_previous ON {t} (previous_municipality, previous_voucher) WHERE previous_voucher IS NOT NULL"),
-        format!("ALTER TABLE residents ATTACH PARTITION {t} FOR VALUES IN ('{code}')"),
-    ]
+    format!("COPY residents (voucher_import, first_import, {columns}) FROM STDIN")
 }
 
 /// What the parsing thread hands the connection.
@@ -132,8 +105,6 @@ struct Produced {
     direct_again: u64,
     /// Whether the staged rows may name a resident twice.
     duplicates: bool,
-    /// The municipalities of the staged rows (each needs its partition before the merge).
-    staged_municipalities: BTreeSet<MunicipalityCode>,
 }
 
 /// A resident's key as one number: municipality, addressee length, addressee digits.
@@ -157,7 +128,7 @@ fn produce(
     let gone = || storage_message("the import's connection went away while sending rows");
     let mut seen: HashSet<u128> = HashSet::new();
     let mut again: HashSet<u128> = HashSet::new();
-    let mut produced = Produced { rows: 0, direct: 0, direct_again: 0, duplicates: false, staged_municipalities: BTreeSet::new() };
+    let mut produced = Produced { rows: 0, direct: 0, direct_again: 0, duplicates: false };
     let mut staged: HashSet<u128> = HashSet::new();
     let mut buf = Vec::with_capacity(CHUNK + 4096);
     let mut ord = 0i64;
@@ -190,7 +161,6 @@ fn produce(
             if !staged.insert(k) {
                 produced.duplicates = true;
             }
-            produced.staged_municipalities.insert(r.person.municipality);
             if seen.contains(&k) && again.insert(k) {
                 produced.direct_again += 1;
             }
@@ -235,71 +205,22 @@ async fn stream(copy: &mut PgCopyIn<&mut PgConnection>, received: &mut mpsc::Rec
     Ok(false)
 }
 
-/// Where a municipality's upload may go straight in.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Direct {
-    /// `m` has no partition yet: its rows fill a fresh table, attached at the end.
-    Fresh,
-    /// `m` has a partition without rows: its rows go into it through `residents`.
-    Empty,
-}
-
-/// Takes the lock that keeps other imports of `m` out until this transaction ends (so
-/// that what it learns next stays so, but for this import).
-async fn lock_municipality(tx: &mut PgConnection, m: &MunicipalityCode) -> Result<()> {
+/// Whether `m` has no resident yet, under the lock that keeps other imports of `m` out
+/// until this transaction ends (so that it stays so, but for this import).
+async fn first_upload(tx: &mut PgConnection, m: &MunicipalityCode) -> Result<bool> {
     sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
         .bind(IMPORT_LOCK_SPACE)
         .bind(municipality_number(m))
         .execute(&mut *tx)
         .await
         .map_err(db("waiting for other imports of the municipality"))?;
-    Ok(())
-}
-
-/// Whether `m` has its partition of `residents` (a statement of its own, after the lock).
-async fn has_partition(tx: &mut PgConnection, m: &MunicipalityCode) -> Result<bool> {
-    sqlx::query("SELECT to_regclass($1) IS NOT NULL AS found")
-        .bind(partition(m))
-        .fetch_one(&mut *tx)
-        .await
-        .and_then(|row| row.try_get("found"))
-        .map_err(db("looking for the municipality's partition"))
-}
-
-/// Whether `m`'s upload may go straight in, and where, under `m`'s import lock.
-async fn first_upload(tx: &mut PgConnection, m: &MunicipalityCode) -> Result<Option<Direct>> {
-    lock_municipality(tx, m).await?;
-    if !has_partition(tx, m).await? {
-        return Ok(Some(Direct::Fresh));
-    }
-    let empty: bool = sqlx::query("SELECT NOT EXISTS (SELECT 1 FROM residents WHERE municipality = $1) AS empty")
+    // A statement of its own: its snapshot is taken after the lock is held.
+    sqlx::query("SELECT NOT EXISTS (SELECT 1 FROM residents WHERE municipality = $1) AS empty")
         .bind(m.as_str())
         .fetch_one(&mut *tx)
         .await
         .and_then(|row| row.try_get("empty"))
-        .map_err(db("looking for the municipality's residents"))?;
-    Ok(empty.then_some(Direct::Empty))
-}
-
-/// Runs `statements` in order, `what` naming them in an error.
-async fn run(tx: &mut PgConnection, what: &'static str, statements: &[String]) -> Result<()> {
-    for sql in statements {
-        sqlx::query(sql).execute(&mut *tx).await.map_err(db(what))?;
-    }
-    Ok(())
-}
-
-/// Gives every municipality in `ms` that has none an (empty) partition, each under its
-/// import lock, taken in code order.
-async fn ensure_partitions(tx: &mut PgConnection, ms: &BTreeSet<MunicipalityCode>) -> Result<()> {
-    for m in ms {
-        lock_municipality(tx, m).await?;
-        if !has_partition(tx, m).await? {
-            run(tx, "creating a municipality's partition of residents", &[create_partition_sql(m)]).await?;
-            run(tx, "attaching a municipality's partition of residents", &attach_partition_sql(m)).await?;
-        }
-    }
-    Ok(())
+        .map_err(db("looking for the municipality's residents"))
 }
 
 async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>) -> Result<(Box<dyn ResidentSource>, ImportApplied)> {
@@ -321,16 +242,9 @@ async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>)
     .map_err(|e| storage_message(format!("the import's parsing thread failed: {e}")))?;
     source = returned;
     let first = first?.unwrap_or_default();
-    let (direct, fresh) = match first.first().map(|r| r.person.municipality) {
-        Some(m) => match first_upload(&mut tx, &m).await? {
-            Some(Direct::Fresh) => {
-                run(&mut tx, "creating the municipality's partition of residents", &[create_partition_sql(&m)]).await?;
-                (Some((m, import_id)), Some(m))
-            }
-            Some(Direct::Empty) => (Some((m, import_id)), None),
-            None => (None, None),
-        },
-        None => (None, None),
+    let direct = match first.first().map(|r| r.person.municipality) {
+        Some(m) if first_upload(&mut tx, &m).await? => Some((m, import_id)),
+        _ => None,
     };
 
     let (chunks, mut received) = mpsc::channel::<Msg>(CHANNEL);
@@ -339,11 +253,7 @@ async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>)
         (source, produced)
     });
     let staging_sql = format!("COPY vrs_staging ({STAGING_COLUMNS}) FROM STDIN");
-    let mut sql = match (direct, fresh) {
-        (Some(_), Some(m)) => direct_copy_sql(&partition(&m)),
-        (Some(_), None) => direct_copy_sql("residents"),
-        (None, _) => staging_sql.clone(),
-    };
+    let mut sql = if direct.is_some() { direct_copy_sql() } else { staging_sql.clone() };
     let mut parser = Some(parser);
     let mut back: Option<Box<dyn ResidentSource>> = None;
     let copied: Result<Produced> = loop {
@@ -388,19 +298,12 @@ async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>)
         tx.rollback().await.map_err(db("rolling back an import"))?;
         return Ok((source, ImportApplied { inserted: 0, replaced: 0, committed: false }));
     }
-    if let Some(m) = fresh {
-        // The sorts of the index builds fit in memory at a few million residents (the
-        // server's default of 64MB spills 1M residents' voucher index to disk).
-        run(&mut tx, "sizing the import's index builds", &["SET LOCAL maintenance_work_mem = '256MB'".to_owned()]).await?;
-        run(&mut tx, "indexing and attaching the municipality's residents", &attach_partition_sql(&m)).await?;
-    }
     let staged = produced.rows - produced.direct;
     let merged: i64 = if staged == 0 {
         0
     } else {
         // After a switch, staged rows may name residents that went straight in.
         let duplicates = produced.duplicates || produced.direct > 0;
-        ensure_partitions(&mut tx, &produced.staged_municipalities).await?;
         sqlx::query(&merge_sql(duplicates))
             .bind(import_id)
             .fetch_one(&mut *tx)

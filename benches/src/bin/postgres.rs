@@ -159,10 +159,11 @@ async fn bench_import(scale: Scale, dir: &Path) -> bool {
     let ((), psql_indexed) =
         timed(|| psql(&format!("\\copy {BASE}.residents_indexed FROM '{}' WITH (FORMAT csv, HEADER true)", csv.display())));
 
-    // The cap of loading first and indexing after (what our first upload does): the same
-    // \copy into a fresh unindexed table, then the same indexes built over it (key and
-    // voucher index led by what varies within a municipality, the sorts in memory). No
-    // import that ends with these indexes can beat this.
+    // The cap of loading first and indexing after (a municipality's upload into a fresh
+    // table of its own, indexed after the load): the same \copy into an unindexed table,
+    // then the key and the voucher indexes built over it, each led by what varies within a
+    // municipality (a constant first column makes every sort comparison a full one), the
+    // sorts in memory. No import that ends with these indexes can beat this.
     let pk = format!("addressee_number, {key}");
     let mut cap_indexes = format!("CREATE INDEX ON {BASE}.residents_loaded (voucher_number)");
     if header.split(',').any(|c| c == "previous_voucher_number") {
