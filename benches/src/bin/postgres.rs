@@ -160,6 +160,30 @@ async fn bench_import(scale: Scale, dir: &Path) -> bool {
     let ((), psql_indexed) =
         timed(|| psql(&format!("\\copy {BASE}.residents_indexed FROM '{}' WITH (FORMAT csv, HEADER true)", csv.display())));
 
+    // The cap of loading first and indexing after (a municipality's upload into a fresh
+    // table of its own, indexed after the load): the same \copy into an unindexed table,
+    // then the key and the voucher indexes built over it, each led by what varies within a
+    // municipality (a constant first column makes every sort comparison a full one), the
+    // sorts in memory. No import that ends with these indexes can beat this.
+    let pk = format!("addressee_number, {key}");
+    let mut cap_indexes = format!("CREATE INDEX ON {BASE}.residents_loaded (voucher_number)");
+    if header.split(',').any(|c| c == "previous_voucher_number") {
+        cap_indexes.push_str(&format!(
+            "; CREATE INDEX ON {BASE}.residents_loaded (previous_municipality_code, previous_voucher_number) \
+             WHERE previous_voucher_number IS NOT NULL"
+        ));
+    }
+    psql(&format!("CREATE TABLE {BASE}.residents_loaded ({})", typed.join(", ")));
+    let ((), loaded_copy) =
+        timed(|| psql(&format!("\\copy {BASE}.residents_loaded FROM '{}' WITH (FORMAT csv, HEADER true)", csv.display())));
+    let ((), loaded_index) = timed(|| {
+        psql(&format!(
+            "BEGIN; SET LOCAL maintenance_work_mem = '256MB'; ALTER TABLE {BASE}.residents_loaded ADD PRIMARY KEY ({}); {cap_indexes}; COMMIT",
+            pk.trim_end_matches(", ")
+        ))
+    });
+    let loaded = loaded_copy + loaded_index;
+
     let store = PostgresStore::connect_fresh(&schema_url(SCHEMA), Options::default()).await.unwrap();
     let started = Instant::now();
     let inserted = import_file(&store, "131016", &csv).await;
@@ -174,6 +198,17 @@ async fn bench_import(scale: Scale, dir: &Path) -> bool {
     note(
         "  (context) psql \\copy, same indexes",
         format!("{:.0} rows/s: ours is {:.2}x of it", rate(psql_indexed), rate(ours) / rate(psql_indexed)),
+    );
+    note(
+        "  (cap) psql \\copy, then the same indexes",
+        format!(
+            "{:.0} rows/s ({:.2}x of the plain copy; copy {} ms + indexes {} ms): ours is {:.2}x of it",
+            rate(loaded),
+            rate(loaded) / rate(psql_time),
+            loaded_copy.as_millis(),
+            loaded_index.as_millis(),
+            rate(ours) / rate(loaded)
+        ),
     );
     ok
 }
