@@ -7,9 +7,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
-use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{ledger_timestamp, push_ledger_date, push_ledger_timestamp};
@@ -54,179 +53,144 @@ pub struct LedgerExport {
     pub cursor: u64,
 }
 
-/// One dose as the ledger export reads it: the current version's ledger columns and
-/// what places the dose in a row and a block. [`StoreBackend::scan_ledger_doses`] yields
-/// these. It deserializes from a [`DoseRecord`]'s serde representation (in any format),
-/// reading only the newest version's details; a store decoding many at once uses a
-/// [`LedgerBatch`], whose doses share one allocation for their texts.
-#[derive(Clone)]
-pub struct LedgerDose {
-    /// The dose's id.
-    pub id: DoseId,
-    /// The voucher read (券番号; its municipality owns the dose).
-    pub voucher: VoucherRef,
-    /// When first registered (接種履歴登録日時).
-    pub registered_at: DateTime<Utc>,
-    /// The change sequence number of the dose's last write.
-    pub seq: u64,
-    /// Whether the newest version voids the dose.
-    pub voided: bool,
-    /// Dose number (接種回数) of the newest version.
-    pub dose_number: u8,
-    /// Date given (接種日).
-    pub date_given: NaiveDate,
-    /// Where the site is (接種自治体コード).
-    pub administering_municipality: MunicipalityCode,
-    /// The municipality of the resident the dose is matched to, if any.
+/// What the ledger reads of one stored dose, kept as stored (day numbers, seconds) so
+/// that decoding converts nothing the export does not print.
+#[derive(Clone, Debug)]
+struct Parts {
+    id: DoseId,
+    voucher: VoucherRef,
+    /// 接種履歴登録日時: whole seconds since 1970 (UTC) and nanoseconds, a valid instant.
+    registered: (i64, u32),
+    seq: u64,
+    voided: bool,
+    dose_number: u8,
+    /// 接種日: days from 0001-01-01 (counted from 1), a valid date.
+    date_given: i32,
+    administering_municipality: MunicipalityCode,
     matched: Option<MunicipalityCode>,
-    /// Texts, shared with the other doses of a batch.
-    text: Arc<str>,
     /// Where this dose's matched addressee number, site name, doctor, maker and lot
-    /// start and end in `text`, one after another.
+    /// start and end in the batch's text, one after another.
     bounds: [u32; 6],
 }
 
-impl LedgerDose {
-    fn text(&self, i: usize) -> &str {
-        self.text.get(self.bounds[i] as usize..self.bounds[i + 1] as usize).unwrap_or_default()
+/// One dose of a [`LedgerDoses`] batch as the ledger export reads it: the newest
+/// version's ledger columns and what places the dose in a row and a block.
+#[derive(Clone, Copy)]
+pub struct LedgerDose<'a> {
+    parts: &'a Parts,
+    text: &'a [u8],
+}
+
+impl<'a> LedgerDose<'a> {
+    fn bytes(&self, i: usize) -> &'a [u8] {
+        self.text.get(self.parts.bounds[i] as usize..self.parts.bounds[i + 1] as usize).unwrap_or_default()
     }
 
+    fn text(&self, i: usize) -> &'a str {
+        // The batch's text was checked as UTF-8, each field on character boundaries.
+        std::str::from_utf8(self.bytes(i)).unwrap_or_default()
+    }
+
+    /// The dose's id.
+    pub fn id(&self) -> DoseId {
+        self.parts.id
+    }
+    /// The voucher read (券番号; its municipality owns the dose).
+    pub fn voucher(&self) -> VoucherRef {
+        self.parts.voucher
+    }
+    /// When first registered (接種履歴登録日時).
+    pub fn registered_at(&self) -> DateTime<Utc> {
+        let (secs, nanos) = self.parts.registered;
+        DateTime::from_timestamp(secs, nanos).unwrap_or_default()
+    }
+    /// The change sequence number of the dose's last write.
+    pub fn seq(&self) -> u64 {
+        self.parts.seq
+    }
+    /// Whether the newest version voids the dose.
+    pub fn voided(&self) -> bool {
+        self.parts.voided
+    }
+    /// Dose number (接種回数) of the newest version.
+    pub fn dose_number(&self) -> u8 {
+        self.parts.dose_number
+    }
+    /// Date given (接種日).
+    pub fn date_given(&self) -> NaiveDate {
+        NaiveDate::from_num_days_from_ce_opt(self.parts.date_given).unwrap_or_default()
+    }
+    /// Where the site is (接種自治体コード).
+    pub fn administering_municipality(&self) -> MunicipalityCode {
+        self.parts.administering_municipality
+    }
     /// The resident the dose is matched to (突合済み): municipality and addressee number.
-    pub fn matched(&self) -> Option<(MunicipalityCode, &str)> {
-        self.matched.map(|m| (m, self.text(0)))
+    pub fn matched(&self) -> Option<(MunicipalityCode, &'a str)> {
+        self.parts.matched.map(|m| (m, self.text(0)))
     }
     /// 接種会場名.
-    pub fn site_name(&self) -> &str {
+    pub fn site_name(&self) -> &'a str {
         self.text(1)
     }
     /// 接種医師名.
-    pub fn doctor(&self) -> &str {
+    pub fn doctor(&self) -> &'a str {
         self.text(2)
     }
     /// ワクチンメーカー.
-    pub fn maker(&self) -> &str {
+    pub fn maker(&self) -> &'a str {
         self.text(3)
     }
     /// ワクチンロット番号.
-    pub fn lot(&self) -> &str {
+    pub fn lot(&self) -> &'a str {
         self.text(4)
     }
 
-    fn key(&self) -> impl PartialEq + std::fmt::Debug + '_ {
+    /// Whether the dose is matched to `person` (municipality, addressee number).
+    fn matched_to(&self, person: (MunicipalityCode, &[u8])) -> bool {
+        self.parts.matched == Some(person.0) && self.bytes(0) == person.1
+    }
+
+    fn key(&self) -> impl PartialEq + std::fmt::Debug + 'a {
+        let p = self.parts;
         (
-            (self.id, self.voucher, self.registered_at, self.seq, self.voided, self.dose_number, self.date_given),
-            (self.administering_municipality, self.matched(), self.site_name(), self.doctor(), self.maker(), self.lot()),
+            (p.id, p.voucher, self.registered_at(), p.seq, p.voided, p.dose_number, self.date_given()),
+            (p.administering_municipality, self.matched(), self.site_name(), self.doctor(), self.maker(), self.lot()),
         )
     }
 }
 
-impl PartialEq for LedgerDose {
+impl PartialEq for LedgerDose<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.key() == other.key()
     }
 }
 
-impl Eq for LedgerDose {}
+impl Eq for LedgerDose<'_> {}
 
-impl std::fmt::Debug for LedgerDose {
+impl std::fmt::Debug for LedgerDose<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("LedgerDose").field(&self.key()).finish()
     }
 }
 
-impl From<&DoseRecord> for LedgerDose {
-    fn from(d: &DoseRecord) -> Self {
-        let det = d.details();
-        let texts =
-            [d.matched.as_ref().map(|p| p.addressee.as_str()).unwrap_or_default(), &det.site_name, &det.doctor, &det.maker, &det.lot];
-        let mut text = String::with_capacity(texts.iter().map(|t| t.len()).sum());
-        let mut bounds = [0; 6];
-        for (t, end) in texts.iter().zip(bounds.iter_mut().skip(1)) {
-            text.push_str(t);
-            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
-        }
-        Self {
-            id: d.id,
-            voucher: d.voucher,
-            registered_at: d.registered_at,
-            seq: d.seq,
-            voided: d.is_voided(),
-            dose_number: det.dose_number,
-            date_given: det.date_given,
-            administering_municipality: det.administering_municipality,
-            matched: d.matched.as_ref().map(|p| p.municipality),
-            text: Arc::from(text),
-            bounds,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for LedgerDose {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let mut batch = LedgerBatch::default();
-        batch.push(d)?;
-        batch.take().map_err(serde::de::Error::custom)?.pop().ok_or_else(|| serde::de::Error::custom("no dose decoded"))
-    }
-}
-
-/// A dose of a [`LedgerBatch`] before its texts are shared.
-#[derive(Debug)]
-struct Parts {
-    id: DoseId,
-    voucher: VoucherRef,
-    registered_at: DateTime<Utc>,
-    seq: u64,
-    voided: bool,
-    dose_number: u8,
-    date_given: NaiveDate,
-    administering_municipality: MunicipalityCode,
-    matched: Option<MunicipalityCode>,
-    bounds: [u32; 6],
-}
-
-/// Ledger doses decoded one after another from stored [`DoseRecord`]s (their serde
-/// representation, in any format), their texts kept in one allocation that the batch's
-/// doses share: decoding a municipality's ledger costs no allocation per dose. The texts
-/// are checked as UTF-8 once per batch, in [`take`](Self::take).
-#[derive(Debug, Default)]
-pub struct LedgerBatch {
+/// A batch of ledger doses, in the order they were decoded, their texts in one buffer
+/// checked as UTF-8 once. [`StoreBackend::scan_ledger_doses`] hands these over; a
+/// [`LedgerBatch`] decodes them from stored records.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerDoses {
     text: Vec<u8>,
     parts: Vec<Parts>,
 }
 
-impl LedgerBatch {
-    /// Decodes one stored dose record and adds it to the batch.
-    pub fn push<'de, D: serde::Deserializer<'de>>(&mut self, d: D) -> std::result::Result<(), D::Error> {
-        let r = repr::Record::deserialize(d)?;
-        let v = &r.versions.0;
-        let addressee = match &r.matched {
-            Some(p) => Some(repr::addressee(&p.addressee).map_err(serde::de::Error::custom)?),
-            None => None,
-        };
-        let det = &v.details;
-        let texts = [addressee.as_deref().unwrap_or_default(), &det.site_name, &det.doctor, &det.maker, &det.lot];
-        if self.text.len() + texts.iter().map(|t| t.len()).sum::<usize>() > u32::MAX as usize {
-            return Err(serde::de::Error::custom("a ledger batch's texts outgrew 4 GiB"));
+impl LedgerDoses {
+    /// The doses of `records` (each one's newest version), in order.
+    pub fn from_records<'r>(records: impl IntoIterator<Item = &'r DoseRecord>) -> Self {
+        let mut batch = LedgerBatch::default();
+        for r in records {
+            batch.push_record(r);
         }
-        let mut bounds = [0u32; 6];
-        for (i, t) in texts.iter().enumerate() {
-            bounds[i] = self.text.len() as u32;
-            self.text.extend_from_slice(t);
-        }
-        bounds[5] = self.text.len() as u32;
-        self.parts.push(Parts {
-            id: r.id,
-            voucher: r.voucher,
-            registered_at: r.registered_at,
-            seq: r.seq,
-            voided: v.voided,
-            dose_number: det.dose_number,
-            date_given: det.date_given,
-            administering_municipality: det.administering_municipality,
-            matched: r.matched.as_ref().map(|p| p.municipality),
-            bounds,
-        });
-        Ok(())
+        // Texts taken from `String`s are UTF-8: the check cannot fail.
+        batch.take().unwrap_or_default()
     }
 
     /// How many doses the batch holds.
@@ -239,33 +203,175 @@ impl LedgerBatch {
         self.parts.is_empty()
     }
 
-    /// The doses decoded since the last call, in order; the batch is empty afterwards (and
-    /// keeps its buffers). Fails when a stored text is not UTF-8.
-    pub fn take(&mut self) -> Result<Vec<LedgerDose>> {
-        let text = std::str::from_utf8(&self.text).map_err(|e| Error::storage("reading a stored dose's text", e))?;
-        if !self.parts.iter().all(|p| p.bounds.iter().all(|b| text.is_char_boundary(*b as usize))) {
-            return Err(Error::Storage { message: "a stored dose's text is not UTF-8".into(), source: None });
-        }
-        let shared: Arc<str> = Arc::from(text);
-        let doses = self
-            .parts
-            .drain(..)
-            .map(|p| LedgerDose {
-                id: p.id,
-                voucher: p.voucher,
-                registered_at: p.registered_at,
-                seq: p.seq,
-                voided: p.voided,
-                dose_number: p.dose_number,
-                date_given: p.date_given,
-                administering_municipality: p.administering_municipality,
-                matched: p.matched,
-                text: Arc::clone(&shared),
-                bounds: p.bounds,
-            })
-            .collect();
+    /// The `i`-th dose.
+    pub fn get(&self, i: usize) -> Option<LedgerDose<'_>> {
+        self.parts.get(i).map(|parts| LedgerDose { parts, text: &self.text })
+    }
+
+    /// The doses in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = LedgerDose<'_>> + Clone + '_ {
+        self.parts.iter().map(|parts| LedgerDose { parts, text: &self.text })
+    }
+
+    /// The doses at `range`, in order (empty where it is out of bounds).
+    fn range(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = LedgerDose<'_>> + Clone + '_ {
+        self.parts.get(range).unwrap_or_default().iter().map(|parts| LedgerDose { parts, text: &self.text })
+    }
+
+    /// Appends a copy of `d` (from any batch).
+    fn push_copy(&mut self, d: LedgerDose<'_>) {
+        let texts = [d.bytes(0), d.bytes(1), d.bytes(2), d.bytes(3), d.bytes(4)];
+        let bounds = push_texts(&mut self.text, &texts);
+        self.parts.push(Parts { bounds, ..d.parts.clone() });
+    }
+
+    /// Moves every dose out (the batch is empty afterwards and keeps its buffers).
+    fn clear(&mut self) {
         self.text.clear();
-        Ok(doses)
+        self.parts.clear();
+    }
+}
+
+/// Appends `texts` to `text`, returning where each starts and the last ends.
+fn push_texts(text: &mut Vec<u8>, texts: &[&[u8]; 5]) -> [u32; 6] {
+    let mut bounds = [0u32; 6];
+    for (i, t) in texts.iter().enumerate() {
+        bounds[i] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        text.extend_from_slice(t);
+    }
+    bounds[5] = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    bounds
+}
+
+/// The last municipality code a field decoded, so that a column repeating one value (as
+/// they do: the issuing municipality, the resident's, the site's) is checked once.
+#[derive(Clone, Copy, Debug, Default)]
+struct CodeMemo(Option<(u32, MunicipalityCode)>);
+
+impl CodeMemo {
+    fn code(&mut self, stored: u32) -> Result<MunicipalityCode> {
+        match self.0 {
+            Some((n, c)) if n == stored => Ok(c),
+            _ => {
+                let c = MunicipalityCode::from_number(u64::from(stored))?;
+                self.0 = Some((stored, c));
+                Ok(c)
+            }
+        }
+    }
+}
+
+/// Decodes ledger doses one after another from stored [`DoseRecord`]s (their serde
+/// representation, in any format) into a [`LedgerDoses`] batch: no allocation per dose,
+/// no conversion of what the ledger does not print, texts checked as UTF-8 once per
+/// batch, in [`take`](Self::take).
+#[derive(Debug, Default)]
+pub struct LedgerBatch {
+    doses: LedgerDoses,
+    /// The voucher's, the resident's and the site's municipality codes last decoded.
+    codes: [CodeMemo; 3],
+    /// The stored voucher number of the batch's last dose.
+    last_voucher: Option<u64>,
+}
+
+impl LedgerBatch {
+    /// Decodes one stored dose record and adds it to the batch.
+    pub fn push<'de, D: serde::Deserializer<'de>>(&mut self, d: D) -> std::result::Result<(), D::Error> {
+        use serde::de::Error as _;
+        let r = repr::Record::deserialize(d)?;
+        let v = &r.versions.0;
+        let addressee = match &r.matched {
+            Some(p) => Some(repr::addressee(&p.addressee).map_err(D::Error::custom)?),
+            None => None,
+        };
+        let det = &v.details;
+        let [voucher_code, matched_code, site_code] = &mut self.codes;
+        // A voucher's doses come one after another: its number is converted once.
+        let number = match self.doses.parts.last() {
+            Some(p) if self.last_voucher == Some(r.voucher.number.0) => p.voucher.number,
+            _ => VoucherNumber::from_number(r.voucher.number.0).map_err(D::Error::custom)?,
+        };
+        let voucher = VoucherRef { municipality: voucher_code.code(r.voucher.municipality.0).map_err(D::Error::custom)?, number };
+        let matched = match &r.matched {
+            Some(p) => Some(matched_code.code(p.municipality.0).map_err(D::Error::custom)?),
+            None => None,
+        };
+        let administering_municipality = site_code.code(det.administering_municipality.0).map_err(D::Error::custom)?;
+        let texts = [addressee.as_deref().unwrap_or_default(), &det.site_name, &det.doctor, &det.maker, &det.lot];
+        let text = &mut self.doses.text;
+        if text.len() + texts.iter().map(|t| t.len()).sum::<usize>() > u32::MAX as usize {
+            return Err(D::Error::custom("a ledger batch's texts outgrew 4 GiB"));
+        }
+        let bounds = push_texts(text, &texts);
+        self.doses.parts.push(Parts {
+            id: r.id,
+            voucher,
+            registered: (r.registered_at.0, r.registered_at.1),
+            seq: r.seq,
+            voided: v.voided,
+            dose_number: det.dose_number,
+            date_given: det.date_given.0,
+            administering_municipality,
+            matched,
+            bounds,
+        });
+        self.last_voucher = Some(r.voucher.number.0);
+        Ok(())
+    }
+
+    /// Adds a dose record already decoded (its newest version).
+    pub fn push_record(&mut self, d: &DoseRecord) {
+        self.last_voucher = None;
+        let det = d.details();
+        let texts = [
+            d.matched.as_ref().map(|p| p.addressee.as_str()).unwrap_or_default().as_bytes(),
+            det.site_name.as_bytes(),
+            det.doctor.as_bytes(),
+            det.maker.as_bytes(),
+            det.lot.as_bytes(),
+        ];
+        let bounds = push_texts(&mut self.doses.text, &texts);
+        self.doses.parts.push(Parts {
+            id: d.id,
+            voucher: d.voucher,
+            registered: (d.registered_at.timestamp(), d.registered_at.timestamp_subsec_nanos()),
+            seq: d.seq,
+            voided: d.is_voided(),
+            dose_number: det.dose_number,
+            date_given: det.date_given.num_days_from_ce(),
+            administering_municipality: det.administering_municipality,
+            matched: d.matched.as_ref().map(|p| p.municipality),
+            bounds,
+        });
+    }
+
+    /// How many doses the batch holds.
+    pub fn len(&self) -> usize {
+        self.doses.len()
+    }
+
+    /// Whether the batch holds no dose.
+    pub fn is_empty(&self) -> bool {
+        self.doses.is_empty()
+    }
+
+    /// The doses decoded since the last call, in order; the batch is empty afterwards.
+    /// Fails when a stored text is not UTF-8.
+    pub fn take(&mut self) -> Result<LedgerDoses> {
+        let not_utf8 = || Error::Storage { message: "a stored dose's text is not UTF-8".into(), source: None };
+        let text = &self.doses.text;
+        simdutf8::basic::from_utf8(text).map_err(|_| not_utf8())?;
+        // Each field on its own: none starts with a continuation byte.
+        let starts = |b: &u32| text.get(*b as usize).is_none_or(|c| (*c as i8) >= -0x40);
+        if !self.doses.parts.iter().all(|p| p.bounds.iter().all(starts)) {
+            return Err(not_utf8());
+        }
+        let capacity = (self.doses.text.capacity(), self.doses.parts.capacity());
+        let taken = std::mem::take(&mut self.doses);
+        self.last_voucher = None;
+        self.doses.text.reserve(capacity.0);
+        self.doses.parts.reserve(capacity.1);
+        Ok(taken)
     }
 }
 
@@ -276,22 +382,21 @@ mod repr {
     use std::borrow::Cow;
     use std::fmt;
 
-    use chrono::{DateTime, NaiveDate, Utc};
+    use chrono::{DateTime, Datelike, NaiveDate, Utc};
     use serde::Deserialize;
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
 
-    use crate::ids::{AddresseeNumber, DoseId, MunicipalityCode, VoucherRef};
+    use crate::ids::{AddresseeNumber, DoseId, MunicipalityCode, VoucherNumber};
 
     #[derive(Deserialize)]
     pub(super) struct Record<'a> {
         pub id: DoseId,
         #[serde(rename = "idempotency_key")]
         _idempotency_key: SkipStr,
-        pub voucher: VoucherRef,
+        pub voucher: Voucher,
         #[serde(rename = "ticket_kind")]
         _ticket_kind: u8,
-        #[serde(with = "crate::clock::serde_instant")]
-        pub registered_at: DateTime<Utc>,
+        pub registered_at: Instant,
         #[serde(rename = "registered_by")]
         _registered_by: SkipStr,
         #[serde(borrow)]
@@ -304,8 +409,29 @@ mod repr {
     }
 
     #[derive(Deserialize)]
+    pub(super) struct Voucher {
+        pub municipality: Code,
+        pub number: Number,
+    }
+
+    /// A voucher number as binary formats store it (its ten digits read as a number),
+    /// turned into digits by the batch, once per voucher ([`super::LedgerBatch::push`]).
+    pub(super) struct Number(pub u64);
+
+    impl<'de> Deserialize<'de> for Number {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                let v = VoucherNumber::deserialize(d)?;
+                Ok(Number(v.as_str().bytes().fold(0, |n, b| n * 10 + u64::from(b - b'0'))))
+            } else {
+                u64::deserialize(d).map(Number)
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
     pub(super) struct Person<'a> {
-        pub municipality: MunicipalityCode,
+        pub municipality: Code,
         #[serde(borrow)]
         pub addressee: Cow<'a, [u8]>,
     }
@@ -317,8 +443,8 @@ mod repr {
         #[serde(borrow)]
         pub details: Details<'a>,
         pub voided: bool,
-        #[serde(rename = "recorded_at", with = "crate::clock::serde_instant")]
-        _recorded_at: DateTime<Utc>,
+        #[serde(rename = "recorded_at")]
+        _recorded_at: Instant,
         #[serde(rename = "recorded_by")]
         _recorded_by: SkipStr,
         #[serde(rename = "reason")]
@@ -328,9 +454,8 @@ mod repr {
     #[derive(Deserialize)]
     pub(super) struct Details<'a> {
         pub dose_number: u8,
-        #[serde(with = "crate::clock::serde_date")]
-        pub date_given: NaiveDate,
-        pub administering_municipality: MunicipalityCode,
+        pub date_given: Day,
+        pub administering_municipality: Code,
         #[serde(rename = "site")]
         _site: SkipStr,
         #[serde(borrow)]
@@ -343,8 +468,61 @@ mod repr {
         pub maker: Cow<'a, [u8]>,
         #[serde(borrow)]
         pub lot: Cow<'a, [u8]>,
-        #[serde(rename = "lot_expiry", default, with = "crate::clock::serde_date::option")]
-        _lot_expiry: Option<NaiveDate>,
+        #[serde(rename = "lot_expiry", default)]
+        _lot_expiry: Option<Day>,
+    }
+
+    /// A municipality code as binary formats store it (its six digits read as a number),
+    /// checked by the batch ([`super::CodeMemo`]) rather than here.
+    pub(super) struct Code(pub u32);
+
+    impl<'de> Deserialize<'de> for Code {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                let c = MunicipalityCode::deserialize(d)?;
+                Ok(Code(c.as_str().bytes().fold(0, |n, b| n * 10 + u32::from(b - b'0'))))
+            } else {
+                u32::deserialize(d).map(Code)
+            }
+        }
+    }
+
+    /// An instant as [`crate::clock::serde_instant`] stores it: whole seconds since 1970
+    /// and nanoseconds, checked to be one chrono can hold.
+    pub(super) struct Instant(pub i64, pub u32);
+
+    impl<'de> Deserialize<'de> for Instant {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                let at = crate::clock::serde_instant::deserialize(d)?;
+                return Ok(Instant(at.timestamp(), at.timestamp_subsec_nanos()));
+            }
+            let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
+            // Years 1 to 9999 without leap seconds are valid without asking chrono.
+            const SAFE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+            if !(SAFE.contains(&secs) && nanos < 1_000_000_000) && DateTime::<Utc>::from_timestamp(secs, nanos).is_none() {
+                return Err(D::Error::custom(format!("timestamp {secs}.{nanos:09} is out of range")));
+            }
+            Ok(Instant(secs, nanos))
+        }
+    }
+
+    /// A date as [`crate::clock::serde_date`] stores it: its day number from 0001-01-01
+    /// (counted from 1), checked to be one chrono can hold.
+    pub(super) struct Day(pub i32);
+
+    impl<'de> Deserialize<'de> for Day {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            if d.is_human_readable() {
+                return crate::clock::serde_date::deserialize(d).map(|day| Day(day.num_days_from_ce()));
+            }
+            let days = i32::deserialize(d)?;
+            // Years 1 to 9999 are valid without asking chrono.
+            if !(1..=3_652_059).contains(&days) && NaiveDate::from_num_days_from_ce_opt(days).is_none() {
+                return Err(D::Error::custom(format!("day number {days} is out of range")));
+            }
+            Ok(Day(days))
+        }
     }
 
     /// An addressee number as [`AddresseeNumber`] would keep it, borrowed when it is
@@ -439,12 +617,16 @@ impl<'a> Encoded<'a> {
         }
     }
 
-    /// Writes whole text (no character cut at its end), encoding it as asked.
-    fn write_text(&mut self, text: &str) -> io::Result<()> {
+    /// Writes whole UTF-8 text (no character cut at its end), encoding it as asked.
+    fn write_text(&mut self, text: &[u8]) -> io::Result<()> {
         match self.encoding {
-            OutputEncoding::Utf8 => self.out.write_all(text.as_bytes()),
-            OutputEncoding::ShiftJis if self.carry.is_empty() => self.encode(text, false),
-            OutputEncoding::ShiftJis => self.write_all(text.as_bytes()),
+            OutputEncoding::Utf8 => self.out.write_all(text),
+            OutputEncoding::ShiftJis if self.carry.is_empty() => {
+                let text =
+                    simdutf8::basic::from_utf8(text).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "export text is not UTF-8"))?;
+                self.encode(text, false)
+            }
+            OutputEncoding::ShiftJis => self.write_all(text),
         }
     }
 
@@ -524,53 +706,117 @@ pub fn header(n: usize) -> Vec<String> {
 /// Appends `field` to `out` as the csv crate's default writer does (the ledger's format
 /// since the first export): quoted, with quotes doubled, when it holds a comma, a quote,
 /// CR or LF, as is otherwise. The tests hold it to the csv crate.
-fn push_csv_field(out: &mut String, field: &str) {
-    if !field.bytes().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n')) {
-        out.push_str(field);
+fn push_csv_field(out: &mut Vec<u8>, field: &[u8]) {
+    // No early exit: over a short field the test compiles to a few vector instructions.
+    if !field.iter().fold(false, |q, &b| q | (b == b',') | (b == b'"') | (b == b'\r') | (b == b'\n')) {
+        out.extend_from_slice(field);
         return;
     }
-    out.push('"');
-    for (i, part) in field.split('"').enumerate() {
+    out.push(b'"');
+    for (i, part) in field.split(|b| *b == b'"').enumerate() {
         if i > 0 {
-            out.push_str("\"\"");
+            out.extend_from_slice(b"\"\"");
         }
-        out.push_str(part);
+        out.extend_from_slice(part);
     }
-    out.push('"');
+    out.push(b'"');
 }
 
-/// Writes the ledger's CSV rows into a text buffer, handed to the output (encoded) in
+/// The two ASCII digits of each number below 100.
+const PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
+/// Days from 0001-01-01 (day 1 of chrono's count from the CE) to 1970-01-01.
+const CE_TO_1970: i64 = 719_163;
+
+/// Appends `YYYYMMDD` of the day `days` after 1970-01-01 (proleptic Gregorian, H.
+/// Hinnant's `civil_from_days`), or appends nothing and answers `false` when its year is
+/// outside 0–9999, which chrono writes its own way.
+fn put_ymd(out: &mut Vec<u8>, days: i64) -> bool {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as usize;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return false;
+    }
+    let year = year as usize;
+    for pair in [year / 100, year % 100, month, day] {
+        out.extend_from_slice(&PAIRS[pair % 100]);
+    }
+    true
+}
+
+/// Appends 接種日 of a day number (from 0001-01-01, counted from 1): the text of
+/// [`push_ledger_date`], without building a date first.
+fn put_date(out: &mut Vec<u8>, days_from_ce: i32) {
+    if !put_ymd(out, i64::from(days_from_ce) - CE_TO_1970) {
+        let mut s = String::new();
+        push_ledger_date(&mut s, NaiveDate::from_num_days_from_ce_opt(days_from_ce).unwrap_or_default());
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Appends 接種履歴登録日時 of an instant (seconds since 1970 and nanoseconds): the text of
+/// [`push_ledger_timestamp`] (Japan time), without building a date and time first.
+fn put_timestamp(out: &mut Vec<u8>, (secs, nanos): (i64, u32)) {
+    let local = secs.saturating_add(9 * 3600);
+    // Leap seconds (nanoseconds past 1e9) take chrono's formatter, as they do there.
+    if nanos < 1_000_000_000 && put_ymd(out, local.div_euclid(86_400)) {
+        let second = local.rem_euclid(86_400) as usize;
+        for pair in [second / 3600, second / 60 % 60, second % 60] {
+            out.extend_from_slice(&PAIRS[pair % 100]);
+        }
+    } else {
+        let mut s = String::new();
+        push_ledger_timestamp(&mut s, DateTime::from_timestamp(secs, nanos).unwrap_or_default());
+        out.extend_from_slice(s.as_bytes());
+    }
+}
+
+/// Writes the ledger's CSV rows into a byte buffer, handed to the output (encoded) in
 /// large pieces.
 struct RowWriter<'a> {
     out: Encoded<'a>,
-    buf: String,
-    /// For each block k (at `k - 1`): the registration (time, id) and position among the
-    /// row's doses of the dose chosen for it.
-    chosen: Vec<Option<(DateTime<Utc>, DoseId, usize)>>,
+    buf: Vec<u8>,
+    /// For each block k (at `k - 1`): the registration (instant, id) and position among
+    /// the row's doses of the dose chosen for it.
+    chosen: Vec<Option<Chosen>>,
     rows: u64,
     doses: u64,
 }
+
+/// A dose chosen for a block: its registration (seconds, nanoseconds), id and position
+/// among the row's doses.
+type Chosen = ((i64, u32), DoseId, usize);
 
 /// Output is handed on in pieces of about this size.
 const ROW_BUFFER: usize = 256 * 1024;
 
 impl<'a> RowWriter<'a> {
     fn new(out: &'a mut (dyn Write + Send), encoding: OutputEncoding, n: usize, with_header: bool) -> Result<Self> {
-        let mut w = Self {
-            out: Encoded::new(out, encoding),
-            buf: String::with_capacity(ROW_BUFFER + 4096),
-            chosen: vec![None; n],
-            rows: 0,
-            doses: 0,
-        };
+        let mut w =
+            Self { out: Encoded::new(out, encoding), buf: Vec::with_capacity(ROW_BUFFER + 4096), chosen: vec![None; n], rows: 0, doses: 0 };
         if with_header {
             for (i, h) in header(n).iter().enumerate() {
                 if i > 0 {
-                    w.buf.push(',');
+                    w.buf.push(b',');
                 }
-                push_csv_field(&mut w.buf, h);
+                push_csv_field(&mut w.buf, h.as_bytes());
             }
-            w.buf.push('\n');
+            w.buf.push(b'\n');
         }
         Ok(w)
     }
@@ -578,16 +824,16 @@ impl<'a> RowWriter<'a> {
     /// Writes one person's row. Block k holds the person's active dose number k, the
     /// earliest registered (then lowest id) when there are several; dose numbers beyond
     /// the blocks are left out. A person with no active dose has no row.
-    fn row<'d>(&mut self, addressee: &str, doses: impl Iterator<Item = &'d LedgerDose> + Clone) -> Result<()> {
+    fn row<'d>(&mut self, addressee: &[u8], doses: impl Iterator<Item = LedgerDose<'d>> + Clone) -> Result<()> {
         self.chosen.iter_mut().for_each(|c| *c = None);
         let mut active = false;
-        for (i, d) in doses.clone().enumerate().filter(|(_, d)| !d.voided) {
+        for (i, d) in doses.clone().enumerate().filter(|(_, d)| !d.parts.voided) {
             active = true;
-            let k = usize::from(d.dose_number);
+            let k = usize::from(d.parts.dose_number);
             let Some(slot) = k.checked_sub(1).and_then(|k| self.chosen.get_mut(k)) else { continue };
             match slot {
-                Some((at, id, _)) if (*at, *id) <= (d.registered_at, d.id) => {}
-                _ => *slot = Some((d.registered_at, d.id, i)),
+                Some((at, id, _)) if (*at, *id) <= (d.parts.registered, d.parts.id) => {}
+                _ => *slot = Some((d.parts.registered, d.parts.id, i)),
             }
         }
         if !active {
@@ -597,27 +843,29 @@ impl<'a> RowWriter<'a> {
         push_csv_field(buf, addressee);
         for chosen in &self.chosen {
             let Some((_, _, i)) = chosen else {
-                buf.push_str(",,,,,,,,");
+                buf.extend_from_slice(b",,,,,,,,");
                 continue;
             };
             let Some(d) = doses.clone().nth(*i) else {
                 return Err(io_error("a chosen dose went missing"));
             };
-            buf.push(',');
-            push_ledger_timestamp(buf, d.registered_at);
-            buf.push(',');
-            push_ledger_date(buf, d.date_given);
-            buf.push(',');
-            buf.push_str(d.voucher.number.as_str());
-            buf.push(',');
-            buf.push_str(d.administering_municipality.as_str());
-            for text in [d.site_name(), d.doctor(), d.maker(), d.lot()] {
-                buf.push(',');
-                push_csv_field(buf, text);
+            let p = d.parts;
+            buf.push(b',');
+            put_timestamp(buf, p.registered);
+            buf.push(b',');
+            put_date(buf, p.date_given);
+            buf.push(b',');
+            buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
+            buf.push(b',');
+            buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
+            // Site name, doctor, maker, lot.
+            for text in 1..5 {
+                buf.push(b',');
+                push_csv_field(buf, d.bytes(text));
             }
             self.doses += 1;
         }
-        buf.push('\n');
+        buf.push(b'\n');
         self.rows += 1;
         if self.buf.len() >= ROW_BUFFER {
             self.out.write_text(&self.buf).map_err(io_error)?;
@@ -650,13 +898,13 @@ pub async fn export(
     let mut found = store.doses_by_vouchers(&elsewhere.concat()).await?.into_iter();
     let mut extras: Extras = HashMap::new();
     for (r, vouchers) in moved_in.iter().zip(&elsewhere) {
-        let doses: Vec<LedgerDose> = found.by_ref().take(vouchers.len()).flatten().map(|d| LedgerDose::from(&d)).collect();
-        if !doses.is_empty() {
-            extras.insert(r.voucher, (r.person.clone(), doses));
+        let records: Vec<DoseRecord> = found.by_ref().take(vouchers.len()).flatten().collect();
+        if !records.is_empty() {
+            extras.insert(r.voucher, (r.person.clone(), LedgerDoses::from_records(&records)));
         }
     }
     let stats_max = store.statistics(StatsQuery::Municipality(municipality)).await?.iter().map(|r| r.key.dose_number).max().unwrap_or(0);
-    let extras_max = extras.values().flat_map(|(_, ds)| ds.iter().map(|d| d.dose_number)).max().unwrap_or(0);
+    let extras_max = extras.values().flat_map(|(_, ds)| ds.iter().map(|d| d.dose_number())).max().unwrap_or(0);
     let n = usize::from(stats_max.max(extras_max));
 
     match options.since {
@@ -667,25 +915,88 @@ pub async fn export(
 
 /// Moved-in residents' doses registered under their previous vouchers, by the voucher
 /// they hold here.
-type Extras = HashMap<VoucherNumber, (PersonRef, Vec<LedgerDose>)>;
+type Extras = HashMap<VoucherNumber, (PersonRef, LedgerDoses)>;
+
+/// A dose seen for a shorter while (to chain doses of two batches).
+fn shorter<'s, 'l: 's>(d: LedgerDose<'l>) -> LedgerDose<'s> {
+    d
+}
 
 /// Writes the row of the person holding the voucher of `group` (the doses registered
 /// under one voucher of the municipality), with the doses that followed them here.
-fn flush_group(group: &mut Vec<LedgerDose>, w: &mut RowWriter<'_>, extras: &mut Extras, municipality: MunicipalityCode) -> Result<()> {
-    let Some(first) = group.first() else { return Ok(()) };
-    let extra = if extras.is_empty() { None } else { extras.remove(&first.voucher.number) };
-    let person = group.iter().find_map(|d| d.matched().filter(|(m, _)| *m == municipality));
+fn flush_group<'d>(
+    group: impl Iterator<Item = LedgerDose<'d>> + Clone,
+    w: &mut RowWriter<'_>,
+    extras: &mut Extras,
+    municipality: MunicipalityCode,
+) -> Result<()> {
+    let Some(first) = group.clone().next() else { return Ok(()) };
+    let extra = if extras.is_empty() { None } else { extras.remove(&first.parts.voucher.number) };
+    let person = group.clone().find(|d| d.parts.matched == Some(municipality)).map(|d| (municipality, d.bytes(0)));
     if let Some(p) = person {
-        let own = group.iter().filter(|d| d.matched() == Some(p));
+        let own = group.filter(move |d| d.matched_to(p));
         match &extra {
-            Some((_, more)) => w.row(p.1, own.chain(more.iter()))?,
+            Some((_, more)) => w.row(p.1, own.map(shorter).chain(more.iter()))?,
             None => w.row(p.1, own)?,
         }
     } else if let Some((p, more)) = &extra {
-        w.row(p.addressee.as_str(), more.iter())?;
+        w.row(p.addressee.as_str().as_bytes(), more.iter())?;
     }
-    group.clear();
     Ok(())
+}
+
+/// Where the doses of one voucher end in `batch`, from `start`.
+fn group_end(batch: &LedgerDoses, start: usize) -> usize {
+    let voucher = batch.parts.get(start).map(|p| p.voucher);
+    start + batch.parts.get(start..).unwrap_or_default().iter().take_while(|p| Some(p.voucher) == voucher).count()
+}
+
+/// The rows of a full export, written as batches of doses in voucher order arrive.
+struct FullRows<'w, 'o> {
+    w: &'w mut RowWriter<'o>,
+    extras: Extras,
+    municipality: MunicipalityCode,
+    /// The doses of the voucher the last batch ended with: they may go on in the next.
+    carry: LedgerDoses,
+}
+
+impl FullRows<'_, '_> {
+    fn batch(&mut self, batch: &LedgerDoses) -> Result<()> {
+        let mut start = 0;
+        if let Some(voucher) = self.carry.parts.first().map(|p| p.voucher) {
+            if batch.parts.first().is_some_and(|p| p.voucher == voucher) {
+                start = group_end(batch, 0);
+            }
+            batch.range(0..start).for_each(|d| self.carry.push_copy(d));
+            if start == batch.len() {
+                return Ok(());
+            }
+            flush_group(self.carry.iter(), self.w, &mut self.extras, self.municipality)?;
+            self.carry.clear();
+        }
+        while start < batch.len() {
+            let end = group_end(batch, start);
+            if end == batch.len() {
+                batch.range(start..end).for_each(|d| self.carry.push_copy(d));
+            } else {
+                flush_group(batch.range(start..end), self.w, &mut self.extras, self.municipality)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// The last voucher's row, then the moved-in residents with no dose under this
+    /// municipality's voucher.
+    fn finish(mut self) -> Result<()> {
+        flush_group(self.carry.iter(), self.w, &mut self.extras, self.municipality)?;
+        let mut rest: Vec<_> = self.extras.into_values().collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, doses) in rest {
+            self.w.row(p.addressee.as_str().as_bytes(), doses.iter())?;
+        }
+        Ok(())
+    }
 }
 
 async fn export_full(
@@ -694,26 +1005,12 @@ async fn export_full(
     options: &LedgerOptions,
     out: &mut (dyn Write + Send),
     n: usize,
-    mut extras: Extras,
+    extras: Extras,
 ) -> Result<LedgerExport> {
     let mut w = RowWriter::new(out, options.encoding, n, !options.no_header)?;
-    let mut group: Vec<LedgerDose> = Vec::new();
-    let cursor = store
-        .scan_ledger_doses(municipality, &mut |d: LedgerDose| {
-            if group.first().is_some_and(|g| g.voucher != d.voucher) {
-                flush_group(&mut group, &mut w, &mut extras, municipality)?;
-            }
-            group.push(d);
-            Ok(())
-        })
-        .await?;
-    flush_group(&mut group, &mut w, &mut extras, municipality)?;
-    // Moved-in residents with no dose under this municipality's voucher.
-    let mut rest: Vec<_> = extras.into_values().collect();
-    rest.sort_by(|a, b| a.0.cmp(&b.0));
-    for (p, doses) in rest {
-        w.row(p.addressee.as_str(), doses.iter())?;
-    }
+    let mut rows = FullRows { w: &mut w, extras, municipality, carry: LedgerDoses::default() };
+    let cursor = store.scan_ledger_doses(municipality, &mut |batch: LedgerDoses| rows.batch(&batch)).await?;
+    rows.finish()?;
     let (rows, doses) = w.finish()?;
     Ok(LedgerExport { rows, doses, blocks: n, cursor })
 }
@@ -736,14 +1033,16 @@ async fn export_delta(
         })
         .await?;
     let mut w = RowWriter::new(out, options.encoding, n, !options.no_header)?;
+    let mut batch = LedgerBatch::default();
     for p in persons {
         let Some(r) = store.resident(&p).await? else { continue };
-        let mut doses = Vec::new();
         for v in vouchers_of(&r) {
             let own = v == r.voucher_ref();
-            doses.extend(store.doses_by_voucher(v).await?.iter().filter(|d| !own || d.matched.as_ref() == Some(&p)).map(LedgerDose::from));
+            for d in store.doses_by_voucher(v).await?.iter().filter(|d| !own || d.matched.as_ref() == Some(&p)) {
+                batch.push_record(d);
+            }
         }
-        w.row(p.addressee.as_str(), doses.iter())?;
+        w.row(p.addressee.as_str().as_bytes(), batch.take()?.iter())?;
     }
     let (rows, doses) = w.finish()?;
     Ok(LedgerExport { rows, doses, blocks: n, cursor: cursor.max(after) })
@@ -868,53 +1167,132 @@ mod tests {
         vec![plain, unmatched, fixed, voided, expiring]
     }
 
+    /// The batch `push` decodes from each of `stored` (one serialized record each).
+    fn decoded(stored: &[Vec<u8>]) -> Result<LedgerDoses> {
+        let mut batch = LedgerBatch::default();
+        for bytes in stored {
+            batch.push(&mut postcard::Deserializer::from_bytes(bytes)).map_err(|e| Error::storage("decoding", e))?;
+        }
+        batch.take()
+    }
+
     #[test]
     fn ledger_dose_reads_a_dose_records_representation() {
         for d in samples() {
-            let expected = LedgerDose::from(&d);
-            assert_eq!(expected.matched().map(|m| m.1), d.matched.as_ref().map(|p| p.addressee.as_str()));
-            assert_eq!(
-                (expected.site_name(), expected.doctor(), expected.maker()),
-                (&*d.details().site_name, &*d.details().doctor, "ファイザー")
-            );
-            assert_eq!(
-                (expected.lot(), expected.dose_number, expected.voided),
-                (&*d.details().lot, d.details().dose_number, d.is_voided())
-            );
+            let expected = LedgerDoses::from_records([&d]);
+            let e = expected.get(0).unwrap();
+            assert_eq!(e.matched().map(|m| m.1), d.matched.as_ref().map(|p| p.addressee.as_str()));
+            assert_eq!((e.site_name(), e.doctor(), e.maker()), (&*d.details().site_name, &*d.details().doctor, "ファイザー"));
+            assert_eq!((e.lot(), e.dose_number(), e.voided()), (&*d.details().lot, d.details().dose_number, d.is_voided()));
+            assert_eq!((e.registered_at(), e.date_given(), e.seq(), e.id()), (d.registered_at, d.details().date_given, d.seq, d.id));
             // Human-readable (escaped strings are copied, not borrowed) and binary.
             let json = serde_json::to_string(&d).unwrap();
-            assert_eq!(serde_json::from_str::<LedgerDose>(&json).unwrap(), expected, "{json}");
-            let bytes = postcard::to_stdvec(&d).unwrap();
-            assert_eq!(postcard::from_bytes::<LedgerDose>(&bytes).unwrap(), expected);
+            let mut batch = LedgerBatch::default();
+            batch.push(&mut serde_json::Deserializer::from_str(&json)).unwrap();
+            assert_eq!(batch.take().unwrap().get(0), Some(e), "{json}");
+            assert_eq!(decoded(&[postcard::to_stdvec(&d).unwrap()]).unwrap().get(0), Some(e));
         }
         // A stored text that is not UTF-8 (here: the site name's first byte) is an error.
         let mut bytes = postcard::to_stdvec(&samples()[0]).unwrap();
         let at = bytes.windows(3).position(|w| w == "千".as_bytes()).unwrap();
         bytes[at] = 0xff;
         assert!(postcard::from_bytes::<DoseRecord>(&bytes).is_err());
-        assert!(postcard::from_bytes::<LedgerDose>(&bytes).is_err());
+        assert!(decoded(&[bytes]).is_err());
+        // So is a field cut inside a character that the next field completes: doctor
+        // "\xE4" then maker "\xB8\x80ファイザー" are valid UTF-8 only together ("一ファイザー").
+        let mut cut = samples()[0].clone();
+        cut.versions[0].details.doctor = "D".into();
+        cut.versions[0].details.maker = "MMファイザー".into();
+        let mut bytes = postcard::to_stdvec(&cut).unwrap();
+        let d = bytes.windows(2).position(|w| w == b"\x01D").unwrap() + 1;
+        bytes[d] = 0xE4;
+        let m = bytes.windows(2).position(|w| w == b"MM").unwrap();
+        bytes[m..m + 2].copy_from_slice(&[0xB8, 0x80]);
+        assert!(matches!(decoded(&[bytes]), Err(Error::Storage { .. })));
         let mut none = serde_json::to_value(&samples()[0]).unwrap();
         none["versions"] = serde_json::json!([]);
-        assert!(serde_json::from_value::<LedgerDose>(none).is_err(), "a record without versions");
+        let mut batch = LedgerBatch::default();
+        assert!(batch.push(none).is_err(), "a record without versions");
+        // Out-of-range stored values are errors, as they are for the records.
+        for (field, value) in [("registered_at", serde_json::json!([i64::MAX, 0])), ("seq", serde_json::json!(-1))] {
+            let mut v = serde_json::to_value(&samples()[0]).unwrap();
+            v[field] = value;
+            assert!(LedgerBatch::default().push(v).is_err(), "{field}");
+        }
     }
 
     #[test]
-    fn a_batch_decodes_doses_in_order_sharing_their_texts() {
+    fn a_batch_decodes_doses_in_order() {
+        let stored: Vec<Vec<u8>> = samples().iter().map(|d| postcard::to_stdvec(d).unwrap()).collect();
         let mut batch = LedgerBatch::default();
         for round in 0..2 {
-            for d in samples() {
-                batch.push(&mut postcard::Deserializer::from_bytes(&postcard::to_stdvec(&d).unwrap())).unwrap();
+            for bytes in &stored {
+                batch.push(&mut postcard::Deserializer::from_bytes(bytes)).unwrap();
             }
             assert_eq!(batch.len(), samples().len());
             let doses = batch.take().unwrap();
             assert!(batch.is_empty(), "round {round}");
-            assert_eq!(doses, samples().iter().map(LedgerDose::from).collect::<Vec<_>>());
-            assert!(doses.windows(2).all(|w| Arc::ptr_eq(&w[0].text, &w[1].text)));
+            assert!(doses.iter().eq(LedgerDoses::from_records(&samples()).iter()));
         }
         // A bad record leaves the batch as it was.
-        batch.push(&mut postcard::Deserializer::from_bytes(&postcard::to_stdvec(&samples()[0]).unwrap())).unwrap();
+        batch.push(&mut postcard::Deserializer::from_bytes(&stored[0])).unwrap();
         assert!(batch.push(&mut postcard::Deserializer::from_bytes(&[1, 2, 3])).is_err());
-        assert_eq!(batch.take().unwrap(), vec![LedgerDose::from(&samples()[0])]);
+        assert!(batch.take().unwrap().iter().eq(LedgerDoses::from_records(&samples()[..1]).iter()));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn dates_and_times_are_written_as_chrono_writes_them(
+            secs in proptest::prop_oneof![
+                -62_135_596_800i64..=253_402_300_799,
+                DateTime::<Utc>::MIN_UTC.timestamp()..=DateTime::<Utc>::MAX_UTC.timestamp(),
+            ],
+            nanos in proptest::prop_oneof![0u32..1_000_000_000, 1_000_000_000u32..2_000_000_000],
+            days in proptest::prop_oneof![1i32..=3_652_059, NaiveDate::MIN.num_days_from_ce()..=NaiveDate::MAX.num_days_from_ce()],
+        ) {
+            if let Some(at) = DateTime::from_timestamp(secs, nanos) {
+                let mut ours = Vec::new();
+                put_timestamp(&mut ours, (secs, nanos));
+                let mut theirs = String::new();
+                push_ledger_timestamp(&mut theirs, at);
+                proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+            }
+            let mut ours = Vec::new();
+            put_date(&mut ours, days);
+            let mut theirs = String::new();
+            push_ledger_date(&mut theirs, NaiveDate::from_num_days_from_ce_opt(days).unwrap());
+            proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+        }
+    }
+
+    #[test]
+    fn dates_and_times_at_the_edges_are_written_as_chrono_writes_them() {
+        let edges = [
+            "0000-01-01T00:00:00Z",
+            "0000-12-31T14:59:59Z",
+            "0000-12-31T15:00:00Z",
+            "1969-12-31T14:59:59Z",
+            "1969-12-31T15:00:00Z",
+            "2000-02-29T15:00:00Z",
+            "2100-02-28T15:00:00Z",
+            "9999-12-31T14:59:59Z",
+            "9999-12-31T15:00:00Z",
+            "2016-12-31T23:59:60.5Z",
+        ];
+        for e in edges
+            .iter()
+            .map(|s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
+            .chain([DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC])
+        {
+            let mut ours = Vec::new();
+            put_timestamp(&mut ours, (e.timestamp(), e.timestamp_subsec_nanos()));
+            assert_eq!(String::from_utf8(ours).unwrap(), ledger_timestamp(e), "{e:?}");
+            let mut ours = Vec::new();
+            put_date(&mut ours, e.date_naive().num_days_from_ce());
+            let mut theirs = String::new();
+            push_ledger_date(&mut theirs, e.date_naive());
+            assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{e:?}");
+        }
     }
 
     /// What the csv crate's default writer makes of `records`.
@@ -927,17 +1305,17 @@ mod tests {
     }
 
     fn ours(records: &[Vec<String>]) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         for r in records {
             for (i, f) in r.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                push_csv_field(&mut out, f);
+                push_csv_field(&mut out, f.as_bytes());
             }
-            out.push('\n');
+            out.push(b'\n');
         }
-        out
+        String::from_utf8(out).unwrap()
     }
 
     proptest::proptest! {
@@ -958,14 +1336,63 @@ mod tests {
         }
     }
 
-    fn export_rows(n: usize, rows: &[(&str, Vec<LedgerDose>)]) -> (String, u64, u64) {
+    fn export_rows(n: usize, rows: &[(&str, LedgerDoses)]) -> (String, u64, u64) {
         let mut out = Vec::new();
         let mut w = RowWriter::new(&mut out, OutputEncoding::Utf8, n, false).unwrap();
         for (addressee, doses) in rows {
-            w.row(addressee, doses.iter()).unwrap();
+            w.row(addressee.as_bytes(), doses.iter()).unwrap();
         }
         let (rows, doses) = w.finish().unwrap();
         (String::from_utf8(out).unwrap(), rows, doses)
+    }
+
+    #[test]
+    fn rows_are_the_same_however_the_doses_are_batched() {
+        let m = code("131016");
+        let mut doses = Vec::new();
+        for (i, voucher) in ["0000000001", "0000000002", "0000000003", "0000000004"].iter().enumerate() {
+            for k in 0..=i {
+                let mut d = record(&format!("{voucher}-{k}"), voucher, (k + 1) as u8, "2021-06-01T01:00:00Z");
+                if i == 2 {
+                    d.matched = None; // a voucher nobody here holds yet: no row
+                } else if let Some(p) = d.matched.as_mut() {
+                    p.addressee = AddresseeNumber::parse(&format!("{}", 40 + i)).unwrap();
+                }
+                doses.push(d);
+            }
+        }
+        // A resident who moved in holds voucher 4 here, and one with no dose here.
+        let moved = |addressee: &str, key: &str| {
+            let person = PersonRef { municipality: m, addressee: AddresseeNumber::parse(addressee).unwrap() };
+            (person, LedgerDoses::from_records([&record(key, "0000000009", 5, "2021-05-01T01:00:00Z")]))
+        };
+        let extras = || -> Extras {
+            HashMap::from([
+                (VoucherNumber::parse("0000000004").unwrap(), moved("43", "x")),
+                (VoucherNumber::parse("0000000077").unwrap(), moved("7", "y")),
+            ])
+        };
+        let all = LedgerDoses::from_records(&doses);
+        let write = |size: usize| {
+            let mut out = Vec::new();
+            let mut w = RowWriter::new(&mut out, OutputEncoding::Utf8, 5, false).unwrap();
+            let mut rows = FullRows { w: &mut w, extras: extras(), municipality: m, carry: LedgerDoses::default() };
+            for chunk in doses.chunks(size) {
+                rows.batch(&LedgerDoses::from_records(chunk)).unwrap();
+            }
+            rows.finish().unwrap();
+            let counts = w.finish().unwrap();
+            (String::from_utf8(out).unwrap(), counts)
+        };
+        let whole = write(all.len());
+        assert_eq!(whole.1, (4, 1 + 2 + 4 + 1 + 1), "{}", whole.0);
+        // Rows 40, 41, 43 (with the dose from before the move, voucher 9), then 7.
+        let starts: Vec<_> = whole.0.match_indices("\n4").chain(whole.0.match_indices("\n7")).map(|(i, _)| i).collect();
+        assert!(whole.0.starts_with("40,") && starts.len() == 3, "{}", whole.0);
+        assert!(whole.0[starts[1]..starts[2]].starts_with("\n43,") && whole.0[starts[1]..starts[2]].contains("0000000009"), "{}", whole.0);
+        for size in 1..all.len() {
+            assert_eq!(write(size), whole, "batches of {size}");
+        }
     }
 
     #[test]
@@ -981,7 +1408,7 @@ mod tests {
         let voided = corrected(record("v", "0000000001", 2, "2021-06-01T00:00:00Z"), |v| v.voided = true);
         let zero = record("z", "0000000002", 0, "2021-06-01T01:00:00Z");
         let nine = record("n", "0000000002", 9, "2021-06-01T01:00:00Z");
-        let l = |ds: &[&DoseRecord]| ds.iter().map(|d| LedgerDose::from(*d)).collect::<Vec<_>>();
+        let l = |ds: &[&DoseRecord]| LedgerDoses::from_records(ds.iter().copied());
         let (csv, rows, doses) = export_rows(
             2,
             &[
@@ -989,7 +1416,7 @@ mod tests {
                 ("43", l(&[&zero, &nine])),
                 ("44", l(&[&high, &low_lot])),
                 ("45", l(&[&voided])),
-                ("46", Vec::new()),
+                ("46", LedgerDoses::default()),
             ],
         );
         let texts = "271004,\"千代田区民会館, \"\"本館\"\"\",\"佐藤\n一郎\",ファイザー";

@@ -17,7 +17,7 @@ use crate::dose::DoseRecord;
 use crate::finding::Finding;
 use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
 use crate::import::ImportReport;
-use crate::ledger::LedgerDose;
+use crate::ledger::{LedgerBatch, LedgerDoses};
 use crate::resident::Resident;
 use crate::stats::{StatsKey, StatsQuery, StatsRow};
 
@@ -118,6 +118,9 @@ pub struct ImportApplied {
     /// Whether the import was committed.
     pub committed: bool,
 }
+
+/// Doses a [`StoreBackend::scan_ledger_doses`] default hands over at a time.
+const LEDGER_BATCH: usize = 1024;
 
 /// A visitor for scans, called once per record in key order; an error stops the scan.
 pub type Visit<'a, T> = &'a mut (dyn FnMut(T) -> Result<()> + Send);
@@ -252,13 +255,24 @@ pub trait StoreBackend: Send + Sync {
     /// Scans a municipality's doses; returns the highest change sequence number seen
     /// (or `after` when nothing changed), the cursor for the next delta.
     async fn scan_doses(&self, municipality: MunicipalityCode, scan: DoseScan, visit: Visit<'_, DoseRecord>) -> Result<u64>;
-    /// Scans a municipality's doses in voucher order, as [`DoseScan::ByVoucher`] does, each
-    /// as the ledger export reads it; returns the highest change sequence number seen. The
-    /// default projects [`scan_doses`](Self::scan_doses); a store may decode the
-    /// [`LedgerDose`]s straight from its stored records instead (they deserialize from a
-    /// [`DoseRecord`]'s serde representation), which skips most of a record's decoding.
-    async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
-        self.scan_doses(municipality, DoseScan::ByVoucher, &mut |d: DoseRecord| visit(LedgerDose::from(&d))).await
+    /// Scans a municipality's doses in voucher order, as [`DoseScan::ByVoucher`] does, as
+    /// the ledger export reads them, in batches ([`LedgerDoses`]); returns the highest
+    /// change sequence number seen. The default projects [`scan_doses`](Self::scan_doses);
+    /// a store may decode the batches straight from its stored records instead
+    /// ([`LedgerBatch::push`] reads a [`DoseRecord`]'s serde representation), which skips
+    /// most of a record's decoding.
+    async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDoses>) -> Result<u64> {
+        let mut batch = LedgerBatch::default();
+        let high = self
+            .scan_doses(municipality, DoseScan::ByVoucher, &mut |d: DoseRecord| {
+                batch.push_record(&d);
+                if batch.len() >= LEDGER_BATCH { visit(batch.take()?) } else { Ok(()) }
+            })
+            .await?;
+        if !batch.is_empty() {
+            visit(batch.take()?)?;
+        }
+        Ok(high)
     }
 
     /// Scans a municipality's doses as [`scan_doses`](Self::scan_doses) does (same order,

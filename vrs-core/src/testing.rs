@@ -33,7 +33,7 @@ use crate::ids::{
     AccountId, AddresseeNumber, DoseId, IdempotencyKey, MunicipalityCode, PersonRef, PersonalNumberHash, SiteId, VoucherNumber, VoucherRef,
 };
 use crate::import::ImportReport;
-use crate::ledger::LedgerDose;
+use crate::ledger::LedgerDoses;
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
 use crate::stats::{AgeBand, StatsKey, StatsQuery, StatsRow};
 use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, PersonQuery, ResidentSource, StoreBackend, read_person_context};
@@ -1161,8 +1161,8 @@ pub async fn values_round_trip_exactly(store: DynStore) {
 }
 
 /// [`StoreBackend::scan_ledger_doses`] yields what a `ByVoucher` scan does, each dose as
-/// [`LedgerDose::from`] projects it (newest version, voids and matches included), and the
-/// same cursor; a visitor's error stops it.
+/// [`LedgerDoses::from_records`] projects it (newest version, voids and matches
+/// included), and the same cursor; a visitor's error stops it.
 pub async fn ledger_scan_is_the_by_voucher_scan_projected(store: DynStore) {
     let matched = DoseRecord {
         matched: Some(person(CHIYODA, "000042")),
@@ -1191,17 +1191,18 @@ pub async fn ledger_scan_is_the_by_voucher_scan_projected(store: DynStore) {
 
     let (records, cursor) = scanned_doses(&store, CHIYODA, DoseScan::ByVoucher).await;
     assert_eq!(records.len(), 4);
-    let mut projected = Vec::new();
+    let mut batches = Vec::new();
     let ledger_cursor = store
         .scan_ledger_doses(code(CHIYODA), &mut |d| {
-            projected.push(d);
+            batches.push(d);
             Ok(())
         })
         .await
         .unwrap();
-    assert_eq!(projected, records.iter().map(LedgerDose::from).collect::<Vec<_>>());
+    let projected: Vec<_> = batches.iter().flat_map(|b| b.iter()).collect();
+    assert_eq!(projected, LedgerDoses::from_records(&records).iter().collect::<Vec<_>>());
     assert_eq!(ledger_cursor, cursor);
-    assert!(projected.iter().any(|d| d.voided) && projected.iter().any(|d| d.lot() == "EY0779" && d.dose_number == 3));
+    assert!(projected.iter().any(|d| d.voided()) && projected.iter().any(|d| d.lot() == "EY0779" && d.dose_number() == 3));
     assert_eq!(projected.iter().filter_map(|d| d.matched()).collect::<Vec<_>>(), vec![(code(CHIYODA), "000042")]);
 
     let mut none = 0;

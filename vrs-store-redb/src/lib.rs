@@ -37,7 +37,7 @@ use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
-use vrs_core::ledger::LedgerDose;
+use vrs_core::ledger::LedgerDoses;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsQuery, StatsRow};
 use vrs_core::store::{
@@ -221,7 +221,7 @@ impl StoreBackend for RedbStore {
         self.stream(move |db, out| ops::scan_doses(db, &municipality, scan, out), visit).await
     }
 
-    async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDose>) -> Result<u64> {
+    async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDoses>) -> Result<u64> {
         self.stream(move |db, out| ops::scan_ledger_doses(db, &municipality, out), visit).await
     }
 

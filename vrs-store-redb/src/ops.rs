@@ -16,7 +16,7 @@ use vrs_core::credentials::SecretHash;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{DoseId, MunicipalityCode};
-use vrs_core::ledger::{LedgerBatch, LedgerDose};
+use vrs_core::ledger::{LedgerBatch, LedgerDoses};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
 use vrs_core::store::{
@@ -34,7 +34,7 @@ pub(crate) const IMPORT_BATCH: usize = 8192;
 /// Records sent from a scan's read transaction to the visitor at a time.
 pub(crate) const SCAN_CHUNK: usize = 1024;
 /// Ledger doses (small, and read by the million) sent at a time.
-pub(crate) const LEDGER_SCAN_CHUNK: usize = 4096;
+pub(crate) const LEDGER_SCAN_CHUNK: usize = 1024;
 
 /// Maps a redb (or postcard) error into [`Error::Storage`], saying what was being done.
 pub(crate) fn storage<E: std::error::Error + Send + Sync + 'static>(what: &'static str) -> impl FnOnce(E) -> Error {
@@ -669,13 +669,13 @@ pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, ou
 
 /// Sends a municipality's doses in voucher order as the ledger reads them, decoded
 /// straight from the stored records in batches; returns the highest sequence number sent.
-pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDose>>) -> Result<u64> {
+pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDoses>>) -> Result<u64> {
     let mut batch = LedgerBatch::default();
     let mut high = 0u64;
     let mut send = |batch: &mut LedgerBatch| -> Result<bool> {
-        let chunk = batch.take()?;
-        high = chunk.iter().fold(high, |h, d| h.max(d.seq));
-        Ok(out.send_blocking(chunk).is_ok())
+        let doses = batch.take()?;
+        high = doses.iter().fold(high, |h, d| h.max(d.seq()));
+        Ok(out.send_blocking(vec![doses]).is_ok())
     };
     each_stored_dose(db, m, DoseScan::ByVoucher, |bytes| {
         batch.push(&mut postcard::Deserializer::from_bytes(bytes)).map_err(storage("decoding a dose"))?;
