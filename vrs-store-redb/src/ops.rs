@@ -492,7 +492,9 @@ fn write_runs<T>(
         if let Some(e) = failed {
             return Err(e);
         }
-        if run == 0 {
+        // A cursor costs a seek and a close: a run of one insert does not pay for it (a
+        // slot and its dose, side by side among existing keys, make such runs).
+        if run < 2 {
             plain_left = backoff;
             backoff = (backoff * 2).min(4096);
         } else {
@@ -539,7 +541,9 @@ where
             }
         }
         cursor.close().map_err(storage(what))?;
-        if run == 0 {
+        // A cursor costs a seek and a close: a run of one insert does not pay for it (a
+        // slot and its dose, side by side among existing keys, make such runs).
+        if run < 2 {
             plain_left = backoff;
             backoff = (backoff * 2).min(4096);
         } else {
