@@ -49,7 +49,18 @@ pub fn check_length(field: &'static str, value: &str, max: usize, required: bool
 /// Input validation of a registration (nothing is stored when this fails): the OCR line,
 /// the municipality's existence, the date, the product and the ledger's field limits.
 pub fn validate_registration(reg: &DoseRegistration, site: &Site, catalogue: &Catalogue, today: NaiveDate) -> Result<ValidRegistration> {
-    let ocr = parse_ocr(&reg.ocr_line)?;
+    validate_read_registration(reg, parse_ocr(&reg.ocr_line)?, site, catalogue, today)
+}
+
+/// [`validate_registration`] of a registration whose OCR line was already read into `ocr`
+/// (with [`parse_ocr`]): a batch reads each line once.
+pub(crate) fn validate_read_registration(
+    reg: &DoseRegistration,
+    ocr: OcrLine,
+    site: &Site,
+    catalogue: &Catalogue,
+    today: NaiveDate,
+) -> Result<ValidRegistration> {
     let dose_number = reg.dose_number.unwrap_or(ocr.dose_number);
     let details = validate_details(
         DoseDetails {

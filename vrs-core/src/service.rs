@@ -14,7 +14,7 @@ use crate::dose::{DoseCorrection, DoseDetails, DoseRecord, DoseRegistration, Dos
 use crate::finding::{Finding, FindingKind};
 use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, VoucherRef};
 use crate::import::ImportReport;
-use crate::reconcile::{assess_person, diff_findings, validate_details, validate_registration};
+use crate::reconcile::{assess_person, diff_findings, validate_details, validate_read_registration};
 use crate::resident::Resident;
 use crate::stats::{StatsQuery, StatsRow, deltas, key_for, merge_deltas};
 use crate::store::{
@@ -351,25 +351,29 @@ impl Registry {
             .collect()
     }
 
-    /// Decides a registration against `context`, the store's answer to its query (read
-    /// before any of the batch was decided; read here when not given), with the batch's
-    /// earlier decisions over it.
+    /// Decides a registration against `context`, the store's answer to its query with the
+    /// dose id the query named (read before any of the batch was decided; read here when
+    /// not given), with the batch's earlier decisions over it.
     async fn decide_registration(
         &self,
         pending: &Pending,
         account: &TabletAccount,
         who: &str,
         reg: &DoseRegistration,
-        context: Option<PersonContext>,
+        context: Option<(DoseId, PersonContext)>,
     ) -> Result<(Option<ChangeSet>, RegistrationOutcome)> {
         let now = self.clock.now();
-        let id = DoseId::for_key(&reg.idempotency_key);
+        // The id hashes the key: a batch's query already did.
+        let id = match &context {
+            Some((id, _)) => *id,
+            None => DoseId::for_key(&reg.idempotency_key),
+        };
         // An unreadable OCR line is refused whether or not the key was used (as validation
         // would refuse it first).
         let ocr = crate::reconcile::parse_ocr(&reg.ocr_line)?;
         // The same key earlier in this batch, or already stored: the first result again.
         let context = match context {
-            Some(c) => c,
+            Some((_, c)) => c,
             None => self.person_context(ocr.voucher, Some(id)).await?,
         };
         let replay = match pending.dose(&id) {
@@ -389,7 +393,7 @@ impl Registry {
             let findings = findings.into_iter().filter(|f| f.open).collect();
             return Ok((None, RegistrationOutcome { matched: first.matched.is_some(), dose: first, findings, replayed: true }));
         }
-        let valid = validate_registration(reg, &account.site, &self.catalogue, jst_date(now))?;
+        let valid = validate_read_registration(reg, ocr, &account.site, &self.catalogue, jst_date(now))?;
         let voucher = valid.ocr.voucher;
         let view = Self::person_view(pending, context);
         // Registration order decides which of two colliding doses carries the finding, so
@@ -539,7 +543,11 @@ impl Registry {
         let mut pending = Pending::default();
         let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
         for (reg, query) in regs.iter().zip(&queries) {
-            let context = if query.is_some() { answers.next() } else { None };
+            let context = match query {
+                // Every query took an answer, in order.
+                Some(q) => answers.next().and_then(|c| Some((q.dose?, c))),
+                None => None,
+            };
             match self.decide_registration(&pending, account, who, reg, context).await {
                 Ok((Some(cs), outcome)) => {
                     pending.push(cs);

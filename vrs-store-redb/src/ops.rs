@@ -46,7 +46,8 @@ fn conflict(what: String) -> Error {
 }
 
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>> {
-    postcard::to_stdvec(value).map_err(storage(what))
+    // Sized for a dose record at once: growing from empty reallocated it several times.
+    postcard::to_extend(value, Vec::with_capacity(512)).map_err(storage(what))
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T> {
@@ -510,13 +511,65 @@ fn write_runs<T>(
         if let Some(e) = failed {
             return Err(e);
         }
-        if run == 0 {
+        // A cursor costs a seek and a close: a run of one insert does not pay for it (a
+        // slot and its dose, side by side among existing keys, make such runs).
+        if run < 2 {
             plain_left = backoff;
             backoff = (backoff * 2).min(4096);
         } else {
             backoff = 1;
         }
     }
+}
+
+/// Inserts `items`, sorted by key, into any table: runs of new keys go through a cursor
+/// like [`write_runs`] (with its back-off for keys landing among existing ones);
+/// `replaced` is told each key whose insert replaced an entry.
+fn insert_sorted<'k, 'v, K, V, KB, VB>(
+    table: &mut Table<'_, K, V>,
+    items: impl IntoIterator<Item = (KB, VB)>,
+    what: &'static str,
+    mut replaced: impl FnMut(&KB) -> Result<()>,
+) -> Result<()>
+where
+    K: redb::Key + 'static,
+    V: Value + 'static,
+    KB: std::borrow::Borrow<K::SelfType<'k>>,
+    VB: std::borrow::Borrow<V::SelfType<'v>>,
+{
+    let mut items = items.into_iter().peekable();
+    let (mut plain_left, mut backoff) = (0usize, 1usize);
+    while let Some((key, value)) = items.next() {
+        if table.insert(key.borrow(), value.borrow()).map_err(storage(what))?.is_some() {
+            replaced(&key)?;
+        }
+        if plain_left > 0 {
+            plain_left -= 1;
+            continue;
+        }
+        let mut run = 0usize;
+        let mut cursor = table.lower_bound_mut(Bound::Excluded(key.borrow())).map_err(storage(what))?;
+        while let Some((k, v)) = items.peek() {
+            match cursor.insert_before(k.borrow(), v.borrow()) {
+                Ok(()) => {
+                    run += 1;
+                    items.next();
+                }
+                Err(CursorError::UnorderedKey) => break,
+                Err(e) => return Err(Error::storage(what, e)),
+            }
+        }
+        cursor.close().map_err(storage(what))?;
+        // A cursor costs a seek and a close: a run of one insert does not pay for it (a
+        // slot and its dose, side by side among existing keys, make such runs).
+        if run < 2 {
+            plain_left = backoff;
+            backoff = (backoff * 2).min(4096);
+        } else {
+            backoff = 1;
+        }
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -892,6 +945,15 @@ struct Writer<'t> {
     new_rows: Vec<([u8; DOSE_KEY], Vec<u8>)>,
     new_ids: Vec<([u8; 16], [u8; VOUCHER_KEY])>,
     new_sites: Vec<Vec<u8>>,
+    /// Slot claims held back the same way and written among the new rows of `doses` (a
+    /// slot sorts beside its voucher's doses): claimed one by one before, each slot cut
+    /// the new rows' ascending runs, so a batch of fresh vouchers paid a tree descent per
+    /// key instead of filling pages through one cursor.
+    new_slots: Vec<([u8; SLOT_KEY], [u8; 16])>,
+    /// New doses' `doses_by_seq` entries and the audit events, held back too: their keys
+    /// ascend, so they are written through cursors.
+    new_seqs: Vec<([u8; M + 8], [u8; DOSE_KEY])>,
+    new_audit: Vec<([u8; M + 8], Vec<u8>)>,
 }
 
 /// Applies change sets in one write transaction (durable unless the store was opened for a
@@ -932,6 +994,9 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         new_rows: Vec::new(),
         new_ids: Vec::new(),
         new_sites: Vec::new(),
+        new_slots: Vec::new(),
+        new_seqs: Vec::new(),
+        new_audit: Vec::new(),
     };
     for change in changes {
         w.apply(change)?;
@@ -957,7 +1022,9 @@ impl Writer<'_> {
             // nothing is overwritten), by `write_new_doses`.
             self.write_dose(None, &mut dose)?;
         }
-        if !updated_doses.is_empty() {
+        // What is held back is written before anything that reads or removes rows of
+        // `doses`, so that every change set sees the ones before it.
+        if !updated_doses.is_empty() || !release_slots.is_empty() {
             self.write_new_doses()?;
         }
         for mut dose in updated_doses {
@@ -980,22 +1047,9 @@ impl Writer<'_> {
             }
         }
         for (slot, id) in claim_slots {
-            let key = slot_key(&slot.voucher, slot.dose_number);
-            // Claimed by inserting; what it replaced says whether another dose held it (a
-            // conflict aborts the whole transaction, so nothing is overwritten).
-            let held = self
-                .doses
-                .insert(key.as_slice(), id.as_bytes().as_slice())
-                .map_err(storage("claiming a slot"))?
-                .map(|g| id_suffix(g.value()));
-            if let Some(held) = held.filter(|held| held != id.as_bytes()) {
-                return Err(conflict(format!(
-                    "dose {} of voucher {} is already held by dose {}",
-                    slot.dose_number,
-                    slot.voucher,
-                    DoseId::from_bytes(held)
-                )));
-            }
+            // Claimed by `write_new_doses`, by inserting: what the insert replaced says
+            // whether another dose held the slot.
+            self.new_slots.push((slot_key(&slot.voucher, slot.dose_number), *id.as_bytes()));
         }
         for finding in findings {
             self.write_finding(&finding)?;
@@ -1014,10 +1068,7 @@ impl Writer<'_> {
         }
         for event in audit {
             self.audit_seq = self.audit_seq.checked_add(1).ok_or_else(|| exhausted("audit"))?;
-            encode_into("encoding an audit event", &event, &mut self.buf)?;
-            self.audit
-                .insert(seq_key(&event.municipality, self.audit_seq).as_slice(), self.buf.as_slice())
-                .map_err(storage("writing the audit trail"))?;
+            self.new_audit.push((seq_key(&event.municipality, self.audit_seq), encode("encoding an audit event", &event)?));
         }
         Ok(())
     }
@@ -1052,7 +1103,11 @@ impl Writer<'_> {
             }
             self.by_site.insert(site.as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }
-        self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), &key).map_err(storage("writing a dose index entry"))?;
+        if stored.is_none() {
+            self.new_seqs.push((seq_key(&dose.owner(), dose.seq), key));
+        } else {
+            self.by_seq.insert(seq_key(&dose.owner(), dose.seq).as_slice(), &key).map_err(storage("writing a dose index entry"))?;
+        }
         if dose.matched.is_none() {
             self.unmatched.insert(unmatched_key(&dose.owner(), &id).as_slice(), ()).map_err(storage("writing a dose index entry"))?;
         }
@@ -1064,29 +1119,51 @@ impl Writer<'_> {
     fn write_new_doses(&mut self) -> Result<()> {
         let mut ids = std::mem::take(&mut self.new_ids);
         ids.sort_unstable();
-        for (id, voucher) in &ids {
-            if self.ids.insert(id, voucher).map_err(storage("writing the dose id index"))?.is_some() {
-                return Err(conflict(format!("dose {} already exists", DoseId::from_bytes(*id))));
-            }
-        }
+        insert_sorted(&mut self.ids, ids.iter().map(|(id, voucher)| (id, voucher)), "writing the dose id index", |id| {
+            Err(conflict(format!("dose {} already exists", DoseId::from_bytes(**id))))
+        })?;
         let mut sites = std::mem::take(&mut self.new_sites);
         sites.sort_unstable();
-        for key in &sites {
-            self.by_site.insert(key.as_slice(), ()).map_err(storage("writing a dose index entry"))?;
-        }
-        let mut rows = std::mem::take(&mut self.new_rows);
-        rows.sort_unstable_by_key(|r| r.0);
+        insert_sorted(&mut self.by_site, sites.iter().map(|k| (k.as_slice(), ())), "writing a dose index entry", |_| Ok(()))?;
+        // Sequence numbers were given in order, so these are sorted within each municipality.
+        let mut seqs = std::mem::take(&mut self.new_seqs);
+        seqs.sort_unstable();
+        insert_sorted(&mut self.by_seq, seqs.iter().map(|(k, v)| (k.as_slice(), v)), "writing a dose index entry", |_| Ok(()))?;
+        let mut audit = std::mem::take(&mut self.new_audit);
+        audit.sort_unstable_by_key(|e| e.0);
+        insert_sorted(&mut self.audit, audit.iter().map(|(k, v)| (k.as_slice(), v.as_slice())), "writing the audit trail", |_| Ok(()))?;
+        let rows = std::mem::take(&mut self.new_rows).into_iter().map(|(k, v)| (k.to_vec(), DosesRow::Dose(v)));
+        let slots = std::mem::take(&mut self.new_slots).into_iter().map(|(k, id)| (k.to_vec(), DosesRow::Slot(id)));
+        let mut all: Vec<(Vec<u8>, DosesRow)> = rows.chain(slots).collect();
+        // Stable: two claims of one slot keep their order, so the second meets the first.
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         write_runs(
             &mut self.doses,
-            rows.into_iter().map(Ok),
-            |(k, v), key, value| {
+            all.into_iter().map(Ok),
+            |(k, row), key, value| {
                 key.clear();
                 key.extend_from_slice(k);
                 value.clear();
-                value.extend_from_slice(v);
+                value.extend_from_slice(match row {
+                    DosesRow::Dose(v) => v,
+                    DosesRow::Slot(id) => id,
+                });
                 Ok(())
             },
-            |_, _, _| Ok(()),
+            |(key, row), _, old| match (row, old) {
+                // A claim replacing another dose's claim: a conflict, which aborts the
+                // whole transaction, so nothing is overwritten.
+                (DosesRow::Slot(id), Some(held)) if id_suffix(held) != id => {
+                    let voucher = String::from_utf8_lossy(key.get(M..VOUCHER_KEY).unwrap_or_default()).into_owned();
+                    Err(conflict(format!(
+                        "dose {} of voucher {}-{voucher} is already held by dose {}",
+                        key.get(VOUCHER_KEY).copied().unwrap_or_default(),
+                        String::from_utf8_lossy(key.get(..M).unwrap_or_default()),
+                        DoseId::from_bytes(id_suffix(held))
+                    )))
+                }
+                _ => Ok(()),
+            },
         )
     }
 
@@ -1144,6 +1221,13 @@ impl Writer<'_> {
             .map_err(storage("writing an account index entry"))?;
         Ok(())
     }
+}
+
+/// A row of `doses` written by [`Writer::write_new_doses`]: a new dose's encoded record,
+/// or the id of the dose claiming a slot.
+enum DosesRow {
+    Dose(Vec<u8>),
+    Slot([u8; 16]),
 }
 
 fn exhausted(what: &str) -> Error {

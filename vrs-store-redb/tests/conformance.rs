@@ -120,3 +120,38 @@ async fn integrity_check_and_exclusive_open() {
     std::fs::write(&junk, vec![0x5a; 8192]).unwrap();
     assert!(matches!(RedbStore::open(&junk), Err(Error::Storage { .. })));
 }
+
+/// The store holds a call's slot claims, index entries and audit events back and writes
+/// them in key order at the end: the change sets of one call still act in their order.
+/// Two doses claiming one slot in one call conflict and write nothing; a holder releasing
+/// its slot lets a later change set of the same call claim it.
+#[tokio::test]
+async fn claims_held_back_keep_the_order_of_the_change_sets() {
+    let store: DynStore = Arc::new(RedbStore::in_memory().unwrap());
+    let v = voucher(CHIYODA, "0000000001");
+    let slot = DoseSlot { voucher: v, dose_number: 1 };
+    let a = dose("a", v, 1, "2021-06-01T01:00:00Z", "venue-1");
+    let b = dose("b", v, 1, "2021-06-01T02:00:00Z", "venue-1");
+    let claims = |d: &vrs_core::dose::DoseRecord| ChangeSet {
+        new_doses: vec![d.clone()],
+        claim_slots: vec![(slot, d.id)],
+        audit: vec![event(CHIYODA, "register", "x")],
+        ..ChangeSet::default()
+    };
+    assert!(matches!(store.apply(vec![claims(&a), claims(&b)]).await, Err(Error::Conflict { .. })));
+    assert_eq!(store.dose(a.id).await.unwrap(), None);
+    assert!(store.audit(code(CHIYODA)).await.unwrap().is_empty());
+
+    let a_releases = ChangeSet { release_slots: vec![(slot, a.id)], ..ChangeSet::default() };
+    store.apply(vec![claims(&a), a_releases, claims(&b)]).await.unwrap();
+    // b holds the slot now: a may not claim it back.
+    assert!(matches!(
+        store.apply(vec![ChangeSet { claim_slots: vec![(slot, a.id)], ..ChangeSet::default() }]).await,
+        Err(Error::Conflict { .. })
+    ));
+    store.apply(vec![ChangeSet { claim_slots: vec![(slot, b.id)], ..ChangeSet::default() }]).await.unwrap();
+    let (doses, seq) = scanned_doses(&store, CHIYODA, DoseScan::ChangedSince { after: 0 }).await;
+    assert_eq!(doses.iter().map(|d| d.id).collect::<Vec<_>>(), vec![a.id, b.id], "in sequence order");
+    assert_eq!(store.audit(code(CHIYODA)).await.unwrap().len(), 2);
+    assert!(seq > 0);
+}
