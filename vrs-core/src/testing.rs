@@ -1,7 +1,7 @@
 //! The store conformance suite (feature `testing`): written once here, run by every store
 //! crate in one line. A store is correct when the whole suite passes.
 //!
-//! ```ignore
+//! ```text
 //! // vrs-store-xyz/tests/conformance.rs (needs tokio as a dev-dependency)
 //! vrs_core::store_conformance_tests!(async { XyzStore::in_memory().unwrap() });
 //! // or, when each case needs a store of its own name (a database or schema per case):
