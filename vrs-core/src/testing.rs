@@ -9,7 +9,7 @@
 //! ```
 //!
 //! The macro expands to one `#[tokio::test]` per case, each on a fresh, empty store. The
-//! cases are the `pub async fn`s below (the store contract: what [`StoreBackend`]
+//! cases are the `pub async fn`s below (the store contract: what [`StoreBackend`](crate::store::StoreBackend)
 //! promises) and those of [`crate::testing_service`] (the rules of DESIGN.md §3 run end to
 //! end through the service). To add a case, write it as `pub async fn name(store: DynStore)`
 //! in either module and add its name to the list in [`store_conformance_tests!`].

@@ -1,5 +1,5 @@
 //! Service-level cases of the conformance suite: the rules of DESIGN.md §3 run end to
-//! end through [`Registry`] on the store under test.
+//! end through [`Registry`](crate::service::Registry) on the store under test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 

@@ -1,5 +1,5 @@
 //! Sync-batch cases of the store conformance suite (feature `testing`): a tablet's batch
-//! applied through [`Registry::apply_sync_batch`] on the store under test — twice, partly, out
+//! applied through [`Registry::apply_sync_batch`](crate::service::Registry::apply_sync_batch) on the store under test — twice, partly, out
 //! of order — with nothing doubled or lost, and conflicting offline edits in the review queue.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
