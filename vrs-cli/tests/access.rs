@@ -10,11 +10,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
-const NOW: &str = "2021-07-01T09:00:00+09:00";
+mod common;
+use common::{bin, vrs};
+
 const CHIYODA: &str = "131016";
 
 /// The actors of every row, in this order, and the options that name each.
@@ -121,18 +123,6 @@ fn table() -> Vec<(&'static str, Guard)> {
         // The batch of the acting site's own account (see `batch_for`).
         ("sync apply", Actor(&["sync", "apply", "{DIR}/batch.json"], SITE_ONLY)),
     ]
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vrs"));
-    c.env("VRS_NOW", NOW).env_remove("VRS_ACCOUNT_SECRET").stdin(Stdio::null());
-    c
-}
-
-fn vrs(dir: &Path) -> Command {
-    let mut c = bin();
-    c.arg("--store").arg(dir.join("vrs.redb"));
-    c
 }
 
 fn ok(c: &mut Command) -> String {

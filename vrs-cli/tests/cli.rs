@@ -10,16 +10,11 @@ use std::time::Instant;
 
 use serde_json::Value;
 
-const NOW: &str = "2021-07-01T09:00:00+09:00";
+mod common;
+use common::vrs;
+
 const CHIYODA: &str = "131016";
 const SHINJUKU: &str = "131041";
-
-/// A `vrs` command on the store in `dir`, with the clock stopped at [`NOW`].
-fn vrs(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vrs"));
-    c.arg("--store").arg(dir.join("vrs.redb")).env("VRS_NOW", NOW).stdin(Stdio::null());
-    c
-}
 
 struct Run {
     code: i32,

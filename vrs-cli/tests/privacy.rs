@@ -9,7 +9,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use vrs_core::access::{Actor, Site};
@@ -20,7 +20,9 @@ use vrs_core::service::{FixedClock, Registry};
 use vrs_core::store::{DynStore, PersonQuery};
 use vrs_store_redb::RedbStore;
 
-const NOW: &str = "2021-07-01T09:00:00+09:00";
+mod common;
+use common::NOW;
+
 const CHIYODA: &str = "131016";
 const SHINJUKU: &str = "131041";
 const SECRET: &str = "deployment-secret-for-the-test";
@@ -73,14 +75,10 @@ impl Collected {
     }
 }
 
+/// `vrs` on the store in `dir`, keying personal numbers with the test's secret.
 fn vrs(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vrs"));
-    c.arg("--store")
-        .arg(dir.join("vrs.redb"))
-        .env("VRS_NOW", NOW)
-        .env("VRS_PERSONAL_NUMBER_SECRET", SECRET)
-        .env_remove("VRS_ACCOUNT_SECRET")
-        .stdin(Stdio::null());
+    let mut c = common::vrs(dir);
+    c.env("VRS_PERSONAL_NUMBER_SECRET", SECRET);
     c
 }
 

@@ -3,46 +3,10 @@
 // A test crate: helpers outside `#[test]` functions may panic too.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use std::path::Path;
-use std::process::{Command, Stdio};
-
 use serde_json::{Value, json};
 
-const NOW: &str = "2021-07-01T09:00:00+09:00";
-
-fn vrs(dir: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vrs"));
-    c.arg("--store").arg(dir.join("vrs.redb")).env("VRS_NOW", NOW).stdin(Stdio::null());
-    // The tablet account's secret, once `accounts issue` has shown it (see `issue_account`).
-    if let Ok(secret) = std::fs::read_to_string(dir.join("account.secret")) {
-        c.env("VRS_ACCOUNT_SECRET", secret.trim());
-    }
-    c
-}
-
-/// `vrs accounts issue` for `args`, keeping the secret it shows once where [`vrs`] finds it.
-fn issue_account(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vrs"))
-        .arg("--store")
-        .arg(dir.join("vrs.redb"))
-        .env("VRS_NOW", NOW)
-        .args(["--json", "accounts", "issue"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run vrs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if out.status.success() {
-        let v: Value = serde_json::from_str(&stdout).expect("JSON");
-        std::fs::write(dir.join("account.secret"), v["secret"].as_str().expect("secret")).expect("write the secret");
-    }
-    (out.status.code().unwrap_or(-1), format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().expect("run vrs");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+mod common;
+use common::{issue_account, run, vrs};
 
 fn entry(key: &str, voucher: &str, date: &str) -> Value {
     json!({
