@@ -18,7 +18,7 @@ use std::fmt;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
-use serde::de::{Deserializer, Error as _, SeqAccess, Visitor};
+use serde::de::{Deserializer, Error as _, Visitor};
 
 use crate::dose::DoseRecord;
 use crate::ids::{DoseId, MunicipalityCode, PersonalNumberHash, VoucherNumber, VoucherRef};
@@ -778,6 +778,7 @@ struct ResidentRow<'a> {
 /// the domain types: a field added to those must be added here too.
 mod repr {
     use super::*;
+    use crate::ledger::repr::Newest;
 
     #[derive(Deserialize)]
     pub(super) struct Record<'a> {
@@ -792,7 +793,7 @@ mod repr {
         #[serde(borrow)]
         pub matched: Option<Person<'a>>,
         #[serde(borrow)]
-        pub versions: Newest<'a>,
+        pub versions: Newest<Version<'a>>,
         #[serde(rename = "revision")]
         _revision: u32,
         pub seq: u64,
@@ -925,29 +926,6 @@ mod repr {
                     .map(Micros)
                     .ok_or_else(|| D::Error::custom(format!("timestamp {secs}.{nanos:09} is out of range")))
             }
-        }
-    }
-
-    /// The newest (last) of a dose's versions; the others are read and dropped.
-    pub(super) struct Newest<'a>(pub Version<'a>);
-
-    impl<'de: 'a, 'a> Deserialize<'de> for Newest<'a> {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-            struct V<'a>(std::marker::PhantomData<Version<'a>>);
-            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-                type Value = Newest<'a>;
-                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                    f.write_str("a dose's versions")
-                }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Newest<'a>, A::Error> {
-                    let mut newest = None;
-                    while let Some(v) = seq.next_element::<Version<'a>>()? {
-                        newest = Some(v);
-                    }
-                    newest.map(Newest).ok_or_else(|| A::Error::custom("a dose has at least one version"))
-                }
-            }
-            d.deserialize_seq(V(std::marker::PhantomData))
         }
     }
 }

@@ -378,7 +378,7 @@ impl LedgerBatch {
 /// [`DoseRecord`]'s serde representation, field for field in the same order (so that it
 /// reads the same bytes in formats without field names), borrowing its text and skipping
 /// what the ledger does not show. `LedgerDose`'s tests hold it to `DoseRecord`.
-mod repr {
+pub(crate) mod repr {
     use std::borrow::Cow;
     use std::fmt;
 
@@ -402,7 +402,7 @@ mod repr {
         #[serde(borrow)]
         pub matched: Option<Person<'a>>,
         #[serde(borrow)]
-        pub versions: Newest<'a>,
+        pub versions: Newest<Version<'a>>,
         #[serde(rename = "revision")]
         _revision: u32,
         pub seq: u64,
@@ -559,20 +559,21 @@ mod repr {
         }
     }
 
-    /// The newest (last) of a dose's versions; the others are read and dropped.
-    pub(super) struct Newest<'a>(pub Version<'a>);
+    /// The newest (last) of a dose's versions; the others are read and dropped. Generic
+    /// over the version's projection, so that `columns::repr` reads versions the same way.
+    pub(crate) struct Newest<T>(pub T);
 
-    impl<'de: 'a, 'a> Deserialize<'de> for Newest<'a> {
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Newest<T> {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V<'a>(std::marker::PhantomData<Version<'a>>);
-            impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-                type Value = Newest<'a>;
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+                type Value = Newest<T>;
                 fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                     f.write_str("a dose's versions")
                 }
-                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Newest<'a>, A::Error> {
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Newest<T>, A::Error> {
                     let mut newest = None;
-                    while let Some(v) = seq.next_element::<Version<'a>>()? {
+                    while let Some(v) = seq.next_element::<T>()? {
                         newest = Some(v);
                     }
                     newest.map(Newest).ok_or_else(|| A::Error::custom("a dose has at least one version"))
