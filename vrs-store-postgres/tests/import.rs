@@ -223,6 +223,27 @@ async fn terminate(application_name: &str, prefix: &str) -> i64 {
     n
 }
 
+/// Imports `upload` in batches of 1,000 and, when the fifth batch is asked for, terminates
+/// the import's backend (exactly one) while it runs the statement starting with `query`:
+/// the import must fail with a storage error.
+async fn import_killed_during(store: &DynStore, app: &str, upload: Vec<Resident>, query: &str) {
+    let (at_pause, paused) = mpsc::channel();
+    let (go_on, resume) = mpsc::channel();
+    let source =
+        PausingSource { inner: TestSource::new(upload, 1000, true), calls: 0, pause_at: 5, at_pause, resume: Arc::new(Mutex::new(resume)) };
+    let importing = {
+        let store = store.clone();
+        tokio::spawn(async move { store.import_residents(Box::new(source)).await.map(|(_, applied)| applied) })
+    };
+    tokio::task::spawn_blocking(move || paused.recv_timeout(Duration::from_secs(60)).unwrap()).await.unwrap();
+    assert_eq!(terminate(app, query).await, 1, "the import's backend, in the middle of `{query}`");
+    go_on.send(()).unwrap();
+    match importing.await.unwrap() {
+        Err(Error::Storage { .. }) => {}
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+}
+
 /// Killed while the rows stream in (COPY): the store is as before, and the same import
 /// run again succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,26 +256,7 @@ async fn killed_during_copy_leaves_nothing_and_the_rerun_succeeds() {
     store.import_residents(TestSource::new(before.clone(), 1000, true)).await.unwrap();
 
     let upload: Vec<Resident> = many(300, 20_000, "after");
-    let (at_pause, paused) = mpsc::channel();
-    let (go_on, resume) = mpsc::channel();
-    let source = PausingSource {
-        inner: TestSource::new(upload.clone(), 1000, true),
-        calls: 0,
-        pause_at: 5,
-        at_pause,
-        resume: Arc::new(Mutex::new(resume)),
-    };
-    let importing = {
-        let store = store.clone();
-        tokio::spawn(async move { store.import_residents(Box::new(source)).await.map(|(_, applied)| applied) })
-    };
-    tokio::task::spawn_blocking(move || paused.recv_timeout(Duration::from_secs(60)).unwrap()).await.unwrap();
-    assert_eq!(terminate(&app, "COPY").await, 1, "the import's backend, in the middle of its COPY");
-    go_on.send(()).unwrap();
-    match importing.await.unwrap() {
-        Err(Error::Storage { .. }) => {}
-        other => panic!("expected a storage error, got {other:?}"),
-    }
+    import_killed_during(&store, &app, upload.clone(), "COPY").await;
     assert_eq!(scanned_residents(&store, CHIYODA).await, before, "as before");
     assert_eq!(store.resident(&person(CHIYODA, "10000")).await.unwrap(), None);
 
@@ -310,26 +312,7 @@ async fn killed_during_a_first_upload_leaves_nothing_and_the_rerun_succeeds() {
     let app = format!("vrs-test-{schema}");
     let store: DynStore = Arc::new(store);
     let upload: Vec<Resident> = many(1, 20_000, "first");
-    let (at_pause, paused) = mpsc::channel();
-    let (go_on, resume) = mpsc::channel();
-    let source = PausingSource {
-        inner: TestSource::new(upload.clone(), 1000, true),
-        calls: 0,
-        pause_at: 5,
-        at_pause,
-        resume: Arc::new(Mutex::new(resume)),
-    };
-    let importing = {
-        let store = store.clone();
-        tokio::spawn(async move { store.import_residents(Box::new(source)).await.map(|(_, applied)| applied) })
-    };
-    tokio::task::spawn_blocking(move || paused.recv_timeout(Duration::from_secs(60)).unwrap()).await.unwrap();
-    assert_eq!(terminate(&app, "COPY residents").await, 1, "the import's backend, in the middle of its direct COPY");
-    go_on.send(()).unwrap();
-    match importing.await.unwrap() {
-        Err(Error::Storage { .. }) => {}
-        other => panic!("expected a storage error, got {other:?}"),
-    }
+    import_killed_during(&store, &app, upload.clone(), "COPY residents").await;
     assert!(scanned_residents(&store, CHIYODA).await.is_empty(), "nothing imported");
     let (_, applied) = store.import_residents(TestSource::new(upload, 1000, true)).await.unwrap();
     assert_eq!(applied, ImportApplied { inserted: 20_000, replaced: 0, committed: true });
