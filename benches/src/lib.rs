@@ -95,3 +95,37 @@ pub fn report_absolute(name: &str, figure: f64, unit: &str, target: f64) -> bool
 pub fn note(name: &str, value: impl std::fmt::Display) {
     println!("{name:<44} {value}");
 }
+
+/// A dose seeded straight into a store by a benchmark (the seeding is not what is
+/// measured, so it skips the service): registered by account `tablet-1`, its voucher the
+/// resident's, matched to that resident, in its first version.
+#[allow(clippy::expect_used)] // only the literal account id is parsed
+pub fn seeded_dose(
+    resident: &vrs_core::resident::Resident,
+    key: vrs_core::ids::IdempotencyKey,
+    registered_at: chrono::DateTime<chrono::Utc>,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    details: vrs_core::dose::DoseDetails,
+    recorded_by: &str,
+) -> vrs_core::dose::DoseRecord {
+    use vrs_core::ids::{AccountId, DoseId, VoucherRef};
+    vrs_core::dose::DoseRecord {
+        id: DoseId::for_key(&key),
+        idempotency_key: key,
+        voucher: VoucherRef { municipality: resident.person.municipality, number: resident.voucher },
+        ticket_kind: 1,
+        registered_at,
+        registered_by: AccountId::parse("tablet-1").expect("a valid literal account id"),
+        matched: Some(resident.person.clone()),
+        versions: vec![vrs_core::dose::DoseVersion {
+            version: 1,
+            details,
+            voided: false,
+            recorded_at,
+            recorded_by: recorded_by.into(),
+            reason: None,
+        }],
+        revision: 1,
+        seq: 0,
+    }
+}

@@ -15,9 +15,10 @@
 use std::sync::Arc;
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use vrs_core::dose::{DoseDetails, DoseRecord, DoseVersion};
+use vrs_benches::seeded_dose;
+use vrs_core::dose::DoseDetails;
 use vrs_core::generate::{GenOptions, ResidentGenerator};
-use vrs_core::ids::{AccountId, DoseId, IdempotencyKey, MunicipalityCode, SiteId, VoucherRef};
+use vrs_core::ids::{IdempotencyKey, MunicipalityCode, SiteId};
 use vrs_core::import::ImportReport;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{key_for, merge_deltas};
@@ -108,7 +109,6 @@ fn main() {
     assert!(applied.committed);
     let at = Utc.with_ymd_and_hms(2021, 6, 1, 0, 0, 0).unwrap();
     let site = SiteId::parse("venue-1").unwrap();
-    let account = AccountId::parse("tablet-1").unwrap();
     // Doses are written in the order the store keeps them (voucher order) and dated in
     // that order too, so that each bulk change set fills neighbouring pages of the doses
     // and by-site tables instead of touching pages all over a file larger than the cache:
@@ -136,18 +136,7 @@ fn main() {
             lot: format!("FA{:04}", i % 10_000),
             lot_expiry: None,
         };
-        let record = DoseRecord {
-            id: DoseId::for_key(&key),
-            idempotency_key: key,
-            voucher: VoucherRef { municipality: m, number: resident.voucher },
-            ticket_kind: 1,
-            registered_at: at + chrono::Duration::seconds(i as i64),
-            registered_by: account.clone(),
-            matched: Some(resident.person.clone()),
-            versions: vec![DoseVersion { version: 1, details, voided: false, recorded_at: at, recorded_by: "bench".into(), reason: None }],
-            revision: 1,
-            seq: 0,
-        };
+        let record = seeded_dose(&resident, key, at + chrono::Duration::seconds(i as i64), at, details, "bench");
         if let Some(k) = key_for(&record, Some(&resident)) {
             counters.push((k, 1));
         }

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use vrs_benches::{Scale, cpu_time, note, proc_status_kib, report, report_absolute, reset_peak_rss, timed, timed_cpu};
+use vrs_benches::{Scale, cpu_time, note, proc_status_kib, report, report_absolute, reset_peak_rss, seeded_dose, timed, timed_cpu};
 use vrs_core::access::{Actor, Site};
-use vrs_core::dose::{DoseDetails, DoseRecord, DoseRegistration, DoseVersion};
+use vrs_core::dose::{DoseDetails, DoseRecord, DoseRegistration};
 use vrs_core::generate::{GenOptions, HeaderLanguage, ResidentGenerator, write_residents_csv};
-use vrs_core::ids::{AccountId, DoseId, IdempotencyKey, MunicipalityCode, SiteId, VoucherRef};
+use vrs_core::ids::{AccountId, IdempotencyKey, MunicipalityCode, SiteId};
 use vrs_core::import::{ImportOptions, ResidentCsvSource};
 use vrs_core::ledger::{LedgerOptions, OutputEncoding};
 use vrs_core::service::{FixedClock, Registry};
@@ -184,25 +184,7 @@ fn seed_doses(rt: &tokio::runtime::Runtime, store: &DynStore, persons: u64) -> u
                 lot: format!("FA{:04}", i % 10_000),
                 lot_expiry: None,
             };
-            let record = DoseRecord {
-                id: DoseId::for_key(&key),
-                idempotency_key: key,
-                voucher: VoucherRef { municipality: m, number: resident.voucher },
-                ticket_kind: 1,
-                registered_at: at,
-                registered_by: AccountId::parse("tablet-1").unwrap(),
-                matched: Some(resident.person.clone()),
-                versions: vec![DoseVersion {
-                    version: 1,
-                    details,
-                    voided: false,
-                    recorded_at: at,
-                    recorded_by: "bench".into(),
-                    reason: None,
-                }],
-                revision: 1,
-                seq: 0,
-            };
+            let record = seeded_dose(&resident, key, at, at, details, "bench");
             if let Some(k) = key_for(&record, Some(&resident)) {
                 counters.push((k, 1));
             }
@@ -339,36 +321,19 @@ fn bare_registration_batches(db_path: &Path, persons: std::ops::Range<u64>, batc
         .map(|i| {
             let resident = generator.row(i).unwrap().to_resident(m, b"").unwrap();
             let key = IdempotencyKey::parse(&format!("bare-{i}")).unwrap();
-            let record = DoseRecord {
-                id: DoseId::for_key(&key),
-                idempotency_key: key,
-                voucher: VoucherRef { municipality: m, number: resident.voucher },
-                ticket_kind: 1,
-                registered_at: at,
-                registered_by: AccountId::parse("tablet-1").unwrap(),
-                matched: Some(resident.person.clone()),
-                versions: vec![DoseVersion {
-                    version: 1,
-                    details: DoseDetails {
-                        dose_number: 1,
-                        date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap(),
-                        administering_municipality: m,
-                        site: site().id,
-                        site_name: site().name,
-                        doctor: "佐藤一郎".into(),
-                        product: ProductCode::new("pfizer"),
-                        maker: "ファイザー".into(),
-                        lot: "FA5765".into(),
-                        lot_expiry: None,
-                    },
-                    voided: false,
-                    recorded_at: at,
-                    recorded_by: "site venue-1 (account tablet-1)".into(),
-                    reason: None,
-                }],
-                revision: 1,
-                seq: 0,
+            let details = DoseDetails {
+                dose_number: 1,
+                date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap(),
+                administering_municipality: m,
+                site: site().id,
+                site_name: site().name,
+                doctor: "佐藤一郎".into(),
+                product: ProductCode::new("pfizer"),
+                maker: "ファイザー".into(),
+                lot: "FA5765".into(),
+                lot_expiry: None,
             };
+            let record = seeded_dose(&resident, key, at, at, details, "site venue-1 (account tablet-1)");
             registration_rows(&record)
         })
         .collect();
