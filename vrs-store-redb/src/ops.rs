@@ -451,6 +451,40 @@ fn encode_into<T: Serialize>(what: &'static str, value: &T, buf: &mut Vec<u8>) -
     Ok(())
 }
 
+/// When [`write_runs`] and [`insert_sorted`] try a cursor. A cursor costs a seek and a
+/// close: a run of one insert does not pay for it (a slot and its dose, side by side among
+/// existing keys, make such runs), so after each short run the next keys go in plainly,
+/// twice as many each time (up to 4,096); a run of two or more starts over.
+struct CursorBackoff {
+    plain_left: usize,
+    backoff: usize,
+}
+
+impl Default for CursorBackoff {
+    fn default() -> Self {
+        Self { plain_left: 0, backoff: 1 }
+    }
+}
+
+impl CursorBackoff {
+    /// Whether the key just inserted is followed by a plain insert rather than a cursor.
+    fn plain(&mut self) -> bool {
+        let plain = self.plain_left > 0;
+        self.plain_left = self.plain_left.saturating_sub(1);
+        plain
+    }
+
+    /// After a cursor wrote `run` keys.
+    fn ran(&mut self, run: usize) {
+        if run < 2 {
+            self.plain_left = self.backoff;
+            self.backoff = (self.backoff * 2).min(4096);
+        } else {
+            self.backoff = 1;
+        }
+    }
+}
+
 /// Writes `items` in the order given, each an insert-or-replace. Runs of new keys that
 /// ascend go through a redb cursor, which packs them into full pages several times
 /// faster than single inserts; a key out of order or already present takes a plain
@@ -465,7 +499,7 @@ fn write_runs<T>(
 ) -> Result<()> {
     let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(512));
     let mut pending: Option<T> = None;
-    let (mut plain_left, mut backoff) = (0usize, 1usize);
+    let mut backoff = CursorBackoff::default();
     loop {
         let item = match pending.take() {
             Some(item) => item,
@@ -479,8 +513,7 @@ fn write_runs<T>(
             let old = table.insert(key.as_slice(), value.as_slice()).map_err(storage("writing an entry"))?;
             written(item, &key, old.as_ref().map(|g| g.value()))?;
         }
-        if plain_left > 0 {
-            plain_left -= 1;
+        if backoff.plain() {
             continue;
         }
         let mut run = 0usize;
@@ -511,14 +544,7 @@ fn write_runs<T>(
         if let Some(e) = failed {
             return Err(e);
         }
-        // A cursor costs a seek and a close: a run of one insert does not pay for it (a
-        // slot and its dose, side by side among existing keys, make such runs).
-        if run < 2 {
-            plain_left = backoff;
-            backoff = (backoff * 2).min(4096);
-        } else {
-            backoff = 1;
-        }
+        backoff.ran(run);
     }
 }
 
@@ -538,13 +564,12 @@ where
     VB: std::borrow::Borrow<V::SelfType<'v>>,
 {
     let mut items = items.into_iter().peekable();
-    let (mut plain_left, mut backoff) = (0usize, 1usize);
+    let mut backoff = CursorBackoff::default();
     while let Some((key, value)) = items.next() {
         if table.insert(key.borrow(), value.borrow()).map_err(storage(what))?.is_some() {
             replaced(&key)?;
         }
-        if plain_left > 0 {
-            plain_left -= 1;
+        if backoff.plain() {
             continue;
         }
         let mut run = 0usize;
@@ -560,14 +585,7 @@ where
             }
         }
         cursor.close().map_err(storage(what))?;
-        // A cursor costs a seek and a close: a run of one insert does not pay for it (a
-        // slot and its dose, side by side among existing keys, make such runs).
-        if run < 2 {
-            plain_left = backoff;
-            backoff = (backoff * 2).min(4096);
-        } else {
-            backoff = 1;
-        }
+        backoff.ran(run);
     }
     Ok(())
 }
