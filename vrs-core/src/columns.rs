@@ -32,7 +32,7 @@ pub const INLINE_TEXT: usize = 12;
 const RECENT: usize = 8;
 
 /// 1970-01-01 as a day number counted from 0001-01-01 (chrono's `num_days_from_ce`).
-const EPOCH_DAYS_FROM_CE: i32 = 719_163;
+pub(crate) const EPOCH_DAYS_FROM_CE: i32 = 719_163;
 
 /// Which rows of a nullable column hold a value; absent while every row does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -734,9 +734,6 @@ const PAIRS: [[u8; 2]; 100] = {
     t
 };
 
-/// Days from 0001-01-01 (day 1 of chrono's count from the CE) to 1970-01-01.
-const CE_TO_1970: i64 = 719_163;
-
 /// Appends `YYYYMMDD` of the day `days` after 1970-01-01 (proleptic Gregorian, H.
 /// Hinnant's `civil_from_days`), or appends nothing and answers `false` when its year is
 /// outside 0–9999, which chrono writes its own way.
@@ -763,7 +760,7 @@ fn put_ymd(out: &mut Vec<u8>, days: i64) -> bool {
 /// Appends 接種日 of a day number (from 0001-01-01, counted from 1): the text of
 /// [`push_ledger_date`], without building a date first.
 fn put_date(out: &mut Vec<u8>, days_from_ce: i32) {
-    if !put_ymd(out, i64::from(days_from_ce) - CE_TO_1970) {
+    if !put_ymd(out, i64::from(days_from_ce) - i64::from(crate::columns::EPOCH_DAYS_FROM_CE)) {
         let mut s = String::new();
         push_ledger_date(&mut s, NaiveDate::from_num_days_from_ce_opt(days_from_ce).unwrap_or_default());
         out.extend_from_slice(s.as_bytes());

@@ -25,11 +25,10 @@ use arrow_array::{
 use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use chrono::NaiveDate;
 use pyo3::prelude::*;
 use pyo3::types::PyCapsule;
 use vrs_core::Result;
-use vrs_core::columns::{DateColumn, DoseColumns, ResidentColumns, TextColumn, TextParts, Validity};
+use vrs_core::columns::{DateColumn, DoseColumns, ResidentColumns, TextColumn, TextParts, Validity, epoch_days};
 use vrs_core::stats::StatsRow;
 
 use crate::errors::{StorageError, arrow as arrow_error};
@@ -154,12 +153,6 @@ fn timestamp(name: &str) -> Field {
     Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some(TIME_ZONE.into())), false)
 }
 
-/// Days since 1970-01-01, as date32 stores them.
-fn days(d: NaiveDate) -> i32 {
-    // Dates of vrs are within ±5,800,000 years; the subtraction fits i32.
-    (d - NaiveDate::default()).num_days() as i32
-}
-
 /// A string column builder (for the small statistics table).
 fn strings(repeated: bool) -> StringViewBuilder {
     let b = StringViewBuilder::new();
@@ -254,7 +247,7 @@ pub fn stats_table(rows: &[StatsRow]) -> Result<Table> {
         let k = &r.key;
         municipality.append_value(k.municipality.as_str());
         prefecture.append_value(k.municipality.prefecture_code());
-        day.append_value(days(k.date));
+        day.append_value(epoch_days(k.date));
         dose_number.append_value(k.dose_number);
         sex.append_value(k.sex.letter());
         age_band.append_value(k.age_band.label());
