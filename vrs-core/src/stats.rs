@@ -129,6 +129,23 @@ pub fn deltas(before: Option<StatsKey>, after: Option<StatsKey>) -> Vec<(StatsKe
     }
 }
 
+/// Whether replacing `old` by `new` (a re-upload of the same addressee number) moves the
+/// resident's doses to other statistics groups: sex and birth date (age band) are the
+/// only resident fields a [`StatsKey`] reads.
+pub fn restates_statistics(old: &Resident, new: &Resident) -> bool {
+    old.sex != new.sex || old.birth_date != new.birth_date
+}
+
+/// Counter changes when an upload replaces `old` by `new`: each of `doses` matched to the
+/// person leaves the group it counted in under `old` for its group under `new`. `doses`
+/// may hold any doses read for the person's vouchers; those matched to someone else (or
+/// to nobody) are left alone, since their groups do not read this resident.
+pub fn restated(old: &Resident, new: &Resident, doses: &[DoseRecord]) -> Vec<(StatsKey, i64)> {
+    merge_deltas(
+        doses.iter().filter(|d| d.matched.as_ref() == Some(&new.person)).flat_map(|d| deltas(key_for(d, Some(old)), key_for(d, Some(new)))),
+    )
+}
+
 /// Merges counter changes so each group appears once (and zero changes vanish).
 pub fn merge_deltas(deltas: impl IntoIterator<Item = (StatsKey, i64)>) -> Vec<(StatsKey, i64)> {
     let mut m: BTreeMap<StatsKey, i64> = BTreeMap::new();

@@ -92,6 +92,7 @@ macro_rules! store_conformance_tests {
                 refused_import_applies_nothing,
                 batch_registration,
                 statistics_equal_a_recount,
+                reupload_restating_residents_moves_their_statistics,
                 tablet_secrets_sign_in_and_revocation,
                 chained_change_logs_cover_every_write_once_under_concurrency,
             }

@@ -726,11 +726,18 @@ pub async fn statistics_equal_a_recount(store: DynStore) {
     {
         registry.register(&venue, &registration(&format!("s{i}"), *n, CHIYODA, v, day, "pfizer", "FA5765")).await.unwrap();
     }
+    let doses = assert_counters_equal_a_recount(&registry, CHIYODA).await;
+    assert_eq!(doses.len(), 4);
+}
+
+/// Recounts a municipality's stored doses from scratch (each in the group its resident of
+/// today puts it in) and asserts the statistics counters say the same; returns the doses.
+async fn assert_counters_equal_a_recount(registry: &Registry, m: &str) -> Vec<DoseRecord> {
     let mut recount: std::collections::BTreeMap<crate::stats::StatsKey, u64> = Default::default();
     let mut doses = Vec::new();
     registry
         .store()
-        .scan_doses(code(CHIYODA), DoseScan::ByVoucher, &mut |d: DoseRecord| {
+        .scan_doses(code(m), DoseScan::ByVoucher, &mut |d: DoseRecord| {
             doses.push(d);
             Ok(())
         })
@@ -752,8 +759,52 @@ pub async fn statistics_equal_a_recount(store: DynStore) {
         .into_iter()
         .map(|r| (r.key, r.count))
         .collect();
-    assert_eq!(counters, recount);
-    assert_eq!(doses.len(), 4);
+    assert_eq!(counters, recount, "statistics counters against a recount of the stored doses");
+    doses
+}
+
+/// Sex, age band and count of each statistics group of 千代田区.
+async fn groups(registry: &Registry) -> Vec<(Sex, crate::stats::AgeBand, u64)> {
+    let rows = registry.statistics(&staff(CHIYODA), StatsQuery::Municipality(code(CHIYODA))).await.unwrap();
+    rows.into_iter().map(|row| (row.key.sex, row.key.age_band, row.count)).collect()
+}
+
+/// A re-upload that corrects a resident's birth date or sex moves the resident's doses to
+/// their new statistics groups in the same import (the counters equal a recount), while
+/// an unchanged resident, a voided dose and another resident's doses stay where they were.
+pub async fn reupload_restating_residents_moves_their_statistics(store: DynStore) {
+    let (registry, _) = setup(store).await;
+    let venue = site_actor("venue");
+    registry.register(&venue, &registration("r1", 1, CHIYODA, "0000000001", "2021-06-01", "pfizer", "FA5765")).await.unwrap();
+    registry.register(&venue, &registration("r2", 2, CHIYODA, "0000000001", "2021-06-25", "pfizer", "FA5766")).await.unwrap();
+    let second = registry.register(&venue, &registration("r3", 1, CHIYODA, "0000000002", "2021-06-02", "pfizer", "FA5765")).await.unwrap();
+    registry.register(&venue, &registration("r4", 2, CHIYODA, "0000000002", "2021-06-28", "pfizer", "FA5765")).await.unwrap();
+    registry.void(&staff(CHIYODA), second.dose.id, "registered twice").await.unwrap();
+    registry.register(&venue, &registration("r5", 1, CHIYODA, "0000000003", "2021-06-03", "pfizer", "FA5765")).await.unwrap();
+    let before = assert_counters_equal_a_recount(&registry, CHIYODA).await;
+    let old_groups = groups(&registry).await;
+    // 1's birth date was a typo (1950 → 1990), 2's sex was wrong; 3 comes again unchanged.
+    let first = resident(CHIYODA, "1", "0000000001", "1990-04-02");
+    let mut other = resident(CHIYODA, "2", "0000000002", "1980-12-31");
+    other.sex = Sex::Male;
+    let same = resident(CHIYODA, "3", "0000000003", "2015-01-01");
+    let outcome = registry.import_residents(&staff(CHIYODA), code(CHIYODA), VecSource::new(vec![first, other, same], true)).await.unwrap();
+    assert_eq!(outcome.report.replaced, 3);
+    let after = assert_counters_equal_a_recount(&registry, CHIYODA).await;
+    assert_eq!(after.len(), before.len(), "an upload registers nothing");
+    assert_eq!(total(&registry, CHIYODA).await, 4, "the voided dose still counts nowhere");
+    let new_groups = groups(&registry).await;
+    assert_ne!(old_groups, new_groups, "the groups moved");
+    assert!(new_groups.iter().any(|(sex, _, _)| *sex == Sex::Male), "{new_groups:?}");
+    // Uploading the corrected residents once more moves nothing.
+    let again = vec![resident(CHIYODA, "1", "0000000001", "1990-04-02"), {
+        let mut r = resident(CHIYODA, "2", "0000000002", "1980-12-31");
+        r.sex = Sex::Male;
+        r
+    }];
+    registry.import_residents(&staff(CHIYODA), code(CHIYODA), VecSource::new(again, true)).await.unwrap();
+    assert_counters_equal_a_recount(&registry, CHIYODA).await;
+    assert_eq!(groups(&registry).await, new_groups);
 }
 
 /// Change-log exports chained by their cursors while registrations, corrections and voids

@@ -7,18 +7,20 @@
 //! refused by its source, or loses its connection leaves nothing, and can simply be run
 //! again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write as _;
 
 use sqlx::postgres::{PgConnection, PgCopyIn};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
 use vrs_core::ids::MunicipalityCode;
+use vrs_core::reconcile::vouchers_of;
 use vrs_core::resident::Resident;
+use vrs_core::stats::{StatsKey, restated as restated_deltas};
 use vrs_core::store::{ImportApplied, ResidentSource};
 use vrs_core::{Error, Result};
 
-use crate::codec::{STAGING_COLUMNS, copy_resident, municipality_number};
+use crate::codec::{self, STAGING_COLUMNS, copy_resident, municipality_number};
 use crate::conn::{Conns, leaves_connection_usable};
 use crate::error::{db, map, storage_message};
 
@@ -304,16 +306,100 @@ async fn import_on(conn: &mut PgConnection, mut source: Box<dyn ResidentSource>)
     } else {
         // After a switch, staged rows may name residents that went straight in.
         let duplicates = produced.duplicates || produced.direct > 0;
-        sqlx::query(&merge_sql(duplicates))
+        let restated = restated_residents(&mut tx, duplicates).await?;
+        let merged = sqlx::query(&merge_sql(duplicates))
             .bind(import_id)
             .fetch_one(&mut *tx)
             .await
             .and_then(|row| row.try_get("inserted"))
-            .map_err(db("merging the imported residents"))?
+            .map_err(db("merging the imported residents"))?;
+        restate_counters(&mut tx, &restated).await?;
+        merged
     };
     tx.commit().await.map_err(db("committing an import"))?;
     let inserted = (produced.direct + u64::try_from(merged).unwrap_or(0)).saturating_sub(produced.direct_again);
     Ok((source, ImportApplied { inserted, replaced: produced.rows.saturating_sub(inserted), committed: true }))
+}
+
+/// The stored residents the staged rows give another sex or birth date (the last row of a
+/// resident named twice counts), each with its replacement's sex and birth date: their
+/// doses move to other statistics groups.
+async fn restated_residents(tx: &mut PgConnection, duplicates: bool) -> Result<Vec<(Resident, Resident)>> {
+    let staged = if duplicates {
+        "(SELECT DISTINCT ON (municipality, addressee_len, addressee) municipality, addressee_len, addressee, sex, birth_date \
+         FROM vrs_staging ORDER BY municipality, addressee_len, addressee, ord DESC)"
+    } else {
+        "vrs_staging"
+    };
+    let sql = format!(
+        "SELECT r.*, s.sex AS new_sex, s.birth_date AS new_birth_date FROM residents AS r JOIN {staged} AS s \
+         ON r.municipality = s.municipality AND r.addressee_len = s.addressee_len AND r.addressee = s.addressee \
+         WHERE r.sex <> s.sex OR r.birth_date <> s.birth_date"
+    );
+    let rows = sqlx::query(&sql).fetch_all(&mut *tx).await.map_err(db("finding residents whose sex or birth date changes"))?;
+    rows.iter()
+        .map(|row| {
+            let old = codec::resident(row)?;
+            let new =
+                Resident { sex: codec::sex(codec::col(row, "new_sex")?)?, birth_date: codec::col(row, "new_birth_date")?, ..old.clone() };
+            Ok((old, new))
+        })
+        .collect()
+}
+
+/// Moves the doses of `restated` residents to their new statistics groups, in the
+/// import's transaction. The doses that count under a resident are those matched to the
+/// person under the vouchers it named before the upload; doses waiting under a new voucher
+/// are matched (and counted) after the import.
+async fn restate_counters(tx: &mut PgConnection, restated: &[(Resident, Resident)]) -> Result<()> {
+    let mut changes: BTreeMap<StatsKey, i64> = BTreeMap::new();
+    for (old, new) in restated {
+        let mut doses = Vec::new();
+        for v in vouchers_of(old) {
+            let rows = sqlx::query("SELECT record, seq FROM doses WHERE municipality = $1 AND voucher = $2")
+                .bind(v.municipality.as_str())
+                .bind(v.number.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("reading the doses of a resident whose sex or birth date changes"))?;
+            for row in &rows {
+                doses.push(codec::dose(row)?);
+            }
+        }
+        for (key, delta) in restated_deltas(old, new, &doses) {
+            *changes.entry(key).or_default() += delta;
+        }
+    }
+    changes.retain(|_, d| *d != 0);
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (key, delta) in changes {
+        cols.0.push(key.municipality.as_str().to_owned());
+        cols.1.push(key.date);
+        cols.2.push(i16::from(key.dose_number));
+        cols.3.push(codec::sex_code(key.sex));
+        cols.4.push(codec::age_band_code(key.age_band));
+        cols.5.push(key.product.as_str().to_owned());
+        cols.6.push(delta);
+    }
+    sqlx::query(
+        "INSERT INTO counters AS c (municipality, day, dose_number, sex, age_band, product, count) \
+         SELECT * FROM unnest($1::text[], $2::date[], $3::int2[], $4::int2[], $5::int2[], $6::text[], $7::int8[]) \
+         ON CONFLICT (municipality, day, dose_number, sex, age_band, product) DO UPDATE SET count = c.count + excluded.count",
+    )
+    .bind(cols.0)
+    .bind(cols.1)
+    .bind(cols.2)
+    .bind(cols.3)
+    .bind(cols.4)
+    .bind(cols.5)
+    .bind(cols.6)
+    .execute(&mut *tx)
+    .await
+    .map_err(db("moving statistics counters of residents whose sex or birth date changes"))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -17,8 +17,9 @@ use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{DoseId, MunicipalityCode};
 use vrs_core::ledger::{LedgerBatch, LedgerDoses};
+use vrs_core::reconcile::vouchers_of;
 use vrs_core::resident::Resident;
-use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
+use vrs_core::stats::{StatsKey, StatsQuery, StatsRow, restated as restated_deltas, restates_statistics};
 use vrs_core::store::{
     AuditEvent, ChangeSet, DoseScan, ImportApplied, PersonContext, PersonQuery, ResidentSource, person_vouchers, voucher_resident,
 };
@@ -304,6 +305,7 @@ fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Res
     let mut previous = open_write(txn, PREVIOUS_VOUCHERS)?;
     let mut moved_in = open_write(txn, MOVED_IN)?;
     let mut voucher_ops: Vec<VoucherOp> = Vec::new();
+    let mut restated: Vec<(Resident, Resident)> = Vec::new();
     let (mut inserted, mut replaced) = (0u64, 0u64);
     let rows = batches.into_iter().flat_map(|batch| match batch {
         Ok(rows) => Either::Rows(rows.into_iter().map(Ok)),
@@ -336,6 +338,9 @@ fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Res
                         previous.remove(previous_key(p, key).as_slice()).map_err(storage("removing a previous-voucher entry"))?;
                         moved_in.remove(key).map_err(storage("removing a moved-in entry"))?;
                     }
+                    if restates_statistics(&old, &r) {
+                        restated.push((old, r.clone()));
+                    }
                 }
             }
             if let Some(p) = &r.previous {
@@ -347,7 +352,37 @@ fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Res
     )?;
     drop((residents, previous, moved_in));
     apply_voucher_ops(txn, voucher_ops)?;
+    restate_counters(txn, &restated)?;
     Ok((inserted, replaced))
+}
+
+/// Moves the doses of residents whose sex or birth date an upload changed to their new
+/// statistics groups, in the import's own transaction (rare: corrections of the register).
+fn restate_counters(txn: &WriteTransaction, restated: &[(Resident, Resident)]) -> Result<()> {
+    if restated.is_empty() {
+        return Ok(());
+    }
+    let doses = open_write(txn, DOSES)?;
+    let mut changes = BTreeMap::new();
+    for (old, new) in restated {
+        let mut vouchers = vouchers_of(old);
+        vouchers.extend(vouchers_of(new));
+        vouchers.sort();
+        vouchers.dedup();
+        let mut held = Vec::new();
+        for v in &vouchers {
+            held.extend(voucher_doses(&doses, &voucher_key(v))?);
+        }
+        for (k, delta) in restated_deltas(old, new, &held) {
+            *changes.entry(counter_key(&k)?).or_insert(0i64) += delta;
+        }
+    }
+    drop(doses);
+    let mut counters = open_write(txn, COUNTERS)?;
+    for (k, delta) in changes {
+        add_to_counter(&mut counters, &k, delta)?;
+    }
+    Ok(())
 }
 
 /// Two iterators as one.
@@ -895,6 +930,23 @@ fn counter_key(key: &StatsKey) -> Result<Vec<u8>> {
     Ok(k)
 }
 
+/// Adds `delta` to one counter; a counter that reaches zero is removed.
+fn add_to_counter(counters: &mut Table<'_, Bytes, i64>, k: &[u8], delta: i64) -> Result<()> {
+    if delta == 0 {
+        return Ok(());
+    }
+    let current = counters.get(k).map_err(storage("reading a counter"))?.map(|g| g.value()).unwrap_or(0);
+    let Some(next) = current.checked_add(delta) else {
+        return Err(Error::Storage { message: "a statistics counter overflowed".into(), source: None });
+    };
+    if next == 0 {
+        counters.remove(k).map_err(storage("removing a counter"))?;
+    } else {
+        counters.insert(k, next).map_err(storage("writing a counter"))?;
+    }
+    Ok(())
+}
+
 /// Counters in the range a query names, sorted by group.
 pub(crate) fn statistics(db: &Database, query: StatsQuery) -> Result<Vec<StatsRow>> {
     let prefix = match query {
@@ -1206,18 +1258,7 @@ impl Writer<'_> {
     /// Writes the summed counter changes, each counter once.
     fn write_counters(&mut self) -> Result<()> {
         for (k, delta) in std::mem::take(&mut self.counter_deltas) {
-            if delta == 0 {
-                continue;
-            }
-            let current = self.counters.get(k.as_slice()).map_err(storage("reading a counter"))?.map(|g| g.value()).unwrap_or(0);
-            let Some(next) = current.checked_add(delta) else {
-                return Err(Error::Storage { message: "a statistics counter overflowed".into(), source: None });
-            };
-            if next == 0 {
-                self.counters.remove(k.as_slice()).map_err(storage("removing a counter"))?;
-            } else {
-                self.counters.insert(k.as_slice(), next).map_err(storage("writing a counter"))?;
-            }
+            add_to_counter(&mut self.counters, &k, delta)?;
         }
         Ok(())
     }
