@@ -23,6 +23,7 @@
 //! ```
 
 mod ops;
+mod parallel;
 mod schema;
 
 use std::fmt;
