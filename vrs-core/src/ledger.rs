@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -784,6 +785,60 @@ fn put_timestamp(out: &mut Vec<u8>, (secs, nanos): (i64, u32)) {
     }
 }
 
+/// Appends one person's row to `buf`, answering how many doses it holds, or `None` (and
+/// appends nothing) when the person has no active dose. Block k (of `chosen.len()`) holds
+/// the person's active dose number k, the earliest registered (then lowest id) when there
+/// are several; dose numbers beyond the blocks are left out. `chosen` is scratch space.
+fn push_row<'d>(
+    buf: &mut Vec<u8>,
+    chosen: &mut [Option<Chosen>],
+    addressee: &[u8],
+    doses: impl Iterator<Item = LedgerDose<'d>> + Clone,
+) -> Result<Option<u64>> {
+    chosen.iter_mut().for_each(|c| *c = None);
+    let mut active = false;
+    for (i, d) in doses.clone().enumerate().filter(|(_, d)| !d.parts.voided) {
+        active = true;
+        let k = usize::from(d.parts.dose_number);
+        let Some(slot) = k.checked_sub(1).and_then(|k| chosen.get_mut(k)) else { continue };
+        match slot {
+            Some((at, id, _)) if (*at, *id) <= (d.parts.registered, d.parts.id) => {}
+            _ => *slot = Some((d.parts.registered, d.parts.id, i)),
+        }
+    }
+    if !active {
+        return Ok(None);
+    }
+    let mut n = 0;
+    push_csv_field(buf, addressee);
+    for chosen in chosen.iter() {
+        let Some((_, _, i)) = chosen else {
+            buf.extend_from_slice(b",,,,,,,,");
+            continue;
+        };
+        let Some(d) = doses.clone().nth(*i) else {
+            return Err(io_error("a chosen dose went missing"));
+        };
+        let p = d.parts;
+        buf.push(b',');
+        put_timestamp(buf, p.registered);
+        buf.push(b',');
+        put_date(buf, p.date_given);
+        buf.push(b',');
+        buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
+        buf.push(b',');
+        buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
+        // Site name, doctor, maker, lot.
+        for text in 1..5 {
+            buf.push(b',');
+            push_csv_field(buf, d.bytes(text));
+        }
+        n += 1;
+    }
+    buf.push(b'\n');
+    Ok(Some(n))
+}
+
 /// Writes the ledger's CSV rows into a byte buffer, handed to the output (encoded) in
 /// large pieces.
 struct RowWriter<'a> {
@@ -819,56 +874,27 @@ impl<'a> RowWriter<'a> {
         Ok(w)
     }
 
-    /// Writes one person's row. Block k holds the person's active dose number k, the
-    /// earliest registered (then lowest id) when there are several; dose numbers beyond
-    /// the blocks are left out. A person with no active dose has no row.
+    /// Writes one person's row (see [`push_row`]).
     fn row<'d>(&mut self, addressee: &[u8], doses: impl Iterator<Item = LedgerDose<'d>> + Clone) -> Result<()> {
-        self.chosen.iter_mut().for_each(|c| *c = None);
-        let mut active = false;
-        for (i, d) in doses.clone().enumerate().filter(|(_, d)| !d.parts.voided) {
-            active = true;
-            let k = usize::from(d.parts.dose_number);
-            let Some(slot) = k.checked_sub(1).and_then(|k| self.chosen.get_mut(k)) else { continue };
-            match slot {
-                Some((at, id, _)) if (*at, *id) <= (d.parts.registered, d.parts.id) => {}
-                _ => *slot = Some((d.parts.registered, d.parts.id, i)),
-            }
+        if let Some(n) = push_row(&mut self.buf, &mut self.chosen, addressee, doses)? {
+            self.rows += 1;
+            self.doses += n;
         }
-        if !active {
-            return Ok(());
-        }
-        let buf = &mut self.buf;
-        push_csv_field(buf, addressee);
-        for chosen in &self.chosen {
-            let Some((_, _, i)) = chosen else {
-                buf.extend_from_slice(b",,,,,,,,");
-                continue;
-            };
-            let Some(d) = doses.clone().nth(*i) else {
-                return Err(io_error("a chosen dose went missing"));
-            };
-            let p = d.parts;
-            buf.push(b',');
-            put_timestamp(buf, p.registered);
-            buf.push(b',');
-            put_date(buf, p.date_given);
-            buf.push(b',');
-            buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
-            buf.push(b',');
-            buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
-            // Site name, doctor, maker, lot.
-            for text in 1..5 {
-                buf.push(b',');
-                push_csv_field(buf, d.bytes(text));
-            }
-            self.doses += 1;
-        }
-        buf.push(b'\n');
-        self.rows += 1;
         if self.buf.len() >= ROW_BUFFER {
             self.out.write_text(&self.buf).map_err(io_error)?;
             self.buf.clear();
         }
+        Ok(())
+    }
+
+    /// Writes rows formatted elsewhere ([`LedgerFormat`]), already encoded, after the rows
+    /// written so far.
+    fn write_rows(&mut self, rows: &LedgerRows) -> Result<()> {
+        self.out.write_text(&self.buf).map_err(io_error)?;
+        self.buf.clear();
+        self.out.out.write_all(&rows.bytes).map_err(io_error)?;
+        self.rows += rows.rows;
+        self.doses += rows.doses;
         Ok(())
     }
 
@@ -920,46 +946,91 @@ fn shorter<'s, 'l: 's>(d: LedgerDose<'l>) -> LedgerDose<'s> {
     d
 }
 
-/// Writes the row of the person holding the voucher of `group` (the doses registered
-/// under one voucher of the municipality), with the doses that followed them here.
-fn flush_group<'d>(
-    group: impl Iterator<Item = LedgerDose<'d>> + Clone,
-    w: &mut RowWriter<'_>,
-    extras: &mut Extras,
+/// What formatting a full export's rows needs besides the doses: shared, read only, by
+/// the threads of a store that formats chunks of the ledger in parallel
+/// ([`StoreBackend::scan_ledger_rows`]).
+#[derive(Debug)]
+pub struct LedgerFormat {
     municipality: MunicipalityCode,
-) -> Result<()> {
-    let Some(first) = group.clone().next() else { return Ok(()) };
-    let extra = if extras.is_empty() { None } else { extras.remove(&first.parts.voucher.number) };
-    let person = group.clone().find(|d| d.parts.matched == Some(municipality)).map(|d| (municipality, d.bytes(0)));
-    if let Some(p) = person {
-        let own = group.filter(move |d| d.matched_to(p));
-        match &extra {
-            Some((_, more)) => w.row(p.1, own.map(shorter).chain(more.iter()))?,
-            None => w.row(p.1, own)?,
-        }
-    } else if let Some((p, more)) = &extra {
-        w.row(p.addressee.as_str().as_bytes(), more.iter())?;
-    }
-    Ok(())
-}
-
-/// Where the doses of one voucher end in `batch`, from `start`.
-fn group_end(batch: &LedgerDoses, start: usize) -> usize {
-    let voucher = batch.parts.get(start).map(|p| p.voucher);
-    start + batch.parts.get(start..).unwrap_or_default().iter().take_while(|p| Some(p.voucher) == voucher).count()
-}
-
-/// The rows of a full export, written as batches of doses in voucher order arrive.
-struct FullRows<'w, 'o> {
-    w: &'w mut RowWriter<'o>,
+    encoding: OutputEncoding,
+    /// Dose blocks per row.
+    blocks: usize,
     extras: Extras,
-    municipality: MunicipalityCode,
+}
+
+/// Rows of a full export formatted from the doses of whole vouchers, encoded as asked,
+/// with what they hold; the export writes them as they are, in voucher order.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerRows {
+    bytes: Vec<u8>,
+    rows: u64,
+    doses: u64,
+    /// The moved-in residents' doses these rows took (by the voucher they hold here).
+    used: Vec<VoucherNumber>,
+}
+
+impl LedgerRows {
+    /// The rows' bytes, encoded.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// How many rows.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Whether there is nothing to hand on: no row, and no moved-in resident's doses taken.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.used.is_empty()
+    }
+}
+
+impl LedgerFormat {
+    /// Formats the rows of `doses`, which must hold every dose of each of its vouchers, in
+    /// voucher order (as [`StoreBackend::scan_ledger_doses`] hands them over); the rows
+    /// come out as the export writes them. Pure: a store may call it on any thread.
+    pub fn rows(&self, doses: &LedgerDoses) -> Result<LedgerRows> {
+        let mut b = self.builder();
+        let mut start = 0;
+        while start < doses.len() {
+            let end = group_end(doses, start);
+            b.group(doses.range(start..end))?;
+            start = end;
+        }
+        b.take()
+    }
+
+    /// A builder that formats batches in voucher order which may cut a voucher's doses
+    /// in two (as a sequential scan hands them over).
+    pub fn builder(&self) -> LedgerRowBuilder<'_> {
+        LedgerRowBuilder { format: self, out: LedgerRows::default(), chosen: vec![None; self.blocks], carry: LedgerDoses::default() }
+    }
+
+    /// The moved-in residents with no dose under this municipality's vouchers (their
+    /// doses not `used` by any rows), in person order: the export's last rows.
+    fn unused<'a>(&'a self, used: &std::collections::HashSet<VoucherNumber>) -> Vec<&'a (PersonRef, LedgerDoses)> {
+        let mut rest: Vec<_> = self.extras.iter().filter(|(v, _)| !used.contains(*v)).map(|(_, x)| x).collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest
+    }
+}
+
+/// Formats a full export's rows from batches of doses in voucher order, joining the
+/// doses of a voucher that a batch boundary cut ([`LedgerFormat::builder`]).
+#[derive(Debug)]
+pub struct LedgerRowBuilder<'f> {
+    format: &'f LedgerFormat,
+    out: LedgerRows,
+    chosen: Vec<Option<Chosen>>,
     /// The doses of the voucher the last batch ended with: they may go on in the next.
     carry: LedgerDoses,
 }
 
-impl FullRows<'_, '_> {
-    fn batch(&mut self, batch: &LedgerDoses) -> Result<()> {
+impl LedgerRowBuilder<'_> {
+    /// Formats the next batch; hands over the rows formatted so far once they fill a
+    /// buffer (the last voucher's doses wait for the next batch or [`finish`](Self::finish)).
+    pub fn batch(&mut self, batch: &LedgerDoses) -> Result<Option<LedgerRows>> {
         let mut start = 0;
         if let Some(voucher) = self.carry.parts.first().map(|p| p.voucher) {
             if batch.parts.first().is_some_and(|p| p.voucher == voucher) {
@@ -967,9 +1038,11 @@ impl FullRows<'_, '_> {
             }
             batch.range(0..start).for_each(|d| self.carry.push_copy(d));
             if start == batch.len() {
-                return Ok(());
+                return Ok(None);
             }
-            flush_group(self.carry.iter(), self.w, &mut self.extras, self.municipality)?;
+            let carry = std::mem::take(&mut self.carry);
+            self.group(carry.iter())?;
+            self.carry = carry;
             self.carry.clear();
         }
         while start < batch.len() {
@@ -977,24 +1050,77 @@ impl FullRows<'_, '_> {
             if end == batch.len() {
                 batch.range(start..end).for_each(|d| self.carry.push_copy(d));
             } else {
-                flush_group(batch.range(start..end), self.w, &mut self.extras, self.municipality)?;
+                self.group(batch.range(start..end))?;
             }
             start = end;
+        }
+        if self.out.bytes.len() >= ROW_BUFFER { self.take().map(Some) } else { Ok(None) }
+    }
+
+    /// The rows of the last voucher and any not handed over yet.
+    pub fn finish(mut self) -> Result<LedgerRows> {
+        let carry = std::mem::take(&mut self.carry);
+        self.group(carry.iter())?;
+        self.take()
+    }
+
+    /// Writes the row of the person holding the voucher of `group` (the doses registered
+    /// under one voucher of the municipality), with the doses that followed them here.
+    fn group<'d>(&mut self, group: impl Iterator<Item = LedgerDose<'d>> + Clone) -> Result<()> {
+        let Some(first) = group.clone().next() else { return Ok(()) };
+        let f = self.format;
+        let extra = if f.extras.is_empty() { None } else { f.extras.get_key_value(&first.parts.voucher.number) };
+        if let Some((v, _)) = extra {
+            self.out.used.push(*v);
+        }
+        let person = group.clone().find(|d| d.parts.matched == Some(f.municipality)).map(|d| (f.municipality, d.bytes(0)));
+        let buf = &mut self.out.bytes;
+        let written = if let Some(p) = person {
+            let own = group.filter(move |d| d.matched_to(p));
+            match extra {
+                Some((_, (_, more))) => push_row(buf, &mut self.chosen, p.1, own.map(shorter).chain(more.iter()))?,
+                None => push_row(buf, &mut self.chosen, p.1, own)?,
+            }
+        } else if let Some((_, (p, more))) = extra {
+            push_row(buf, &mut self.chosen, p.addressee.as_str().as_bytes(), more.iter())?
+        } else {
+            None
+        };
+        if let Some(n) = written {
+            self.out.rows += 1;
+            self.out.doses += n;
         }
         Ok(())
     }
 
-    /// The last voucher's row, then the moved-in residents with no dose under this
-    /// municipality's voucher.
-    fn finish(mut self) -> Result<()> {
-        flush_group(self.carry.iter(), self.w, &mut self.extras, self.municipality)?;
-        let mut rest: Vec<_> = self.extras.into_values().collect();
-        rest.sort_by(|a, b| a.0.cmp(&b.0));
-        for (p, doses) in rest {
-            self.w.row(p.addressee.as_str().as_bytes(), doses.iter())?;
+    /// The rows formatted so far, encoded.
+    fn take(&mut self) -> Result<LedgerRows> {
+        let mut rows = std::mem::take(&mut self.out);
+        if self.format.encoding == OutputEncoding::ShiftJis {
+            rows.bytes = shift_jis(&rows.bytes)?;
         }
-        Ok(())
+        Ok(rows)
     }
+}
+
+/// Whole UTF-8 text in Shift_JIS; an unmappable character is an error (as [`Encoded`]
+/// says it), never a silent replacement. Shift_JIS needs no state across pieces of text, so
+/// pieces encoded apart join into the encoding of the whole.
+fn shift_jis(text: &[u8]) -> Result<Vec<u8>> {
+    let text = simdutf8::basic::from_utf8(text).map_err(|_| io_error("export text is not UTF-8"))?;
+    let mut encoder = encoding_rs::SHIFT_JIS.new_encoder();
+    let mut out = Vec::with_capacity(encoder.max_buffer_length_from_utf8_without_replacement(text.len()).unwrap_or(text.len() * 2));
+    let (result, _) = encoder.encode_from_utf8_to_vec_without_replacement(text, &mut out, true);
+    match result {
+        encoding_rs::EncoderResult::Unmappable(c) => Err(io_error(format!("character U+{:04X} cannot be written in Shift_JIS", c as u32))),
+        _ => Ok(out),
+    }
+}
+
+/// Where the doses of one voucher end in `batch`, from `start`.
+fn group_end(batch: &LedgerDoses, start: usize) -> usize {
+    let voucher = batch.parts.get(start).map(|p| p.voucher);
+    start + batch.parts.get(start..).unwrap_or_default().iter().take_while(|p| Some(p.voucher) == voucher).count()
 }
 
 async fn export_full(
@@ -1005,10 +1131,18 @@ async fn export_full(
     n: usize,
     extras: Extras,
 ) -> Result<LedgerExport> {
+    let format = Arc::new(LedgerFormat { municipality, encoding: options.encoding, blocks: n, extras });
     let mut w = RowWriter::new(out, options.encoding, n, !options.no_header)?;
-    let mut rows = FullRows { w: &mut w, extras, municipality, carry: LedgerDoses::default() };
-    let cursor = store.scan_ledger_doses(municipality, &mut |batch: LedgerDoses| rows.batch(&batch)).await?;
-    rows.finish()?;
+    let mut used = std::collections::HashSet::new();
+    let cursor = store
+        .scan_ledger_rows(municipality, Arc::clone(&format), &mut |rows: LedgerRows| {
+            used.extend(rows.used.iter().copied());
+            w.write_rows(&rows)
+        })
+        .await?;
+    for (p, doses) in format.unused(&used) {
+        w.row(p.addressee.as_str().as_bytes(), doses.iter())?;
+    }
     let (rows, doses) = w.finish()?;
     Ok(LedgerExport { rows, doses, blocks: n, cursor })
 }
@@ -1371,26 +1505,71 @@ mod tests {
             ])
         };
         let all = LedgerDoses::from_records(&doses);
-        let write = |size: usize| {
+        let format = |encoding| LedgerFormat { municipality: m, encoding, blocks: 5, extras: extras() };
+        // The export's writing side: rows as they come, then the unused extras.
+        let write = |format: &LedgerFormat, pieces: Vec<LedgerRows>| {
             let mut out = Vec::new();
-            let mut w = RowWriter::new(&mut out, OutputEncoding::Utf8, 5, false).unwrap();
-            let mut rows = FullRows { w: &mut w, extras: extras(), municipality: m, carry: LedgerDoses::default() };
-            for chunk in doses.chunks(size) {
-                rows.batch(&LedgerDoses::from_records(chunk)).unwrap();
+            let mut w = RowWriter::new(&mut out, format.encoding, 5, true).unwrap();
+            let mut used = std::collections::HashSet::new();
+            for rows in &pieces {
+                used.extend(rows.used.iter().copied());
+                w.write_rows(rows).unwrap();
             }
-            rows.finish().unwrap();
+            for (p, ds) in format.unused(&used) {
+                w.row(p.addressee.as_str().as_bytes(), ds.iter()).unwrap();
+            }
             let counts = w.finish().unwrap();
-            (String::from_utf8(out).unwrap(), counts)
+            (out, counts)
         };
-        let whole = write(all.len());
-        assert_eq!(whole.1, (4, 1 + 2 + 4 + 1 + 1), "{}", whole.0);
+        // Batches of any size, a voucher cut anywhere (a sequential scan).
+        let batched = |format: &LedgerFormat, size: usize| {
+            let mut b = format.builder();
+            let mut pieces: Vec<LedgerRows> = doses.chunks(size).filter_map(|c| b.batch(&LedgerDoses::from_records(c)).unwrap()).collect();
+            pieces.push(b.finish().unwrap());
+            write(format, pieces)
+        };
+        // Chunks of whole vouchers formatted apart (a parallel scan).
+        let chunked = |format: &LedgerFormat, vouchers: usize| {
+            let mut groups: Vec<Vec<DoseRecord>> = Vec::new();
+            for d in &doses {
+                match groups.last_mut() {
+                    Some(g) if g[0].voucher == d.voucher => g.push(d.clone()),
+                    _ => groups.push(vec![d.clone()]),
+                }
+            }
+            let pieces = groups.chunks(vouchers).map(|c| format.rows(&LedgerDoses::from_records(c.iter().flatten())).unwrap()).collect();
+            write(format, pieces)
+        };
+        let utf8 = format(OutputEncoding::Utf8);
+        let whole = batched(&utf8, all.len());
+        let text = String::from_utf8(whole.0.clone()).unwrap();
+        assert_eq!(whole.1, (4, 1 + 2 + 4 + 1 + 1), "{text}");
         // Rows 40, 41, 43 (with the dose from before the move, voucher 9), then 7.
-        let starts: Vec<_> = whole.0.match_indices("\n4").chain(whole.0.match_indices("\n7")).map(|(i, _)| i).collect();
-        assert!(whole.0.starts_with("40,") && starts.len() == 3, "{}", whole.0);
-        assert!(whole.0[starts[1]..starts[2]].starts_with("\n43,") && whole.0[starts[1]..starts[2]].contains("0000000009"), "{}", whole.0);
+        let text = &text[text.find('\n').unwrap()..];
+        let starts: Vec<_> = text.match_indices("\n4").chain(text.match_indices("\n7")).map(|(i, _)| i).collect();
+        assert!(text.starts_with("\n40,") && starts.len() == 4, "{text}");
+        assert!(text[starts[2]..starts[3]].starts_with("\n43,") && text[starts[2]..starts[3]].contains("0000000009"), "{text}");
         for size in 1..all.len() {
-            assert_eq!(write(size), whole, "batches of {size}");
+            assert_eq!(batched(&utf8, size), whole, "batches of {size}");
         }
+        for vouchers in 1..=4 {
+            assert_eq!(chunked(&utf8, vouchers), whole, "chunks of {vouchers} vouchers");
+        }
+        // Shift_JIS: rows encoded apart, joined, are the whole text encoded.
+        let sjis = format(OutputEncoding::ShiftJis);
+        let (expected, _, _) = encoding_rs::SHIFT_JIS.encode(std::str::from_utf8(&whole.0).unwrap());
+        for vouchers in 1..=4 {
+            let (bytes, counts) = chunked(&sjis, vouchers);
+            assert_eq!((bytes.as_slice(), counts), (&*expected, whole.1), "chunks of {vouchers} vouchers");
+        }
+        assert_eq!(batched(&sjis, 3).0, &*expected);
+    }
+
+    #[test]
+    fn a_character_shift_jis_lacks_is_an_error() {
+        assert_eq!(shift_jis("佐藤,\"a\"\n".as_bytes()).unwrap(), encoding_rs::SHIFT_JIS.encode("佐藤,\"a\"\n").0.as_ref());
+        let e = shift_jis("佐藤😀".as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("U+1F600 cannot be written in Shift_JIS"), "{e}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use vrs_core::credentials::SecretHash;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{DoseId, MunicipalityCode};
-use vrs_core::ledger::{LedgerBatch, LedgerDoses};
+use vrs_core::ledger::{LedgerBatch, LedgerDoses, LedgerFormat, LedgerRows};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow};
 use vrs_core::store::{
@@ -772,6 +772,45 @@ pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async
             high = batches.iter().flat_map(LedgerDoses::iter).fold(high, |h, d| h.max(d.seq()));
             // `false` once the visitor stopped the scan.
             Ok(batches.is_empty() || out.send_blocking(batches).is_ok())
+        },
+    )?;
+    Ok(high)
+}
+
+/// Formats a municipality's full ledger export: chunks of whole vouchers decoded and
+/// formatted in parallel from one read snapshot ([`parallel`]), the rows sent in voucher
+/// order; returns the highest sequence number seen.
+pub(crate) fn scan_ledger_rows(
+    db: &Database,
+    m: &MunicipalityCode,
+    format: &LedgerFormat,
+    out: &async_channel::Sender<Vec<LedgerRows>>,
+) -> Result<u64> {
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
+    let mut high = 0u64;
+    scan_chunks(
+        &doses,
+        &chunks,
+        parallel::workers(),
+        |range| {
+            let mut batch = LedgerBatch::default();
+            for entry in range {
+                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                if is_dose_key(k.value()) {
+                    batch.push(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
+                }
+            }
+            // A chunk holds whole vouchers: its rows are final.
+            let doses = batch.take()?;
+            let high = doses.iter().fold(0, |h, d| h.max(d.seq()));
+            Ok((format.rows(&doses)?, high))
+        },
+        |(rows, chunk_high)| {
+            high = high.max(chunk_high);
+            // `false` once the visitor stopped the scan.
+            Ok(rows.is_empty() || out.send_blocking(vec![rows]).is_ok())
         },
     )?;
     Ok(high)
