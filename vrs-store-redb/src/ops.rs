@@ -757,7 +757,7 @@ pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async
             for entry in range {
                 let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
                 if is_dose_key(k.value()) {
-                    batch.push(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
+                    batch.push_compact(v.value())?;
                     if batch.len() >= LEDGER_SCAN_CHUNK {
                         batches.push(batch.take()?);
                     }
@@ -799,7 +799,7 @@ pub(crate) fn scan_ledger_rows(
             for entry in range {
                 let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
                 if is_dose_key(k.value()) {
-                    batch.push(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
+                    batch.push_compact(v.value())?;
                 }
             }
             // A chunk holds whole vouchers: its rows are final.
