@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -280,42 +281,70 @@ impl LedgerBatch {
         use serde::de::Error as _;
         let r = repr::Record::deserialize(d)?;
         let v = &r.versions.0;
-        let addressee = match &r.matched {
-            Some(p) => Some(repr::addressee(&p.addressee).map_err(D::Error::custom)?),
+        let det = &v.details;
+        self.push_fields(Fields {
+            id: r.id,
+            voucher: (r.voucher.municipality.0, r.voucher.number.0),
+            registered: (r.registered_at.0, r.registered_at.1),
+            matched: r.matched.as_ref().map(|p| (p.municipality.0, &*p.addressee)),
+            versions: [det.site_name.as_ref(), &det.doctor, &det.maker, &det.lot],
+            dose_number: det.dose_number,
+            date_given: det.date_given.0,
+            administering_municipality: det.administering_municipality.0,
+            voided: v.voided,
+            seq: r.seq,
+        })
+        .map_err(D::Error::custom)
+    }
+
+    /// Decodes one dose record from the compact binary form the stores keep it in (its
+    /// serde representation in [postcard](https://docs.rs/postcard): fields in order,
+    /// integers as varints, texts length-first) and adds it to the batch. Reads what
+    /// [`push`](Self::push) reads from a postcard deserializer, by hand: the same doses,
+    /// the same errors (never a panic) for bytes that are not a record, at a fraction of
+    /// the cost. Bytes after the record are not read.
+    pub fn push_compact(&mut self, bytes: &[u8]) -> Result<()> {
+        let fields = compact::record(&mut compact::Reader::new(bytes))?;
+        self.push_fields(fields)
+    }
+
+    fn push_fields(&mut self, f: Fields<'_>) -> Result<()> {
+        let addressee = match f.matched {
+            Some((_, a)) => Some(repr::addressee(a)?),
             None => None,
         };
-        let det = &v.details;
         let [voucher_code, matched_code, site_code] = &mut self.codes;
         // A voucher's doses come one after another: its number is converted once.
         let number = match self.doses.parts.last() {
-            Some(p) if self.last_voucher == Some(r.voucher.number.0) => p.voucher.number,
-            _ => VoucherNumber::from_number(r.voucher.number.0).map_err(D::Error::custom)?,
+            Some(p) if self.last_voucher == Some(f.voucher.1) => p.voucher.number,
+            _ => VoucherNumber::from_number(f.voucher.1)?,
         };
-        let voucher = VoucherRef { municipality: voucher_code.code(r.voucher.municipality.0).map_err(D::Error::custom)?, number };
-        let matched = match &r.matched {
-            Some(p) => Some(matched_code.code(p.municipality.0).map_err(D::Error::custom)?),
+        let voucher = VoucherRef { municipality: voucher_code.code(f.voucher.0)?, number };
+        let matched = match f.matched {
+            Some((m, _)) => Some(matched_code.code(m)?),
             None => None,
         };
-        let administering_municipality = site_code.code(det.administering_municipality.0).map_err(D::Error::custom)?;
-        let texts = [addressee.as_deref().unwrap_or_default(), &det.site_name, &det.doctor, &det.maker, &det.lot];
+        let administering_municipality = site_code.code(f.administering_municipality)?;
+        let [site_name, doctor, maker, lot] = f.versions;
+        let texts = [addressee.as_deref().unwrap_or_default(), site_name, doctor, maker, lot];
         let text = &mut self.doses.text;
         if text.len() + texts.iter().map(|t| t.len()).sum::<usize>() > u32::MAX as usize {
-            return Err(D::Error::custom("a ledger batch's texts outgrew 4 GiB"));
+            return Err(Error::Storage { message: "a ledger batch's texts outgrew 4 GiB".into(), source: None });
         }
         let bounds = push_texts(text, &texts);
         self.doses.parts.push(Parts {
-            id: r.id,
+            id: f.id,
             voucher,
-            registered: (r.registered_at.0, r.registered_at.1),
-            seq: r.seq,
-            voided: v.voided,
-            dose_number: det.dose_number,
-            date_given: det.date_given.0,
+            registered: f.registered,
+            seq: f.seq,
+            voided: f.voided,
+            dose_number: f.dose_number,
+            date_given: f.date_given,
             administering_municipality,
             matched,
             bounds,
         });
-        self.last_voucher = Some(r.voucher.number.0);
+        self.last_voucher = Some(f.voucher.1);
         Ok(())
     }
 
@@ -375,6 +404,205 @@ impl LedgerBatch {
     }
 }
 
+/// What the ledger reads of a stored record, as stored (codes and voucher numbers as
+/// numbers, the newest version's texts borrowed), whichever decoder read it; instants and
+/// day numbers already checked.
+struct Fields<'a> {
+    id: DoseId,
+    /// Municipality code and voucher number.
+    voucher: (u32, u64),
+    registered: (i64, u32),
+    /// Municipality code and addressee number.
+    matched: Option<(u32, &'a [u8])>,
+    /// Site name, doctor, maker and lot.
+    versions: [&'a [u8]; 4],
+    dose_number: u8,
+    date_given: i32,
+    administering_municipality: u32,
+    voided: bool,
+    seq: u64,
+}
+
+/// Whether an instant (seconds since 1970, nanoseconds) is one chrono can hold.
+fn valid_instant(secs: i64, nanos: u32) -> bool {
+    // Years 1 to 9999 without leap seconds are valid without asking chrono.
+    const SAFE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    (SAFE.contains(&secs) && nanos < 1_000_000_000) || DateTime::<Utc>::from_timestamp(secs, nanos).is_some()
+}
+
+/// Whether a day number (from 0001-01-01, counted from 1) is a date chrono can hold.
+fn valid_day(days: i32) -> bool {
+    // Years 1 to 9999 are valid without asking chrono.
+    (1..=3_652_059).contains(&days) || NaiveDate::from_num_days_from_ce_opt(days).is_some()
+}
+
+/// A hand-written reader of [`repr`] in postcard's encoding (see
+/// [`LedgerBatch::push_compact`]): the fields of [`DoseRecord`] in order, skipping what
+/// the ledger does not show. postcard writes a `u8` as its byte, a `bool` and an
+/// `Option`'s tag as one byte 0 or 1, other integers as LEB128 varints (signed ones
+/// zigzagged first) of at most 5 (32-bit) or 10 (64-bit) bytes, strings, bytes and
+/// sequences length-first. `repr`'s tests hold it to the serde path.
+mod compact {
+    use super::{Fields, valid_day, valid_instant};
+    use crate::ids::DoseId;
+    use crate::{Error, Result};
+
+    pub(super) struct Reader<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        pub(super) fn new(bytes: &'a [u8]) -> Self {
+            Self { bytes, at: 0 }
+        }
+
+        fn bad(&self, what: &str) -> Error {
+            Error::Storage { message: format!("decoding a stored dose: {what} at byte {}", self.at), source: None }
+        }
+
+        fn byte(&mut self) -> Result<u8> {
+            let b = *self.bytes.get(self.at).ok_or_else(|| self.bad("record ends early"))?;
+            self.at += 1;
+            Ok(b)
+        }
+
+        /// A varint of at most `max` bytes whose last byte is at most `last`.
+        #[inline]
+        fn varint(&mut self, max: usize, last: u8) -> Result<u64> {
+            let mut out = 0u64;
+            for i in 0..max {
+                let b = self.byte()?;
+                out |= u64::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    if i == max - 1 && b > last {
+                        return Err(self.bad("varint out of range"));
+                    }
+                    return Ok(out);
+                }
+            }
+            Err(self.bad("varint too long"))
+        }
+
+        fn u32(&mut self) -> Result<u32> {
+            // Five bytes hold 35 bits: the last may carry 4.
+            self.varint(5, 0x0f).map(|v| v as u32)
+        }
+
+        fn u64(&mut self) -> Result<u64> {
+            self.varint(10, 0x01)
+        }
+
+        fn i32(&mut self) -> Result<i32> {
+            let v = self.u32()?;
+            Ok(((v >> 1) as i32) ^ -((v & 1) as i32))
+        }
+
+        fn i64(&mut self) -> Result<i64> {
+            let v = self.u64()?;
+            Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        }
+
+        fn bool(&mut self) -> Result<bool> {
+            match self.byte()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(self.bad("bad bool")),
+            }
+        }
+
+        /// An `Option`'s tag: whether a value follows.
+        fn some(&mut self) -> Result<bool> {
+            match self.byte()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                _ => Err(self.bad("bad option tag")),
+            }
+        }
+
+        /// A length, within what is left of the record.
+        fn len(&mut self) -> Result<usize> {
+            let n = self.u64()?;
+            usize::try_from(n).ok().filter(|n| *n <= self.bytes.len() - self.at).ok_or_else(|| self.bad("length beyond the record"))
+        }
+
+        fn bytes(&mut self) -> Result<&'a [u8]> {
+            let n = self.len()?;
+            let b = &self.bytes[self.at..self.at + n];
+            self.at += n;
+            Ok(b)
+        }
+
+        fn skip_bytes(&mut self) -> Result<()> {
+            let n = self.len()?;
+            self.at += n;
+            Ok(())
+        }
+
+        fn instant(&mut self) -> Result<(i64, u32)> {
+            let (secs, nanos) = (self.i64()?, self.u32()?);
+            if !valid_instant(secs, nanos) {
+                return Err(self.bad(&format!("timestamp {secs}.{nanos:09} out of range")));
+            }
+            Ok((secs, nanos))
+        }
+
+        fn day(&mut self) -> Result<i32> {
+            let days = self.i32()?;
+            if !valid_day(days) {
+                return Err(self.bad(&format!("day number {days} out of range")));
+            }
+            Ok(days)
+        }
+    }
+
+    /// The newest version's fields the ledger shows: site name, doctor, maker, lot, then
+    /// dose number, date given, administering municipality and whether it is void.
+    type Version<'a> = ([&'a [u8]; 4], u8, i32, u32, bool);
+
+    fn version<'a>(r: &mut Reader<'a>) -> Result<Version<'a>> {
+        r.u32()?; // version
+        let dose_number = r.byte()?;
+        let date_given = r.day()?;
+        let administering = r.u32()?;
+        r.skip_bytes()?; // site
+        let (site_name, doctor) = (r.bytes()?, r.bytes()?);
+        r.skip_bytes()?; // product
+        let (maker, lot) = (r.bytes()?, r.bytes()?);
+        if r.some()? {
+            r.day()?; // lot expiry
+        }
+        let voided = r.bool()?;
+        r.instant()?; // recorded at
+        r.skip_bytes()?; // recorded by
+        if r.some()? {
+            r.skip_bytes()?; // reason
+        }
+        Ok(([site_name, doctor, maker, lot], dose_number, date_given, administering, voided))
+    }
+
+    pub(super) fn record<'a>(r: &mut Reader<'a>) -> Result<Fields<'a>> {
+        let id = r.bytes()?;
+        let id = DoseId::from_bytes(<[u8; 16]>::try_from(id).map_err(|_| r.bad("a dose id is not 16 bytes"))?);
+        r.skip_bytes()?; // idempotency key
+        let voucher = (r.u32()?, r.u64()?);
+        r.byte()?; // ticket kind
+        let registered = r.instant()?;
+        r.skip_bytes()?; // registered by
+        let matched = if r.some()? { Some((r.u32()?, r.bytes()?)) } else { None };
+        let versions = r.len()?;
+        let mut newest = None;
+        for _ in 0..versions {
+            newest = Some(version(r)?);
+        }
+        let (texts, dose_number, date_given, administering_municipality, voided) =
+            newest.ok_or_else(|| r.bad("a dose has at least one version"))?;
+        r.u32()?; // revision
+        let seq = r.u64()?;
+        Ok(Fields { id, voucher, registered, matched, versions: texts, dose_number, date_given, administering_municipality, voided, seq })
+    }
+}
+
 /// [`DoseRecord`]'s serde representation, field for field in the same order (so that it
 /// reads the same bytes in formats without field names), borrowing its text and skipping
 /// what the ledger does not show. `LedgerDose`'s tests hold it to `DoseRecord`.
@@ -382,7 +610,7 @@ pub(crate) mod repr {
     use std::borrow::Cow;
     use std::fmt;
 
-    use chrono::{DateTime, Datelike, NaiveDate, Utc};
+    use chrono::Datelike;
     use serde::Deserialize;
     use serde::de::{Deserializer, Error, SeqAccess, Visitor};
 
@@ -498,9 +726,7 @@ pub(crate) mod repr {
                 return Ok(Instant(at.timestamp(), at.timestamp_subsec_nanos()));
             }
             let (secs, nanos) = <(i64, u32)>::deserialize(d)?;
-            // Years 1 to 9999 without leap seconds are valid without asking chrono.
-            const SAFE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
-            if !(SAFE.contains(&secs) && nanos < 1_000_000_000) && DateTime::<Utc>::from_timestamp(secs, nanos).is_none() {
+            if !super::valid_instant(secs, nanos) {
                 return Err(D::Error::custom(format!("timestamp {secs}.{nanos:09} is out of range")));
             }
             Ok(Instant(secs, nanos))
@@ -517,8 +743,7 @@ pub(crate) mod repr {
                 return crate::clock::serde_date::deserialize(d).map(|day| Day(day.num_days_from_ce()));
             }
             let days = i32::deserialize(d)?;
-            // Years 1 to 9999 are valid without asking chrono.
-            if !(1..=3_652_059).contains(&days) && NaiveDate::from_num_days_from_ce_opt(days).is_none() {
+            if !super::valid_day(days) {
                 return Err(D::Error::custom(format!("day number {days} is out of range")));
             }
             Ok(Day(days))
@@ -784,6 +1009,60 @@ fn put_timestamp(out: &mut Vec<u8>, (secs, nanos): (i64, u32)) {
     }
 }
 
+/// Appends one person's row to `buf`, answering how many doses it holds, or `None` (and
+/// appends nothing) when the person has no active dose. Block k (of `chosen.len()`) holds
+/// the person's active dose number k, the earliest registered (then lowest id) when there
+/// are several; dose numbers beyond the blocks are left out. `chosen` is scratch space.
+fn push_row<'d>(
+    buf: &mut Vec<u8>,
+    chosen: &mut [Option<Chosen>],
+    addressee: &[u8],
+    doses: impl Iterator<Item = LedgerDose<'d>> + Clone,
+) -> Result<Option<u64>> {
+    chosen.iter_mut().for_each(|c| *c = None);
+    let mut active = false;
+    for (i, d) in doses.clone().enumerate().filter(|(_, d)| !d.parts.voided) {
+        active = true;
+        let k = usize::from(d.parts.dose_number);
+        let Some(slot) = k.checked_sub(1).and_then(|k| chosen.get_mut(k)) else { continue };
+        match slot {
+            Some((at, id, _)) if (*at, *id) <= (d.parts.registered, d.parts.id) => {}
+            _ => *slot = Some((d.parts.registered, d.parts.id, i)),
+        }
+    }
+    if !active {
+        return Ok(None);
+    }
+    let mut n = 0;
+    push_csv_field(buf, addressee);
+    for chosen in chosen.iter() {
+        let Some((_, _, i)) = chosen else {
+            buf.extend_from_slice(b",,,,,,,,");
+            continue;
+        };
+        let Some(d) = doses.clone().nth(*i) else {
+            return Err(io_error("a chosen dose went missing"));
+        };
+        let p = d.parts;
+        buf.push(b',');
+        put_timestamp(buf, p.registered);
+        buf.push(b',');
+        put_date(buf, p.date_given);
+        buf.push(b',');
+        buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
+        buf.push(b',');
+        buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
+        // Site name, doctor, maker, lot.
+        for text in 1..5 {
+            buf.push(b',');
+            push_csv_field(buf, d.bytes(text));
+        }
+        n += 1;
+    }
+    buf.push(b'\n');
+    Ok(Some(n))
+}
+
 /// Writes the ledger's CSV rows into a byte buffer, handed to the output (encoded) in
 /// large pieces.
 struct RowWriter<'a> {
@@ -819,56 +1098,27 @@ impl<'a> RowWriter<'a> {
         Ok(w)
     }
 
-    /// Writes one person's row. Block k holds the person's active dose number k, the
-    /// earliest registered (then lowest id) when there are several; dose numbers beyond
-    /// the blocks are left out. A person with no active dose has no row.
+    /// Writes one person's row (see [`push_row`]).
     fn row<'d>(&mut self, addressee: &[u8], doses: impl Iterator<Item = LedgerDose<'d>> + Clone) -> Result<()> {
-        self.chosen.iter_mut().for_each(|c| *c = None);
-        let mut active = false;
-        for (i, d) in doses.clone().enumerate().filter(|(_, d)| !d.parts.voided) {
-            active = true;
-            let k = usize::from(d.parts.dose_number);
-            let Some(slot) = k.checked_sub(1).and_then(|k| self.chosen.get_mut(k)) else { continue };
-            match slot {
-                Some((at, id, _)) if (*at, *id) <= (d.parts.registered, d.parts.id) => {}
-                _ => *slot = Some((d.parts.registered, d.parts.id, i)),
-            }
+        if let Some(n) = push_row(&mut self.buf, &mut self.chosen, addressee, doses)? {
+            self.rows += 1;
+            self.doses += n;
         }
-        if !active {
-            return Ok(());
-        }
-        let buf = &mut self.buf;
-        push_csv_field(buf, addressee);
-        for chosen in &self.chosen {
-            let Some((_, _, i)) = chosen else {
-                buf.extend_from_slice(b",,,,,,,,");
-                continue;
-            };
-            let Some(d) = doses.clone().nth(*i) else {
-                return Err(io_error("a chosen dose went missing"));
-            };
-            let p = d.parts;
-            buf.push(b',');
-            put_timestamp(buf, p.registered);
-            buf.push(b',');
-            put_date(buf, p.date_given);
-            buf.push(b',');
-            buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
-            buf.push(b',');
-            buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
-            // Site name, doctor, maker, lot.
-            for text in 1..5 {
-                buf.push(b',');
-                push_csv_field(buf, d.bytes(text));
-            }
-            self.doses += 1;
-        }
-        buf.push(b'\n');
-        self.rows += 1;
         if self.buf.len() >= ROW_BUFFER {
             self.out.write_text(&self.buf).map_err(io_error)?;
             self.buf.clear();
         }
+        Ok(())
+    }
+
+    /// Writes rows formatted elsewhere ([`LedgerFormat`]), already encoded, after the rows
+    /// written so far.
+    fn write_rows(&mut self, rows: &LedgerRows) -> Result<()> {
+        self.out.write_text(&self.buf).map_err(io_error)?;
+        self.buf.clear();
+        self.out.out.write_all(&rows.bytes).map_err(io_error)?;
+        self.rows += rows.rows;
+        self.doses += rows.doses;
         Ok(())
     }
 
@@ -920,46 +1170,91 @@ fn shorter<'s, 'l: 's>(d: LedgerDose<'l>) -> LedgerDose<'s> {
     d
 }
 
-/// Writes the row of the person holding the voucher of `group` (the doses registered
-/// under one voucher of the municipality), with the doses that followed them here.
-fn flush_group<'d>(
-    group: impl Iterator<Item = LedgerDose<'d>> + Clone,
-    w: &mut RowWriter<'_>,
-    extras: &mut Extras,
+/// What formatting a full export's rows needs besides the doses: shared, read only, by
+/// the threads of a store that formats chunks of the ledger in parallel
+/// ([`StoreBackend::scan_ledger_rows`]).
+#[derive(Debug)]
+pub struct LedgerFormat {
     municipality: MunicipalityCode,
-) -> Result<()> {
-    let Some(first) = group.clone().next() else { return Ok(()) };
-    let extra = if extras.is_empty() { None } else { extras.remove(&first.parts.voucher.number) };
-    let person = group.clone().find(|d| d.parts.matched == Some(municipality)).map(|d| (municipality, d.bytes(0)));
-    if let Some(p) = person {
-        let own = group.filter(move |d| d.matched_to(p));
-        match &extra {
-            Some((_, more)) => w.row(p.1, own.map(shorter).chain(more.iter()))?,
-            None => w.row(p.1, own)?,
-        }
-    } else if let Some((p, more)) = &extra {
-        w.row(p.addressee.as_str().as_bytes(), more.iter())?;
-    }
-    Ok(())
-}
-
-/// Where the doses of one voucher end in `batch`, from `start`.
-fn group_end(batch: &LedgerDoses, start: usize) -> usize {
-    let voucher = batch.parts.get(start).map(|p| p.voucher);
-    start + batch.parts.get(start..).unwrap_or_default().iter().take_while(|p| Some(p.voucher) == voucher).count()
-}
-
-/// The rows of a full export, written as batches of doses in voucher order arrive.
-struct FullRows<'w, 'o> {
-    w: &'w mut RowWriter<'o>,
+    encoding: OutputEncoding,
+    /// Dose blocks per row.
+    blocks: usize,
     extras: Extras,
-    municipality: MunicipalityCode,
+}
+
+/// Rows of a full export formatted from the doses of whole vouchers, encoded as asked,
+/// with what they hold; the export writes them as they are, in voucher order.
+#[derive(Clone, Debug, Default)]
+pub struct LedgerRows {
+    bytes: Vec<u8>,
+    rows: u64,
+    doses: u64,
+    /// The moved-in residents' doses these rows took (by the voucher they hold here).
+    used: Vec<VoucherNumber>,
+}
+
+impl LedgerRows {
+    /// The rows' bytes, encoded.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// How many rows.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Whether there is nothing to hand on: no row, and no moved-in resident's doses taken.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.used.is_empty()
+    }
+}
+
+impl LedgerFormat {
+    /// Formats the rows of `doses`, which must hold every dose of each of its vouchers, in
+    /// voucher order (as [`StoreBackend::scan_ledger_doses`] hands them over); the rows
+    /// come out as the export writes them. Pure: a store may call it on any thread.
+    pub fn rows(&self, doses: &LedgerDoses) -> Result<LedgerRows> {
+        let mut b = self.builder();
+        let mut start = 0;
+        while start < doses.len() {
+            let end = group_end(doses, start);
+            b.group(doses.range(start..end))?;
+            start = end;
+        }
+        b.take()
+    }
+
+    /// A builder that formats batches in voucher order which may cut a voucher's doses
+    /// in two (as a sequential scan hands them over).
+    pub fn builder(&self) -> LedgerRowBuilder<'_> {
+        LedgerRowBuilder { format: self, out: LedgerRows::default(), chosen: vec![None; self.blocks], carry: LedgerDoses::default() }
+    }
+
+    /// The moved-in residents with no dose under this municipality's vouchers (their
+    /// doses not `used` by any rows), in person order: the export's last rows.
+    fn unused<'a>(&'a self, used: &std::collections::HashSet<VoucherNumber>) -> Vec<&'a (PersonRef, LedgerDoses)> {
+        let mut rest: Vec<_> = self.extras.iter().filter(|(v, _)| !used.contains(*v)).map(|(_, x)| x).collect();
+        rest.sort_by(|a, b| a.0.cmp(&b.0));
+        rest
+    }
+}
+
+/// Formats a full export's rows from batches of doses in voucher order, joining the
+/// doses of a voucher that a batch boundary cut ([`LedgerFormat::builder`]).
+#[derive(Debug)]
+pub struct LedgerRowBuilder<'f> {
+    format: &'f LedgerFormat,
+    out: LedgerRows,
+    chosen: Vec<Option<Chosen>>,
     /// The doses of the voucher the last batch ended with: they may go on in the next.
     carry: LedgerDoses,
 }
 
-impl FullRows<'_, '_> {
-    fn batch(&mut self, batch: &LedgerDoses) -> Result<()> {
+impl LedgerRowBuilder<'_> {
+    /// Formats the next batch; hands over the rows formatted so far once they fill a
+    /// buffer (the last voucher's doses wait for the next batch or [`finish`](Self::finish)).
+    pub fn batch(&mut self, batch: &LedgerDoses) -> Result<Option<LedgerRows>> {
         let mut start = 0;
         if let Some(voucher) = self.carry.parts.first().map(|p| p.voucher) {
             if batch.parts.first().is_some_and(|p| p.voucher == voucher) {
@@ -967,9 +1262,11 @@ impl FullRows<'_, '_> {
             }
             batch.range(0..start).for_each(|d| self.carry.push_copy(d));
             if start == batch.len() {
-                return Ok(());
+                return Ok(None);
             }
-            flush_group(self.carry.iter(), self.w, &mut self.extras, self.municipality)?;
+            let carry = std::mem::take(&mut self.carry);
+            self.group(carry.iter())?;
+            self.carry = carry;
             self.carry.clear();
         }
         while start < batch.len() {
@@ -977,24 +1274,77 @@ impl FullRows<'_, '_> {
             if end == batch.len() {
                 batch.range(start..end).for_each(|d| self.carry.push_copy(d));
             } else {
-                flush_group(batch.range(start..end), self.w, &mut self.extras, self.municipality)?;
+                self.group(batch.range(start..end))?;
             }
             start = end;
+        }
+        if self.out.bytes.len() >= ROW_BUFFER { self.take().map(Some) } else { Ok(None) }
+    }
+
+    /// The rows of the last voucher and any not handed over yet.
+    pub fn finish(mut self) -> Result<LedgerRows> {
+        let carry = std::mem::take(&mut self.carry);
+        self.group(carry.iter())?;
+        self.take()
+    }
+
+    /// Writes the row of the person holding the voucher of `group` (the doses registered
+    /// under one voucher of the municipality), with the doses that followed them here.
+    fn group<'d>(&mut self, group: impl Iterator<Item = LedgerDose<'d>> + Clone) -> Result<()> {
+        let Some(first) = group.clone().next() else { return Ok(()) };
+        let f = self.format;
+        let extra = if f.extras.is_empty() { None } else { f.extras.get_key_value(&first.parts.voucher.number) };
+        if let Some((v, _)) = extra {
+            self.out.used.push(*v);
+        }
+        let person = group.clone().find(|d| d.parts.matched == Some(f.municipality)).map(|d| (f.municipality, d.bytes(0)));
+        let buf = &mut self.out.bytes;
+        let written = if let Some(p) = person {
+            let own = group.filter(move |d| d.matched_to(p));
+            match extra {
+                Some((_, (_, more))) => push_row(buf, &mut self.chosen, p.1, own.map(shorter).chain(more.iter()))?,
+                None => push_row(buf, &mut self.chosen, p.1, own)?,
+            }
+        } else if let Some((_, (p, more))) = extra {
+            push_row(buf, &mut self.chosen, p.addressee.as_str().as_bytes(), more.iter())?
+        } else {
+            None
+        };
+        if let Some(n) = written {
+            self.out.rows += 1;
+            self.out.doses += n;
         }
         Ok(())
     }
 
-    /// The last voucher's row, then the moved-in residents with no dose under this
-    /// municipality's voucher.
-    fn finish(mut self) -> Result<()> {
-        flush_group(self.carry.iter(), self.w, &mut self.extras, self.municipality)?;
-        let mut rest: Vec<_> = self.extras.into_values().collect();
-        rest.sort_by(|a, b| a.0.cmp(&b.0));
-        for (p, doses) in rest {
-            self.w.row(p.addressee.as_str().as_bytes(), doses.iter())?;
+    /// The rows formatted so far, encoded.
+    fn take(&mut self) -> Result<LedgerRows> {
+        let mut rows = std::mem::take(&mut self.out);
+        if self.format.encoding == OutputEncoding::ShiftJis {
+            rows.bytes = shift_jis(&rows.bytes)?;
         }
-        Ok(())
+        Ok(rows)
     }
+}
+
+/// Whole UTF-8 text in Shift_JIS; an unmappable character is an error (as [`Encoded`]
+/// says it), never a silent replacement. Shift_JIS needs no state across pieces of text, so
+/// pieces encoded apart join into the encoding of the whole.
+fn shift_jis(text: &[u8]) -> Result<Vec<u8>> {
+    let text = simdutf8::basic::from_utf8(text).map_err(|_| io_error("export text is not UTF-8"))?;
+    let mut encoder = encoding_rs::SHIFT_JIS.new_encoder();
+    let mut out = Vec::with_capacity(encoder.max_buffer_length_from_utf8_without_replacement(text.len()).unwrap_or(text.len() * 2));
+    let (result, _) = encoder.encode_from_utf8_to_vec_without_replacement(text, &mut out, true);
+    match result {
+        encoding_rs::EncoderResult::Unmappable(c) => Err(io_error(format!("character U+{:04X} cannot be written in Shift_JIS", c as u32))),
+        _ => Ok(out),
+    }
+}
+
+/// Where the doses of one voucher end in `batch`, from `start`.
+fn group_end(batch: &LedgerDoses, start: usize) -> usize {
+    let voucher = batch.parts.get(start).map(|p| p.voucher);
+    start + batch.parts.get(start..).unwrap_or_default().iter().take_while(|p| Some(p.voucher) == voucher).count()
 }
 
 async fn export_full(
@@ -1005,10 +1355,18 @@ async fn export_full(
     n: usize,
     extras: Extras,
 ) -> Result<LedgerExport> {
+    let format = Arc::new(LedgerFormat { municipality, encoding: options.encoding, blocks: n, extras });
     let mut w = RowWriter::new(out, options.encoding, n, !options.no_header)?;
-    let mut rows = FullRows { w: &mut w, extras, municipality, carry: LedgerDoses::default() };
-    let cursor = store.scan_ledger_doses(municipality, &mut |batch: LedgerDoses| rows.batch(&batch)).await?;
-    rows.finish()?;
+    let mut used = std::collections::HashSet::new();
+    let cursor = store
+        .scan_ledger_rows(municipality, Arc::clone(&format), &mut |rows: LedgerRows| {
+            used.extend(rows.used.iter().copied());
+            w.write_rows(&rows)
+        })
+        .await?;
+    for (p, doses) in format.unused(&used) {
+        w.row(p.addressee.as_str().as_bytes(), doses.iter())?;
+    }
     let (rows, doses) = w.finish()?;
     Ok(LedgerExport { rows, doses, blocks: n, cursor })
 }
@@ -1219,6 +1577,50 @@ mod tests {
         }
     }
 
+    /// The batch `push_compact` decodes from each of `stored`.
+    fn compact(stored: &[&[u8]]) -> Result<LedgerDoses> {
+        let mut batch = LedgerBatch::default();
+        for bytes in stored {
+            batch.push_compact(bytes)?;
+        }
+        batch.take()
+    }
+
+    #[test]
+    fn the_compact_reader_reads_what_serde_reads() {
+        let mut records = samples();
+        // Extremes of every varint the ledger reads.
+        let mut big = record("big", "9999999999", 255, "9999-12-31T23:59:59.999999999Z");
+        big.seq = u64::MAX;
+        big.revision = u32::MAX;
+        big.versions[0].version = u32::MAX;
+        big.versions[0].details.date_given = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+        records.push(big);
+        records.push(DoseRecord { registered_at: at("0001-01-01T00:00:00Z"), ..record("small", "0000000000", 0, "2021-06-01T00:00:00Z") });
+        let all: Vec<Vec<u8>> = records.iter().map(|d| postcard::to_stdvec(d).unwrap()).collect();
+        let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+        assert!(compact(&refs).unwrap().iter().eq(decoded(&all).unwrap().iter()));
+        assert!(compact(&refs).unwrap().iter().eq(LedgerDoses::from_records(&records).iter()));
+        // Every cut, and every byte changed to values that matter to varints, tags and
+        // lengths: both readers fail, or both read the same dose.
+        for bytes in &all {
+            for cut in 0..bytes.len() {
+                assert!(compact(&[&bytes[..cut]]).is_err(), "cut at {cut}");
+            }
+            for i in 0..bytes.len() {
+                for v in [0, 1, 2, 0x0f, 0x10, 0x7f, 0x80, 0xff, bytes[i] ^ 1, bytes[i].wrapping_add(1), bytes[i].wrapping_sub(1)] {
+                    let mut b = bytes.clone();
+                    b[i] = v;
+                    match (compact(&[&b]), decoded(std::slice::from_ref(&b))) {
+                        (Ok(x), Ok(y)) => assert!(x.iter().eq(y.iter()), "byte {i} = {v:#x}"),
+                        (Err(_), Err(_)) => {}
+                        (x, y) => panic!("byte {i} = {v:#x}: compact {:?}, serde {:?}", x.map(|d| d.len()), y.map(|d| d.len())),
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_batch_decodes_doses_in_order() {
         let stored: Vec<Vec<u8>> = samples().iter().map(|d| postcard::to_stdvec(d).unwrap()).collect();
@@ -1371,26 +1773,71 @@ mod tests {
             ])
         };
         let all = LedgerDoses::from_records(&doses);
-        let write = |size: usize| {
+        let format = |encoding| LedgerFormat { municipality: m, encoding, blocks: 5, extras: extras() };
+        // The export's writing side: rows as they come, then the unused extras.
+        let write = |format: &LedgerFormat, pieces: Vec<LedgerRows>| {
             let mut out = Vec::new();
-            let mut w = RowWriter::new(&mut out, OutputEncoding::Utf8, 5, false).unwrap();
-            let mut rows = FullRows { w: &mut w, extras: extras(), municipality: m, carry: LedgerDoses::default() };
-            for chunk in doses.chunks(size) {
-                rows.batch(&LedgerDoses::from_records(chunk)).unwrap();
+            let mut w = RowWriter::new(&mut out, format.encoding, 5, true).unwrap();
+            let mut used = std::collections::HashSet::new();
+            for rows in &pieces {
+                used.extend(rows.used.iter().copied());
+                w.write_rows(rows).unwrap();
             }
-            rows.finish().unwrap();
+            for (p, ds) in format.unused(&used) {
+                w.row(p.addressee.as_str().as_bytes(), ds.iter()).unwrap();
+            }
             let counts = w.finish().unwrap();
-            (String::from_utf8(out).unwrap(), counts)
+            (out, counts)
         };
-        let whole = write(all.len());
-        assert_eq!(whole.1, (4, 1 + 2 + 4 + 1 + 1), "{}", whole.0);
+        // Batches of any size, a voucher cut anywhere (a sequential scan).
+        let batched = |format: &LedgerFormat, size: usize| {
+            let mut b = format.builder();
+            let mut pieces: Vec<LedgerRows> = doses.chunks(size).filter_map(|c| b.batch(&LedgerDoses::from_records(c)).unwrap()).collect();
+            pieces.push(b.finish().unwrap());
+            write(format, pieces)
+        };
+        // Chunks of whole vouchers formatted apart (a parallel scan).
+        let chunked = |format: &LedgerFormat, vouchers: usize| {
+            let mut groups: Vec<Vec<DoseRecord>> = Vec::new();
+            for d in &doses {
+                match groups.last_mut() {
+                    Some(g) if g[0].voucher == d.voucher => g.push(d.clone()),
+                    _ => groups.push(vec![d.clone()]),
+                }
+            }
+            let pieces = groups.chunks(vouchers).map(|c| format.rows(&LedgerDoses::from_records(c.iter().flatten())).unwrap()).collect();
+            write(format, pieces)
+        };
+        let utf8 = format(OutputEncoding::Utf8);
+        let whole = batched(&utf8, all.len());
+        let text = String::from_utf8(whole.0.clone()).unwrap();
+        assert_eq!(whole.1, (4, 1 + 2 + 4 + 1 + 1), "{text}");
         // Rows 40, 41, 43 (with the dose from before the move, voucher 9), then 7.
-        let starts: Vec<_> = whole.0.match_indices("\n4").chain(whole.0.match_indices("\n7")).map(|(i, _)| i).collect();
-        assert!(whole.0.starts_with("40,") && starts.len() == 3, "{}", whole.0);
-        assert!(whole.0[starts[1]..starts[2]].starts_with("\n43,") && whole.0[starts[1]..starts[2]].contains("0000000009"), "{}", whole.0);
+        let text = &text[text.find('\n').unwrap()..];
+        let starts: Vec<_> = text.match_indices("\n4").chain(text.match_indices("\n7")).map(|(i, _)| i).collect();
+        assert!(text.starts_with("\n40,") && starts.len() == 4, "{text}");
+        assert!(text[starts[2]..starts[3]].starts_with("\n43,") && text[starts[2]..starts[3]].contains("0000000009"), "{text}");
         for size in 1..all.len() {
-            assert_eq!(write(size), whole, "batches of {size}");
+            assert_eq!(batched(&utf8, size), whole, "batches of {size}");
         }
+        for vouchers in 1..=4 {
+            assert_eq!(chunked(&utf8, vouchers), whole, "chunks of {vouchers} vouchers");
+        }
+        // Shift_JIS: rows encoded apart, joined, are the whole text encoded.
+        let sjis = format(OutputEncoding::ShiftJis);
+        let (expected, _, _) = encoding_rs::SHIFT_JIS.encode(std::str::from_utf8(&whole.0).unwrap());
+        for vouchers in 1..=4 {
+            let (bytes, counts) = chunked(&sjis, vouchers);
+            assert_eq!((bytes.as_slice(), counts), (&*expected, whole.1), "chunks of {vouchers} vouchers");
+        }
+        assert_eq!(batched(&sjis, 3).0, &*expected);
+    }
+
+    #[test]
+    fn a_character_shift_jis_lacks_is_an_error() {
+        assert_eq!(shift_jis("佐藤,\"a\"\n".as_bytes()).unwrap(), encoding_rs::SHIFT_JIS.encode("佐藤,\"a\"\n").0.as_ref());
+        let e = shift_jis("佐藤😀".as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("U+1F600 cannot be written in Shift_JIS"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::dose::DoseRecord;
 use crate::finding::Finding;
 use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
 use crate::import::ImportReport;
-use crate::ledger::{LedgerBatch, LedgerDoses};
+use crate::ledger::{LedgerBatch, LedgerDoses, LedgerFormat, LedgerRows};
 use crate::resident::Resident;
 use crate::stats::{StatsKey, StatsQuery, StatsRow};
 
@@ -272,6 +272,30 @@ pub trait StoreBackend: Send + Sync {
         if !batch.is_empty() {
             visit(batch.take()?)?;
         }
+        Ok(high)
+    }
+
+    /// Formats a municipality's full ledger export, every dose of each voucher in one
+    /// piece: hands `visit` the rows `format` makes of the doses of
+    /// [`scan_ledger_doses`](Self::scan_ledger_doses), in voucher order; returns the highest
+    /// change sequence number seen. The default formats the batches one after another as
+    /// they arrive ([`LedgerFormat::builder`]); a store may cut the scan into chunks of whole
+    /// vouchers and format them on several threads ([`LedgerFormat::rows`]), as long as
+    /// every chunk comes from one read snapshot and the rows reach `visit` in order.
+    async fn scan_ledger_rows(
+        &self,
+        municipality: MunicipalityCode,
+        format: Arc<LedgerFormat>,
+        visit: Visit<'_, LedgerRows>,
+    ) -> Result<u64> {
+        let mut rows = format.builder();
+        let high = self
+            .scan_ledger_doses(municipality, &mut |batch: LedgerDoses| match rows.batch(&batch)? {
+                Some(r) => visit(r),
+                None => Ok(()),
+            })
+            .await?;
+        visit(rows.finish()?)?;
         Ok(high)
     }
 

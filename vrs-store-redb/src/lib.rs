@@ -23,6 +23,7 @@
 //! ```
 
 mod ops;
+mod parallel;
 mod schema;
 
 use std::fmt;
@@ -37,7 +38,7 @@ use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
-use vrs_core::ledger::LedgerDoses;
+use vrs_core::ledger::{LedgerDoses, LedgerFormat, LedgerRows};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsQuery, StatsRow};
 use vrs_core::store::{
@@ -223,6 +224,15 @@ impl StoreBackend for RedbStore {
 
     async fn scan_ledger_doses(&self, municipality: MunicipalityCode, visit: Visit<'_, LedgerDoses>) -> Result<u64> {
         self.stream(move |db, out| ops::scan_ledger_doses(db, &municipality, out), visit).await
+    }
+
+    async fn scan_ledger_rows(
+        &self,
+        municipality: MunicipalityCode,
+        format: Arc<LedgerFormat>,
+        visit: Visit<'_, LedgerRows>,
+    ) -> Result<u64> {
+        self.stream(move |db, out| ops::scan_ledger_rows(db, &municipality, &format, out), visit).await
     }
 
     async fn scan_dose_columns(

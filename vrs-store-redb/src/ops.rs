@@ -16,7 +16,7 @@ use vrs_core::credentials::SecretHash;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
 use vrs_core::ids::{DoseId, MunicipalityCode};
-use vrs_core::ledger::{LedgerBatch, LedgerDoses};
+use vrs_core::ledger::{LedgerBatch, LedgerDoses, LedgerFormat, LedgerRows};
 use vrs_core::reconcile::vouchers_of;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow, restated as restated_deltas, restates_statistics};
@@ -25,6 +25,7 @@ use vrs_core::store::{
 };
 use vrs_core::{Error, Result};
 
+use crate::parallel::{self, Chunks, scan_chunks};
 use crate::schema::*;
 
 mod columns;
@@ -774,23 +775,79 @@ pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, ou
 }
 
 /// Sends a municipality's doses in voucher order as the ledger reads them, decoded
-/// straight from the stored records in batches; returns the highest sequence number sent.
+/// straight from the stored records in batches, chunks of the range decoded in parallel
+/// from one read snapshot ([`parallel`]); returns the highest sequence number sent.
 pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDoses>>) -> Result<u64> {
-    let mut batch = LedgerBatch::default();
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
     let mut high = 0u64;
-    let mut send = |batch: &mut LedgerBatch| -> Result<bool> {
-        let doses = batch.take()?;
-        high = doses.iter().fold(high, |h, d| h.max(d.seq()));
-        Ok(out.send_blocking(vec![doses]).is_ok())
-    };
-    each_stored_dose(db, m, DoseScan::ByVoucher, |bytes| {
-        batch.push(&mut postcard::Deserializer::from_bytes(bytes)).map_err(storage("decoding a dose"))?;
-        // `false` once the visitor stopped the scan.
-        Ok(batch.len() < LEDGER_SCAN_CHUNK || send(&mut batch)?)
-    })?;
-    if !batch.is_empty() {
-        send(&mut batch)?;
-    }
+    scan_chunks(
+        &doses,
+        &chunks,
+        parallel::workers(),
+        |range| {
+            let mut batches = Vec::new();
+            let mut batch = LedgerBatch::default();
+            for entry in range {
+                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                if is_dose_key(k.value()) {
+                    batch.push_compact(v.value())?;
+                    if batch.len() >= LEDGER_SCAN_CHUNK {
+                        batches.push(batch.take()?);
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                batches.push(batch.take()?);
+            }
+            Ok(batches)
+        },
+        |batches| {
+            high = batches.iter().flat_map(LedgerDoses::iter).fold(high, |h, d| h.max(d.seq()));
+            // `false` once the visitor stopped the scan.
+            Ok(batches.is_empty() || out.send_blocking(batches).is_ok())
+        },
+    )?;
+    Ok(high)
+}
+
+/// Formats a municipality's full ledger export: chunks of whole vouchers decoded and
+/// formatted in parallel from one read snapshot ([`parallel`]), the rows sent in voucher
+/// order; returns the highest sequence number seen.
+pub(crate) fn scan_ledger_rows(
+    db: &Database,
+    m: &MunicipalityCode,
+    format: &LedgerFormat,
+    out: &async_channel::Sender<Vec<LedgerRows>>,
+) -> Result<u64> {
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
+    let mut high = 0u64;
+    scan_chunks(
+        &doses,
+        &chunks,
+        parallel::workers(),
+        |range| {
+            let mut batch = LedgerBatch::default();
+            for entry in range {
+                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                if is_dose_key(k.value()) {
+                    batch.push_compact(v.value())?;
+                }
+            }
+            // A chunk holds whole vouchers: its rows are final.
+            let doses = batch.take()?;
+            let high = doses.iter().fold(0, |h, d| h.max(d.seq()));
+            Ok((format.rows(&doses)?, high))
+        },
+        |(rows, chunk_high)| {
+            high = high.max(chunk_high);
+            // `false` once the visitor stopped the scan.
+            Ok(rows.is_empty() || out.send_blocking(vec![rows]).is_ok())
+        },
+    )?;
     Ok(high)
 }
 

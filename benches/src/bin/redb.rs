@@ -403,153 +403,165 @@ fn main() {
     println!("vrs benchmarks on redb ({scale:?}: {n} residents / doses)");
     println!();
 
+    // `VRS_BENCH_ONLY=import,export,registration` picks some parts (for profiling); the
+    // export and registration parts still import the residents they need, unmeasured.
+    let only = std::env::var("VRS_BENCH_ONLY").unwrap_or_default();
+    let run = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
+
     // 1. Import, UTF-8, against bare redb inserts of the same keys and values.
     let utf8 = gen_file(dir.path(), "residents.csv", n, OutputEncoding::Utf8);
-    let sjis = gen_file(dir.path(), "residents.sjis.csv", n, OutputEncoding::ShiftJis);
     let db = dir.path().join("import.redb");
     let (rows, t_utf8, peak_utf8) = import(&rt, &utf8, &db);
-    let t_bare = bare_redb(&db, &dir.path().join("bare.redb"));
-    let file_mib = std::fs::metadata(&utf8).map(|m| m.len()).unwrap_or(0) / 1024;
-    let rate = rows as f64 / t_utf8.as_secs_f64();
-    all_ok &=
-        report("import UTF-8 (rows/s)", rate, "rows/s", "bare redb insert, same keys/values", rows as f64 / t_bare.as_secs_f64(), 0.6);
-    if scale == Scale::Full {
-        all_ok &= report_absolute("import UTF-8 absolute", rate, "rows/s", 400_000.0);
-    }
-    note("import UTF-8 peak RSS growth", format!("{} MiB (CSV file {} MiB)", peak_utf8 / 1024, file_mib / 1024));
+    if run("import") {
+        let sjis = gen_file(dir.path(), "residents.sjis.csv", n, OutputEncoding::ShiftJis);
+        let t_bare = bare_redb(&db, &dir.path().join("bare.redb"));
+        let file_mib = std::fs::metadata(&utf8).map(|m| m.len()).unwrap_or(0) / 1024;
+        let rate = rows as f64 / t_utf8.as_secs_f64();
+        all_ok &=
+            report("import UTF-8 (rows/s)", rate, "rows/s", "bare redb insert, same keys/values", rows as f64 / t_bare.as_secs_f64(), 0.6);
+        if scale == Scale::Full {
+            all_ok &= report_absolute("import UTF-8 absolute", rate, "rows/s", 400_000.0);
+        }
+        note("import UTF-8 peak RSS growth", format!("{} MiB (CSV file {} MiB)", peak_utf8 / 1024, file_mib / 1024));
 
-    // 2. The same import from Shift_JIS.
-    let (_, t_sjis, peak_sjis) = import(&rt, &sjis, &db);
-    all_ok &= report("import Shift_JIS (rows/s)", rows as f64 / t_sjis.as_secs_f64(), "rows/s", "import UTF-8", rate, 0.85);
-    note("import Shift_JIS peak RSS growth", format!("{} MiB", peak_sjis / 1024));
+        // 2. The same import from Shift_JIS.
+        let (_, t_sjis, peak_sjis) = import(&rt, &sjis, &db);
+        all_ok &= report("import Shift_JIS (rows/s)", rows as f64 / t_sjis.as_secs_f64(), "rows/s", "import UTF-8", rate, 0.85);
+        note("import Shift_JIS peak RSS growth", format!("{} MiB", peak_sjis / 1024));
+    }
 
     // 3. Ledger export of n doses (n/2 persons × 2 doses) on the imported store.
     let store: DynStore = Arc::new(RedbStore::open(&db).unwrap());
     let (seeded, t_seed) = timed(|| seed_doses(&rt, &store, n / 2));
     note("seeded doses (bulk change sets)", format!("{seeded} in {:.1} s", t_seed.as_secs_f64()));
     let clock = Arc::new(FixedClock::new(Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).unwrap()));
-    let registry = Registry::new(store.clone(), clock.clone());
-    let ledger = dir.path().join("ledger.csv");
-    let cpu = cpu_time();
-    let (doses, t_export) = export(&rt, &registry, OutputEncoding::Utf8, &ledger);
-    let cpu_export = cpu_time().saturating_sub(cpu);
-    assert_eq!(doses, seeded);
-    let rows_in_memory: Vec<csv::StringRecord> = csv::Reader::from_path(&ledger).unwrap().records().map(|r| r.unwrap()).collect();
-    let cpu = cpu_time();
-    let t_plain = plain_csv(&rows_in_memory, &dir.path().join("plain.csv"));
-    let cpu_plain = cpu_time().saturating_sub(cpu);
-    let export_rate = doses as f64 / t_export.as_secs_f64();
-    all_ok &= report(
-        "ledger export UTF-8 (doses/s)",
-        export_rate,
-        "doses/s",
-        "csv writer, same rows from memory",
-        doses as f64 / t_plain.as_secs_f64(),
-        0.7,
-    );
-    note(
-        "ledger export UTF-8 / csv writer, CPU time",
-        format!("{:.0} / {:.0} ms (all threads)", cpu_export.as_secs_f64() * 1000.0, cpu_plain.as_secs_f64() * 1000.0),
-    );
-    let (_, t_export_sjis) = export(&rt, &registry, OutputEncoding::ShiftJis, &dir.path().join("ledger.sjis.csv"));
-    all_ok &= report(
-        "ledger export Shift_JIS (doses/s)",
-        doses as f64 / t_export_sjis.as_secs_f64(),
-        "doses/s",
-        "ledger export UTF-8",
-        export_rate,
-        0.5,
-    );
+    let mut registry = Registry::new(store.clone(), clock.clone());
+    let mut store = store;
+    if run("export") {
+        let ledger = dir.path().join("ledger.csv");
+        let cpu = cpu_time();
+        let (doses, t_export) = export(&rt, &registry, OutputEncoding::Utf8, &ledger);
+        let cpu_export = cpu_time().saturating_sub(cpu);
+        assert_eq!(doses, seeded);
+        let rows_in_memory: Vec<csv::StringRecord> = csv::Reader::from_path(&ledger).unwrap().records().map(|r| r.unwrap()).collect();
+        let cpu = cpu_time();
+        let t_plain = plain_csv(&rows_in_memory, &dir.path().join("plain.csv"));
+        let cpu_plain = cpu_time().saturating_sub(cpu);
+        let export_rate = doses as f64 / t_export.as_secs_f64();
+        all_ok &= report(
+            "ledger export UTF-8 (doses/s)",
+            export_rate,
+            "doses/s",
+            "csv writer, same rows from memory",
+            doses as f64 / t_plain.as_secs_f64(),
+            0.7,
+        );
+        note(
+            "ledger export UTF-8 / csv writer, CPU time",
+            format!("{:.0} / {:.0} ms (all threads)", cpu_export.as_secs_f64() * 1000.0, cpu_plain.as_secs_f64() * 1000.0),
+        );
+        let (_, t_export_sjis) = export(&rt, &registry, OutputEncoding::ShiftJis, &dir.path().join("ledger.sjis.csv"));
+        all_ok &= report(
+            "ledger export Shift_JIS (doses/s)",
+            doses as f64 / t_export_sjis.as_secs_f64(),
+            "doses/s",
+            "ledger export UTF-8",
+            export_rate,
+            0.5,
+        );
 
-    // The floor under the export: a bare redb range scan of the same doses (every value
-    // byte read, nothing decoded) on its own thread, beside the csv writer. The export
-    // scans on one thread while it writes on another, so it cannot beat this scan.
-    drop(registry);
-    drop(store);
-    let bare = redb::Database::open(&db).unwrap();
-    bare_dose_scan(&bare); // fills redb's read cache, as the export finds it
-    let (scanned, t_bare_scan, cpu_bare_scan) = timed_cpu(|| bare_dose_scan(&bare));
-    assert_eq!(scanned, seeded);
-    drop(bare);
-    let store: DynStore = Arc::new(RedbStore::open(&db).unwrap());
-    let registry = Registry::new(store.clone(), clock.clone());
-    note(
-        "bare redb scan of the doses (cap)",
-        format!(
-            "{:.0} doses/s, CPU {:.0} ms; highest export ratio it leaves (csv writer time / scan time) {:.2}",
-            scanned as f64 / t_bare_scan.as_secs_f64(),
-            cpu_bare_scan.as_secs_f64() * 1000.0,
-            t_plain.as_secs_f64() / t_bare_scan.as_secs_f64().max(f64::EPSILON)
-        ),
-    );
+        // The floor under the export: a bare redb range scan of the same doses (every value
+        // byte read, nothing decoded) on its own thread, beside the csv writer. The export
+        // scans on one thread while it writes on another, so it cannot beat this scan.
+        drop(registry);
+        drop(store);
+        let bare = redb::Database::open(&db).unwrap();
+        bare_dose_scan(&bare); // fills redb's read cache, as the export finds it
+        let (scanned, t_bare_scan, cpu_bare_scan) = timed_cpu(|| bare_dose_scan(&bare));
+        assert_eq!(scanned, seeded);
+        drop(bare);
+        store = Arc::new(RedbStore::open(&db).unwrap());
+        registry = Registry::new(store.clone(), clock.clone());
+        note(
+            "bare redb scan of the doses (cap)",
+            format!(
+                "{:.0} doses/s, CPU {:.0} ms; highest export ratio it leaves (csv writer time / scan time) {:.2}",
+                scanned as f64 / t_bare_scan.as_secs_f64(),
+                cpu_bare_scan.as_secs_f64() * 1000.0,
+                t_plain.as_secs_f64() / t_bare_scan.as_secs_f64().max(f64::EPSILON)
+            ),
+        );
 
-    if std::env::var("VRS_BENCH_EXPORT_LOOP").is_ok() {
-        // For profiling the export alone.
-        for _ in 0..20 {
-            export(&rt, &registry, OutputEncoding::Utf8, &ledger);
+        if std::env::var("VRS_BENCH_EXPORT_LOOP").is_ok() {
+            // For profiling the export alone.
+            for _ in 0..20 {
+                export(&rt, &registry, OutputEncoding::Utf8, &ledger);
+            }
         }
     }
 
-    // 4. Registration: one durable commit per dose vs batches in one commit.
-    let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
-    let staff = Actor::MunicipalStaff { municipality: m, user: "bench".into() };
-    rt.block_on(registry.issue_account(&staff, site(), AccountId::parse("tablet-1").unwrap())).unwrap();
-    let tablet = Actor::Site { account: AccountId::parse("tablet-1").unwrap() };
-    let options = GenOptions::new(m, n, 7);
-    let singles = scale.pick(100, 1_000);
-    let first = n / 2; // persons without doses yet
-    let regs = registrations("single", m, &options, first..first + singles);
-    let ((), t_single, cpu_single) = timed_cpu(|| {
-        rt.block_on(async {
-            for r in &regs {
-                registry.register(&tablet, r).await.unwrap();
-            }
-        })
-    });
-    let batched = scale.pick(1_000, 10_000);
-    let regs = registrations("batch", m, &options, first + singles..first + singles + batched);
-    let ((), t_batch, cpu_batch) = timed_cpu(|| {
-        rt.block_on(async {
-            for chunk in regs.chunks(500) {
-                for r in registry.register_batch(&tablet, chunk).await.unwrap() {
-                    r.unwrap();
+    if run("registration") {
+        // 4. Registration: one durable commit per dose vs batches in one commit.
+        let m = MunicipalityCode::parse(MUNICIPALITY).unwrap();
+        let staff = Actor::MunicipalStaff { municipality: m, user: "bench".into() };
+        rt.block_on(registry.issue_account(&staff, site(), AccountId::parse("tablet-1").unwrap())).unwrap();
+        let tablet = Actor::Site { account: AccountId::parse("tablet-1").unwrap() };
+        let options = GenOptions::new(m, n, 7);
+        let singles = scale.pick(100, 1_000);
+        let first = n / 2; // persons without doses yet
+        let regs = registrations("single", m, &options, first..first + singles);
+        let ((), t_single, cpu_single) = timed_cpu(|| {
+            rt.block_on(async {
+                for r in &regs {
+                    registry.register(&tablet, r).await.unwrap();
                 }
-            }
-        })
-    });
-    let single_rate = singles as f64 / t_single.as_secs_f64();
-    all_ok &= report(
-        "register, batches of 500 (doses/s)",
-        batched as f64 / t_batch.as_secs_f64(),
-        "doses/s",
-        "one durable commit per dose",
-        single_rate,
-        10.0,
-    );
-    note(
-        "register, CPU time per dose (all threads)",
-        format!(
-            "batches {:.0} µs, single commits {:.0} µs",
-            cpu_batch.as_secs_f64() * 1e6 / batched as f64,
-            cpu_single.as_secs_f64() * 1e6 / singles as f64
-        ),
-    );
-    // What the layout allows: bare redb writing the same rows for as many other persons,
-    // in batches of 500, on the same file (the store closed first).
-    drop(registry);
-    drop(store);
-    let next = first + singles + batched;
-    let (t_bare, cpu_bare) = bare_registration_batches(&db, next..next + batched, 500);
-    let bare_rate = batched as f64 / t_bare.as_secs_f64();
-    note(
-        "cap: bare redb, same rows, batches of 500",
-        format!(
-            "{bare_rate:.0} doses/s = {:.2}× one durable commit per dose (CPU {:.0} µs per dose); registration batches reach {:.2} of it",
-            bare_rate / single_rate,
-            cpu_bare.as_secs_f64() * 1e6 / batched as f64,
-            batched as f64 / t_batch.as_secs_f64() / bare_rate
-        ),
-    );
+            })
+        });
+        let batched = scale.pick(1_000, 10_000);
+        let regs = registrations("batch", m, &options, first + singles..first + singles + batched);
+        let ((), t_batch, cpu_batch) = timed_cpu(|| {
+            rt.block_on(async {
+                for chunk in regs.chunks(500) {
+                    for r in registry.register_batch(&tablet, chunk).await.unwrap() {
+                        r.unwrap();
+                    }
+                }
+            })
+        });
+        let single_rate = singles as f64 / t_single.as_secs_f64();
+        all_ok &= report(
+            "register, batches of 500 (doses/s)",
+            batched as f64 / t_batch.as_secs_f64(),
+            "doses/s",
+            "one durable commit per dose",
+            single_rate,
+            10.0,
+        );
+        note(
+            "register, CPU time per dose (all threads)",
+            format!(
+                "batches {:.0} µs, single commits {:.0} µs",
+                cpu_batch.as_secs_f64() * 1e6 / batched as f64,
+                cpu_single.as_secs_f64() * 1e6 / singles as f64
+            ),
+        );
+        // What the layout allows: bare redb writing the same rows for as many other persons,
+        // in batches of 500, on the same file (the store closed first).
+        drop(registry);
+        drop(store);
+        let next = first + singles + batched;
+        let (t_bare, cpu_bare) = bare_registration_batches(&db, next..next + batched, 500);
+        let bare_rate = batched as f64 / t_bare.as_secs_f64();
+        note(
+            "cap: bare redb, same rows, batches of 500",
+            format!(
+                "{bare_rate:.0} doses/s = {:.2}× one durable commit per dose (CPU {:.0} µs per dose); registration batches reach {:.2} of it",
+                bare_rate / single_rate,
+                cpu_bare.as_secs_f64() * 1e6 / batched as f64,
+                batched as f64 / t_batch.as_secs_f64() / bare_rate
+            ),
+        );
+    }
 
     println!();
     println!("{}", if all_ok { "all targets met" } else { "some targets NOT met (see BELOW TARGET)" });
