@@ -26,7 +26,7 @@ use vrs_core::{Error, Result};
 use vrs_store_postgres::{PostgresStore, redact_url};
 use vrs_store_redb::RedbStore;
 
-use crate::arrow::{BATCH_ROWS, DoseTable, ResidentTable, Table, dose_batch, resident_batch, stats_table, table};
+use crate::arrow::{BATCH_ROWS, Batcher, DoseTable, ResidentTable, Table, dose_batch, resident_batch, stats_table, table};
 use crate::errors::{InvalidInput, StorageError, VrsError, panicked, to_py};
 use crate::types::{
     Account, Dose, DoseChange, FhirImport, Finding, ImportReport, LedgerExport, Reconciliation, Registration, actor_to_py, extract_actor,
@@ -514,14 +514,15 @@ impl PyRegistry {
         block_on(py, async move {
             // The store decodes the next columns while this thread hands the last ones to Arrow.
             let schema = Arc::new(DoseTable::schema());
-            let mut batches = Vec::new();
+            let mut batcher = Batcher::new(&schema, dose_batch);
             let cursor = registry
                 .scan_dose_columns(actor, m, since, BATCH_ROWS, &mut |c| {
-                    batches.push(dose_batch(&schema, c)?);
+                    batcher.push(c);
                     Ok(())
                 })
-                .await?;
-            Ok(table(schema, batches, Some(cursor)))
+                .await;
+            let batches = batcher.finish()?;
+            Ok(table(schema, batches, Some(cursor?)))
         })
     }
 
@@ -540,13 +541,15 @@ impl PyRegistry {
         let actor = &self.actor;
         block_on(py, async move {
             let schema = Arc::new(ResidentTable::schema());
-            let mut batches = Vec::new();
-            registry
+            let mut batcher = Batcher::new(&schema, resident_batch);
+            let scanned = registry
                 .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
-                    batches.push(resident_batch(&schema, c)?);
+                    batcher.push(c);
                     Ok(())
                 })
-                .await?;
+                .await;
+            let batches = batcher.finish()?;
+            scanned?;
             Ok(table(schema, batches, None))
         })
     }
