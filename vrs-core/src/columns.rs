@@ -79,15 +79,13 @@ impl Validity {
 
 /// A column of text values, in one of Arrow's two string layouts (see the module docs):
 ///
-/// - *contiguous* ([`with_capacity`](Self::with_capacity)), for longer values that are
-///   mostly distinct (ids, names, addresses): every value's bytes one after another with their
+/// - *contiguous* ([`with_capacity`](Self::with_capacity)), for values that are mostly
+///   distinct (ids, codes, names, addresses): every value's bytes one after another with their
 ///   offsets (Arrow's `string`). A consumer checks the UTF-8 of the whole buffer in one pass
 ///   and builds the views from the offsets, instead of checking each view's bytes in a call
 ///   of its own (which cost a quarter of a residents read);
-/// - *views* ([`shared`](Self::shared)), for values that repeat (site, doctor, maker, lot)
-///   and for codes of at most [`INLINE_TEXT`] bytes (municipality and voucher numbers,
-///   which then live inside their views and need no byte buffer): 16-byte views, a long
-///   value equal to one of the last few stored sharing their bytes.
+/// - *views* ([`shared`](Self::shared)), for values that repeat (site, doctor, maker, lot):
+///   16-byte views, a long value equal to one of the last few stored sharing their bytes.
 ///
 /// Texts decoded from a store's bytes ([`DoseColumns::push_stored`],
 /// [`ResidentColumns::push_stored`]) are taken as stored, without checking their UTF-8
@@ -214,10 +212,16 @@ impl TextColumn {
         Ok(())
     }
 
-    /// Appends a code of `N` ASCII digits (a municipality or voucher number): inside its
-    /// view when the column holds views, without a call to copy a few bytes.
+    /// Appends a code of `N` ASCII digits (a municipality or voucher number), copied as a
+    /// fixed number of bytes rather than by a call for a few bytes.
     fn push_digits<const N: usize>(&mut self, digits: &[u8; N]) -> Result<()> {
         match &mut self.layout {
+            Layout::Contiguous { offsets } => {
+                self.bytes.extend_from_slice(digits);
+                offsets.push(i32::try_from(self.bytes.len()).map_err(|_| too_long())?);
+                self.validity.push_valid();
+                Ok(())
+            }
             Layout::Views { views, .. } if N <= INLINE_TEXT => {
                 let mut b = [0u8; 16];
                 b[..4].copy_from_slice(&(N as u32).to_le_bytes());
@@ -532,14 +536,14 @@ impl DoseColumns {
     pub fn with_capacity(rows: usize) -> Self {
         Self {
             dose_id: TextColumn::with_capacity(rows),
-            municipality: TextColumn::shared(rows),
-            voucher_number: TextColumn::shared(rows),
+            municipality: TextColumn::with_capacity(rows),
+            voucher_number: TextColumn::with_capacity(rows),
             ticket_kind: Vec::with_capacity(rows),
             dose_number: Vec::with_capacity(rows),
             date_given: DateColumn::with_capacity(rows),
             registered_at: Vec::with_capacity(rows),
             registered_by: TextColumn::shared(rows),
-            administering_municipality: TextColumn::shared(rows),
+            administering_municipality: TextColumn::with_capacity(rows),
             site_id: TextColumn::shared(rows),
             site_name: TextColumn::shared(rows),
             doctor: TextColumn::shared(rows),
@@ -547,7 +551,7 @@ impl DoseColumns {
             maker: TextColumn::shared(rows),
             lot: TextColumn::shared(rows),
             lot_expiry: DateColumn::with_capacity(rows),
-            resident_municipality: TextColumn::shared(rows),
+            resident_municipality: TextColumn::with_capacity(rows),
             addressee_number: TextColumn::with_capacity(rows),
             voided: Vec::with_capacity(rows),
             version: Vec::with_capacity(rows),
@@ -746,17 +750,17 @@ impl ResidentColumns {
     /// Empty columns with room for `rows` residents.
     pub fn with_capacity(rows: usize) -> Self {
         Self {
-            municipality: TextColumn::shared(rows),
+            municipality: TextColumn::with_capacity(rows),
             addressee_number: TextColumn::with_capacity(rows),
-            voucher_number: TextColumn::shared(rows),
+            voucher_number: TextColumn::with_capacity(rows),
             name: TextColumn::with_capacity(rows),
             name_kana: TextColumn::with_capacity(rows),
             birth_date: DateColumn::with_capacity(rows),
-            sex: TextColumn::shared(rows),
+            sex: TextColumn::with_capacity(rows),
             address: TextColumn::with_capacity(rows),
-            previous_municipality: TextColumn::shared(rows),
-            previous_voucher_number: TextColumn::shared(rows),
-            status: TextColumn::shared(rows),
+            previous_municipality: TextColumn::with_capacity(rows),
+            previous_voucher_number: TextColumn::with_capacity(rows),
+            status: TextColumn::with_capacity(rows),
             status_date: DateColumn::with_capacity(rows),
         }
     }
