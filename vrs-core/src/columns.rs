@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, Error as _, Visitor};
 
 use crate::dose::DoseRecord;
-use crate::ids::{DoseId, MunicipalityCode, PersonalNumberHash, VoucherNumber, VoucherRef};
+use crate::ids::{DoseId, PersonalNumberHash};
 use crate::resident::{Resident, ResidentStatus, Sex};
 use crate::{Error, Result};
 
@@ -39,6 +39,14 @@ pub(crate) const EPOCH_DAYS_FROM_CE: i32 = 719_163;
 pub struct Validity(Option<Vec<bool>>);
 
 impl Validity {
+    /// Records that the next row holds a value (nothing to do while every row does).
+    #[inline]
+    fn push_valid(&mut self) {
+        if let Some(v) = &mut self.0 {
+            v.push(true);
+        }
+    }
+
     /// Records whether row `row` (the column's length before the push) holds a value.
     fn push(&mut self, row: usize, valid: bool) {
         match &mut self.0 {
@@ -72,7 +80,7 @@ impl Validity {
 /// A column of text values, in one of Arrow's two string layouts (see the module docs):
 ///
 /// - *contiguous* ([`with_capacity`](Self::with_capacity)), for values that are mostly
-///   distinct (codes, names, addresses): every value's bytes one after another with their
+///   distinct (ids, codes, names, addresses): every value's bytes one after another with their
 ///   offsets (Arrow's `string`). A consumer checks the UTF-8 of the whole buffer in one pass
 ///   and builds the views from the offsets, instead of checking each view's bytes in a call
 ///   of its own (which cost a quarter of a residents read);
@@ -190,19 +198,51 @@ impl TextColumn {
     /// Appends a text as its bytes: UTF-8 from a `&str`, or a stored text as stored (see
     /// [`DoseColumns::push_stored`]).
     fn push_bytes(&mut self, value: &[u8]) -> Result<()> {
-        let row = self.len();
         match &mut self.layout {
             Layout::Contiguous { offsets } => {
                 self.bytes.extend_from_slice(value);
                 offsets.push(i32::try_from(self.bytes.len()).map_err(|_| too_long())?);
             }
             Layout::Views { views, recent } => {
-                let v = view_of(&mut self.bytes, recent, value)?;
+                let v = if value.len() <= INLINE_TEXT { inline_view(value) } else { view_of(&mut self.bytes, recent, value)? };
                 views.push(v);
             }
         }
-        self.validity.push(row, true);
+        self.validity.push_valid();
         Ok(())
+    }
+
+    /// Appends a code of `N` ASCII digits (a municipality or voucher number), copied as a
+    /// fixed number of bytes rather than by a call for a few bytes.
+    fn push_digits<const N: usize>(&mut self, digits: &[u8; N]) -> Result<()> {
+        match &mut self.layout {
+            Layout::Contiguous { offsets } => {
+                self.bytes.extend_from_slice(digits);
+                offsets.push(i32::try_from(self.bytes.len()).map_err(|_| too_long())?);
+                self.validity.push_valid();
+                Ok(())
+            }
+            Layout::Views { views, .. } if N <= INLINE_TEXT => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&(N as u32).to_le_bytes());
+                b[4..4 + N].copy_from_slice(digits);
+                views.push(u128::from_le_bytes(b));
+                self.validity.push_valid();
+                Ok(())
+            }
+            _ => self.push_bytes(digits),
+        }
+    }
+
+    /// Appends a code of `N` digits, or a missing value.
+    fn push_digits_option<const N: usize>(&mut self, digits: Option<&[u8; N]>) -> Result<()> {
+        match digits {
+            Some(d) => self.push_digits(d),
+            None => {
+                self.push_null();
+                Ok(())
+            }
+        }
     }
 
     /// Appends a text's bytes, or a missing value.
@@ -276,6 +316,18 @@ impl TextColumn {
     }
 }
 
+/// The view of a value of at most [`INLINE_TEXT`] bytes: its length and the bytes, zero
+/// padded (a byte loop: a call to copy a handful of bytes costs more than the copy).
+#[inline]
+fn inline_view(value: &[u8]) -> u128 {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
+    for (d, s) in b[4..].iter_mut().zip(value) {
+        *d = *s;
+    }
+    u128::from_le_bytes(b)
+}
+
 /// The view of `value`, storing its bytes in `bytes` when it is long and not among `recent`.
 fn view_of(bytes: &mut Vec<u8>, recent: &mut Vec<u128>, value: &[u8]) -> Result<u128> {
     let len = value.len();
@@ -333,7 +385,10 @@ impl DateColumn {
 
     /// Appends a day number, or a missing value.
     pub fn push(&mut self, days: Option<i32>) {
-        self.validity.push(self.days.len(), days.is_some());
+        match days {
+            Some(_) => self.validity.push_valid(),
+            None => self.validity.push(self.days.len(), false),
+        }
         self.days.push(days.unwrap_or(0));
     }
 
@@ -373,6 +428,42 @@ pub fn epoch_micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
+/// Two-digit groups "00" to "99", for writing numbers without a division per digit.
+const PAIRS: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// `value` as `N` ASCII digits with leading zeros, or `None` when it has more digits.
+fn number_digits<const N: usize>(mut value: u64) -> Option<[u8; N]> {
+    let mut b = [b'0'; N];
+    let mut i = N;
+    while i >= 2 && value > 0 {
+        let p = (value % 100) as usize * 2;
+        b[i - 2] = PAIRS[p];
+        b[i - 1] = PAIRS[p + 1];
+        value /= 100;
+        i -= 2;
+    }
+    if i == 1 && value > 0 {
+        b[0] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    (value == 0).then_some(b)
+}
+
+/// The ASCII digits of a code held by a domain type (a municipality or voucher number,
+/// exactly `N` digits by construction).
+fn code_digits<const N: usize>(code: &str) -> [u8; N] {
+    <[u8; N]>::try_from(code.as_bytes()).unwrap_or([b'0'; N])
+}
+
 /// A dose id as its 32 lowercase hex digits, as `DoseId`'s `Display` writes them.
 fn hex_id(id: &[u8; 16]) -> [u8; 32] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -385,9 +476,7 @@ fn hex_id(id: &[u8; 16]) -> [u8; 32] {
 }
 
 fn push_hex_id(column: &mut TextColumn, id: &[u8; 16]) -> Result<()> {
-    let hex = hex_id(id);
-    // Cannot fail: hex digits are ASCII.
-    column.push(std::str::from_utf8(&hex).unwrap_or_default())
+    column.push_bytes(&hex_id(id))
 }
 
 // ---- doses -------------------------------------------------------------------------------
@@ -520,17 +609,17 @@ impl DoseColumns {
         let d = &v.details;
         self.push_row(Row {
             id: r.id.as_bytes(),
-            voucher: r.voucher,
+            voucher: (code_digits(r.voucher.municipality.as_str()), code_digits(r.voucher.number.as_str())),
             ticket_kind: r.ticket_kind,
             registered_at: epoch_micros(r.registered_at),
             registered_by: r.registered_by.as_str().as_bytes(),
-            matched: r.matched.as_ref().map(|p| (p.municipality, p.addressee.as_str().as_bytes())),
+            matched: r.matched.as_ref().map(|p| (code_digits(p.municipality.as_str()), p.addressee.as_str().as_bytes())),
             version: v.version,
             voided: v.voided,
             updated_at: epoch_micros(v.recorded_at),
             dose_number: d.dose_number,
             date_given: epoch_days(d.date_given),
-            administering_municipality: d.administering_municipality,
+            administering_municipality: code_digits(d.administering_municipality.as_str()),
             site: d.site.as_str().as_bytes(),
             site_name: d.site_name.as_bytes(),
             doctor: d.doctor.as_bytes(),
@@ -550,17 +639,17 @@ impl DoseColumns {
         let det = &v.details;
         self.push_row(Row {
             id: r.id.as_bytes(),
-            voucher: r.voucher,
+            voucher: (r.voucher.municipality.0, r.voucher.number.0),
             ticket_kind: r.ticket_kind,
             registered_at: r.registered_at.0,
             registered_by: r.registered_by.bytes(),
-            matched: r.matched.as_ref().map(|p| (p.municipality, p.addressee.bytes())),
+            matched: r.matched.as_ref().map(|p| (p.municipality.0, p.addressee.bytes())),
             version: v.version,
             voided: v.voided,
             updated_at: v.recorded_at.0,
             dose_number: det.dose_number,
             date_given: det.date_given.0,
-            administering_municipality: det.administering_municipality,
+            administering_municipality: det.administering_municipality.0,
             site: det.site.bytes(),
             site_name: det.site_name.bytes(),
             doctor: det.doctor.bytes(),
@@ -575,14 +664,14 @@ impl DoseColumns {
 
     fn push_row(&mut self, r: Row<'_>) -> Result<()> {
         push_hex_id(&mut self.dose_id, r.id)?;
-        self.municipality.push(r.voucher.municipality.as_str())?;
-        self.voucher_number.push(r.voucher.number.as_str())?;
+        self.municipality.push_digits(&r.voucher.0)?;
+        self.voucher_number.push_digits(&r.voucher.1)?;
         self.ticket_kind.push(r.ticket_kind);
         self.dose_number.push(r.dose_number);
         self.date_given.push(Some(r.date_given));
         self.registered_at.push(r.registered_at);
         self.registered_by.push_bytes(r.registered_by)?;
-        self.administering_municipality.push(r.administering_municipality.as_str())?;
+        self.administering_municipality.push_digits(&r.administering_municipality)?;
         self.site_id.push_bytes(r.site)?;
         self.site_name.push_bytes(r.site_name)?;
         self.doctor.push_bytes(r.doctor)?;
@@ -590,7 +679,7 @@ impl DoseColumns {
         self.maker.push_bytes(r.maker)?;
         self.lot.push_bytes(r.lot)?;
         self.lot_expiry.push(r.lot_expiry);
-        self.resident_municipality.push_option(r.matched.as_ref().map(|(m, _)| m.as_str()))?;
+        self.resident_municipality.push_digits_option(r.matched.as_ref().map(|(m, _)| m))?;
         self.addressee_number.push_bytes_option(r.matched.map(|(_, a)| a))?;
         self.voided.push(r.voided);
         self.version.push(r.version);
@@ -603,17 +692,18 @@ impl DoseColumns {
 /// One dose's values, borrowed from a record or from stored bytes.
 struct Row<'a> {
     id: &'a [u8; 16],
-    voucher: VoucherRef,
+    /// The voucher's municipality and number, as digits.
+    voucher: ([u8; 6], [u8; 10]),
     ticket_kind: u8,
     registered_at: i64,
     registered_by: &'a [u8],
-    matched: Option<(MunicipalityCode, &'a [u8])>,
+    matched: Option<([u8; 6], &'a [u8])>,
     version: u32,
     voided: bool,
     updated_at: i64,
     dose_number: u8,
     date_given: i32,
-    administering_municipality: MunicipalityCode,
+    administering_municipality: [u8; 6],
     site: &'a [u8],
     site_name: &'a [u8],
     doctor: &'a [u8],
@@ -706,15 +796,15 @@ impl ResidentColumns {
     /// Appends a resident.
     pub fn push_resident(&mut self, r: &Resident) -> Result<()> {
         self.push_row(ResidentRow {
-            municipality: r.person.municipality,
+            municipality: code_digits(r.person.municipality.as_str()),
             addressee: r.person.addressee.as_str().as_bytes(),
-            voucher: r.voucher,
+            voucher: code_digits(r.voucher.as_str()),
             name: r.name.as_str().as_bytes(),
             name_kana: r.name_kana.as_str().as_bytes(),
             birth_date: epoch_days(r.birth_date),
             sex: r.sex,
             address: r.address.as_ref().map(|a| a.as_str().as_bytes()),
-            previous: r.previous,
+            previous: r.previous.map(|v| (code_digits(v.municipality.as_str()), code_digits(v.number.as_str()))),
             status: r.status,
             status_date: r.status_date.map(epoch_days),
         })
@@ -725,15 +815,15 @@ impl ResidentColumns {
     pub fn push_stored<'de, D: Deserializer<'de>>(&mut self, d: D) -> std::result::Result<(), D::Error> {
         let r = repr::Resident::deserialize(d)?;
         self.push_row(ResidentRow {
-            municipality: r.person.municipality,
+            municipality: r.person.municipality.0,
             addressee: r.person.addressee.bytes(),
-            voucher: r.voucher,
+            voucher: r.voucher.0,
             name: r.name.bytes(),
             name_kana: r.name_kana.bytes(),
             birth_date: r.birth_date.0,
             sex: r.sex,
             address: r.address.as_ref().map(repr::Text::bytes),
-            previous: r.previous,
+            previous: r.previous.map(|v| (v.municipality.0, v.number.0)),
             status: r.status,
             status_date: r.status_date.map(|d| d.0),
         })
@@ -741,16 +831,16 @@ impl ResidentColumns {
     }
 
     fn push_row(&mut self, r: ResidentRow<'_>) -> Result<()> {
-        self.municipality.push(r.municipality.as_str())?;
+        self.municipality.push_digits(&r.municipality)?;
         self.addressee_number.push_bytes(r.addressee)?;
-        self.voucher_number.push(r.voucher.as_str())?;
+        self.voucher_number.push_digits(&r.voucher)?;
         self.name.push_bytes(r.name)?;
         self.name_kana.push_bytes(r.name_kana)?;
         self.birth_date.push(Some(r.birth_date));
         self.sex.push(r.sex.letter())?;
         self.address.push_bytes_option(r.address)?;
-        self.previous_municipality.push_option(r.previous.as_ref().map(|v| v.municipality.as_str()))?;
-        self.previous_voucher_number.push_option(r.previous.as_ref().map(|v| v.number.as_str()))?;
+        self.previous_municipality.push_digits_option(r.previous.as_ref().map(|(m, _)| m))?;
+        self.previous_voucher_number.push_digits_option(r.previous.as_ref().map(|(_, v)| v))?;
         self.status.push(r.status.as_str())?;
         self.status_date.push(r.status_date);
         Ok(())
@@ -759,15 +849,16 @@ impl ResidentColumns {
 
 /// One resident's values, borrowed from a record or from stored bytes.
 struct ResidentRow<'a> {
-    municipality: MunicipalityCode,
+    municipality: [u8; 6],
     addressee: &'a [u8],
-    voucher: VoucherNumber,
+    voucher: [u8; 10],
     name: &'a [u8],
     name_kana: &'a [u8],
     birth_date: i32,
     sex: Sex,
     address: Option<&'a [u8]>,
-    previous: Option<VoucherRef>,
+    /// The previous municipality and voucher number, as digits.
+    previous: Option<([u8; 6], [u8; 10])>,
     status: ResidentStatus,
     status_date: Option<i32>,
 }
@@ -785,7 +876,7 @@ mod repr {
         pub id: DoseId,
         #[serde(rename = "idempotency_key", borrow)]
         _idempotency_key: Text<'a>,
-        pub voucher: VoucherRef,
+        pub voucher: Voucher,
         pub ticket_kind: u8,
         pub registered_at: Micros,
         #[serde(borrow)]
@@ -801,7 +892,7 @@ mod repr {
 
     #[derive(Deserialize)]
     pub(super) struct Person<'a> {
-        pub municipality: MunicipalityCode,
+        pub municipality: Digits<6>,
         #[serde(borrow)]
         pub addressee: Text<'a>,
     }
@@ -823,7 +914,7 @@ mod repr {
     pub(super) struct Details<'a> {
         pub dose_number: u8,
         pub date_given: Days,
-        pub administering_municipality: MunicipalityCode,
+        pub administering_municipality: Digits<6>,
         #[serde(borrow)]
         pub site: Text<'a>,
         #[serde(borrow)]
@@ -844,7 +935,7 @@ mod repr {
     pub(super) struct Resident<'a> {
         #[serde(borrow)]
         pub person: Person<'a>,
-        pub voucher: VoucherNumber,
+        pub voucher: Digits<10>,
         #[serde(borrow)]
         pub name: Text<'a>,
         #[serde(borrow)]
@@ -853,12 +944,42 @@ mod repr {
         pub sex: Sex,
         #[serde(borrow)]
         pub address: Option<Text<'a>>,
-        pub previous: Option<VoucherRef>,
+        pub previous: Option<Voucher>,
         #[serde(rename = "personal_number_hash")]
         _personal_number_hash: Option<PersonalNumberHash>,
         pub status: ResidentStatus,
         #[serde(default)]
         pub status_date: Option<Days>,
+    }
+
+    /// A [`VoucherRef`](crate::ids::VoucherRef) as digits.
+    #[derive(Deserialize)]
+    pub(super) struct Voucher {
+        pub municipality: Digits<6>,
+        pub number: Digits<10>,
+    }
+
+    /// A code of `N` digits ([`MunicipalityCode`](crate::ids::MunicipalityCode), [`VoucherNumber`](crate::ids::VoucherNumber)) as its ASCII digits,
+    /// as stored: a number in binary formats, a string in readable ones. Read as digits
+    /// only (the code was checked when it was written), which costs a column scan no
+    /// check-digit sum and no UTF-8 check per row.
+    #[derive(Clone, Copy)]
+    pub(super) struct Digits<const N: usize>(pub [u8; N]);
+
+    impl<'de, const N: usize> Deserialize<'de> for Digits<N> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+            if d.is_human_readable() {
+                let text = <Cow<'de, str>>::deserialize(d)?;
+                <[u8; N]>::try_from(text.as_bytes())
+                    .ok()
+                    .filter(|b| b.iter().all(u8::is_ascii_digit))
+                    .map(Digits)
+                    .ok_or_else(|| D::Error::custom(format!("expected {N} digits")))
+            } else {
+                let value = u64::deserialize(d)?;
+                number_digits(value).map(Digits).ok_or_else(|| D::Error::custom(format!("{value} has more than {N} digits")))
+            }
+        }
     }
 
     /// A stored text as its bytes, borrowed where the format allows, its UTF-8 not
@@ -937,7 +1058,7 @@ mod tests {
 
     use super::*;
     use crate::dose::{DoseDetails, DoseVersion};
-    use crate::ids::{AccountId, AddresseeNumber, IdempotencyKey, PersonRef, SiteId};
+    use crate::ids::{AccountId, AddresseeNumber, IdempotencyKey, MunicipalityCode, PersonRef, SiteId, VoucherNumber, VoucherRef};
     use crate::resident::PersonalText;
     use crate::vaccine::ProductCode;
 
@@ -1093,6 +1214,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn numbers_as_digits(value: u64, small in 0u64..100_000_000) {
+            for v in [value, small] {
+                let six = number_digits::<6>(v);
+                prop_assert_eq!(six.map(|d| String::from_utf8(d.to_vec()).unwrap()), (v < 1_000_000).then(|| format!("{v:06}")));
+                let ten = number_digits::<10>(v);
+                prop_assert_eq!(ten.map(|d| String::from_utf8(d.to_vec()).unwrap()), (v < 10_000_000_000).then(|| format!("{v:010}")));
+                let fifteen = number_digits::<15>(v);
+                prop_assert_eq!(fifteen.map(|d| String::from_utf8(d.to_vec()).unwrap()), (v < 10u64.pow(15)).then(|| format!("{v:015}")));
+            }
+        }
+
         #[test]
         fn text_columns_give_back_what_was_pushed(values in proptest::collection::vec(proptest::option::of(".{0,20}"), 0..40), shared: bool) {
             let mut c = if shared { TextColumn::shared(4) } else { TextColumn::with_capacity(4) };

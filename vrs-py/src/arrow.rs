@@ -14,15 +14,16 @@
 //! handed to Arrow as a buffer, without a copy, while the store decodes the next rows.
 //! Memory stays close to the size of the Arrow data itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::thread;
 
 use arrow_array::builder::{Date32Builder, StringViewBuilder, UInt8Builder, UInt64Builder};
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use arrow_array::{
-    ArrayRef, BooleanArray, Date32Array, RecordBatch, RecordBatchIterator, StringViewArray, TimestampMicrosecondArray, UInt8Array,
-    UInt32Array, UInt64Array,
+    ArrayRef, BooleanArray, Date32Array, RecordBatch, RecordBatchIterator, StringArray, StringViewArray, TimestampMicrosecondArray,
+    UInt8Array, UInt32Array, UInt64Array,
 };
-use arrow_buffer::{Buffer, NullBuffer, ScalarBuffer};
+use arrow_buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_schema::ffi::FFI_ArrowSchema;
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use pyo3::prelude::*;
@@ -284,6 +285,16 @@ fn text_array(column: TextColumn) -> Result<ArrayRef> {
             let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(bytes)] };
             StringViewArray::try_new(ScalarBuffer::from(views), buffers, nulls(validity)).map_err(arrow_error)?
         }
+        TextParts::Contiguous { offsets, bytes, validity } if bytes.is_ascii() => {
+            // ASCII (ids, codes): Arrow's own check of the whole buffer is quick here, and the
+            // views then point into that buffer: nothing copied.
+            if offsets.first() != Some(&0) || offsets.windows(2).any(|w| w[0] > w[1]) {
+                return Err(arrow_error("text offsets out of order"));
+            }
+            let strings = StringArray::try_new(OffsetBuffer::new(ScalarBuffer::from(offsets)), Buffer::from_vec(bytes), nulls(validity))
+                .map_err(arrow_error)?;
+            StringViewArray::from(&strings)
+        }
         TextParts::Contiguous { offsets, bytes, validity } => {
             // The whole buffer's UTF-8 is checked once, with SIMD (simdutf8: names and
             // addresses are Japanese, which std's check, per value in
@@ -365,6 +376,57 @@ pub fn resident_batch(schema: &SchemaRef, c: ResidentColumns) -> Result<RecordBa
         date_array(c.status_date),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
+}
+
+/// Record batches with the position of their columns in the scan.
+type Numbered = Vec<(usize, RecordBatch)>;
+
+/// Builds record batches on a few threads of their own as a scan hands over its columns,
+/// so that wrapping them for Arrow (checking text, views) runs beside the scan and on
+/// every core instead of on the one thread that receives them. Batches come back in the
+/// order they were pushed.
+pub struct Batcher<T> {
+    senders: Vec<mpsc::Sender<(usize, T)>>,
+    threads: Vec<thread::JoinHandle<Result<Numbered>>>,
+    pushed: usize,
+}
+
+impl<T: Send + 'static> Batcher<T> {
+    /// Starts the threads (the machine's parallelism, 1 to 4), each building batches of
+    /// `schema` with `build`.
+    pub fn new(schema: &SchemaRef, build: fn(&SchemaRef, T) -> Result<RecordBatch>) -> Self {
+        let n = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+        let (mut senders, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel::<(usize, T)>();
+            let schema = schema.clone();
+            senders.push(tx);
+            threads.push(thread::spawn(move || rx.into_iter().map(|(i, c)| Ok((i, build(&schema, c)?))).collect()));
+        }
+        Self { senders, threads, pushed: 0 }
+    }
+
+    /// Hands over the next columns (in turn to each thread).
+    pub fn push(&mut self, columns: T) {
+        let i = self.pushed;
+        self.pushed += 1;
+        // A thread that stopped on an error has dropped its receiver: `finish` reports it.
+        let _ = self.senders[i % self.senders.len()].send((i, columns));
+    }
+
+    /// Waits for every batch and returns them in the order pushed.
+    pub fn finish(self) -> Result<Vec<RecordBatch>> {
+        drop(self.senders);
+        let mut batches = Vec::with_capacity(self.pushed);
+        for t in self.threads {
+            batches.extend(t.join().map_err(|_| arrow_error("a thread building record batches panicked"))??);
+        }
+        batches.sort_unstable_by_key(|(i, _)| *i);
+        if batches.len() != self.pushed {
+            return Err(arrow_error("a record batch went missing"));
+        }
+        Ok(batches.into_iter().map(|(_, b)| b).collect())
+    }
 }
 
 /// A table of record batches already built.

@@ -26,7 +26,7 @@ use vrs_core::{Error, Result};
 use vrs_store_postgres::{PostgresStore, redact_url};
 use vrs_store_redb::RedbStore;
 
-use crate::arrow::{BATCH_ROWS, DoseTable, ResidentTable, Table, dose_batch, resident_batch, stats_table, table};
+use crate::arrow::{BATCH_ROWS, Batcher, DoseTable, ResidentTable, Table, dose_batch, resident_batch, stats_table, table};
 use crate::errors::{InvalidInput, StorageError, VrsError, panicked, to_py};
 use crate::types::{
     Account, Dose, DoseChange, FhirImport, Finding, ImportReport, LedgerExport, Reconciliation, Registration, actor_to_py, extract_actor,
@@ -70,9 +70,16 @@ impl Clock for SystemClock {
 
 /// What `open` connects to: a PostgreSQL URL, or a redb file. Runs inside the runtime
 /// (sqlx needs tokio).
-async fn open_store(spec: &str) -> Result<DynStore> {
+async fn open_store(spec: &str, cache_bytes: Option<usize>) -> Result<DynStore> {
     let lower = spec.trim().to_ascii_lowercase();
     if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        if cache_bytes.is_some() {
+            return Err(Error::Invalid {
+                field: "cache_bytes",
+                value: format!("{cache_bytes:?}"),
+                reason: "sizes the cache of a redb file; a PostgreSQL server has its own".into(),
+            });
+        }
         return Ok(Arc::new(PostgresStore::connect(spec.trim()).await?));
     }
     if spec.contains("://") {
@@ -88,7 +95,10 @@ async fn open_store(spec: &str) -> Result<DynStore> {
     }
     // redb blocks while it opens (and repairs) the file: this runs in `block_on` on the
     // caller's thread (with the GIL released), never on an async worker.
-    Ok(Arc::new(RedbStore::open(&path)?))
+    Ok(Arc::new(match cache_bytes {
+        Some(bytes) => RedbStore::open_with_cache(&path, bytes)?,
+        None => RedbStore::open(&path)?,
+    }))
 }
 
 /// The store and service behind one or more `Registry` handles (one per actor).
@@ -111,16 +121,20 @@ pub struct PyRegistry {
 /// PostgreSQL URL `postgres://user:password@host/db`. `actor` is `vrs.Staff(...)`,
 /// `vrs.Site(...)`, `vrs.StatisticsReader(...)` or a string such as `"staff:131016"`.
 /// `now`, a timezone-aware datetime, stops the clock there (tests, replays).
+/// `cache_bytes` sizes a redb store's page cache (default: the file's size and an eighth,
+/// at least 1 GiB, at most half the memory), so that full scans of a large store do not
+/// read every page from the file again.
 ///
 /// Raises `StorageError` when the store cannot be opened, `InvalidInput` for a bad
 /// argument.
 #[pyfunction]
-#[pyo3(signature = (path_or_url, actor, *, now = None))]
+#[pyo3(signature = (path_or_url, actor, *, now = None, cache_bytes = None))]
 pub fn open(
     py: Python<'_>,
     path_or_url: &Bound<'_, PyAny>,
     actor: &Bound<'_, PyAny>,
     now: Option<&Bound<'_, PyAny>>,
+    cache_bytes: Option<usize>,
 ) -> PyResult<PyRegistry> {
     let spec: PathBuf = path_or_url.extract()?;
     let spec = spec.to_string_lossy().into_owned();
@@ -132,7 +146,7 @@ pub fn open(
     let description = if spec.contains("://") { redact_url(&spec) } else { spec.clone() };
     // Driven by `Runtime::block_on` inside the closure, so the connect future need not be
     // `Send` (sqlx's PostgreSQL connect future trips rustc's higher-ranked `Send` check).
-    let store = detached(py, || runtime()?.block_on(open_store(&spec)))?;
+    let store = detached(py, || runtime()?.block_on(open_store(&spec, cache_bytes)))?;
     let registry = CoreRegistry::new(store, clock);
     Ok(PyRegistry { shared: Arc::new(Shared { registry: RwLock::new(Some(registry)), description }), actor })
 }
@@ -500,14 +514,15 @@ impl PyRegistry {
         block_on(py, async move {
             // The store decodes the next columns while this thread hands the last ones to Arrow.
             let schema = Arc::new(DoseTable::schema());
-            let mut batches = Vec::new();
+            let mut batcher = Batcher::new(&schema, dose_batch);
             let cursor = registry
                 .scan_dose_columns(actor, m, since, BATCH_ROWS, &mut |c| {
-                    batches.push(dose_batch(&schema, c)?);
+                    batcher.push(c);
                     Ok(())
                 })
-                .await?;
-            Ok(table(schema, batches, Some(cursor)))
+                .await;
+            let batches = batcher.finish()?;
+            Ok(table(schema, batches, Some(cursor?)))
         })
     }
 
@@ -526,13 +541,15 @@ impl PyRegistry {
         let actor = &self.actor;
         block_on(py, async move {
             let schema = Arc::new(ResidentTable::schema());
-            let mut batches = Vec::new();
-            registry
+            let mut batcher = Batcher::new(&schema, resident_batch);
+            let scanned = registry
                 .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
-                    batches.push(resident_batch(&schema, c)?);
+                    batcher.push(c);
                     Ok(())
                 })
-                .await?;
+                .await;
+            let batches = batcher.finish()?;
+            scanned?;
             Ok(table(schema, batches, None))
         })
     }

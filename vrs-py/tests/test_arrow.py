@@ -12,7 +12,7 @@ import pytest
 
 import vrs
 
-from conftest import ocr, write_residents
+from conftest import NOW, ocr, write_residents
 
 
 @pytest.fixture
@@ -93,3 +93,35 @@ def test_empty_tables_keep_their_schema(staff):
     t = pa.table(staff.doses())
     assert t.num_rows == 0 and t.schema.field("date_given").type == pa.date32()
     assert pl.DataFrame(staff.residents()).height == 0
+
+
+def test_reads_in_several_batches_keep_the_store_order(tmp_path, municipality):
+    """Residents and doses are decoded in chunks on several threads and built into record
+    batches on several more: the table still holds every row once, in the store's order
+    (residents by addressee length then digits, doses by voucher), whatever the cache."""
+    addressees = [str(i) for i in range(1, 400, 3)] + ["000123", "0045"]
+    rows = [[a, f"{(i * 7919) % 10**10:010d}", "接種太郎", "セッシュタロウ", "1950-04-01", "1"] for i, a in enumerate(addressees)]
+    write_residents(tmp_path / "r.csv", rows)
+    db = vrs.open(tmp_path / "store" / "vrs.redb", actor=vrs.Staff(municipality, user="suzuki"), now=NOW, cache_bytes=1 << 20)
+    db.import_residents(tmp_path / "r.csv")
+    db.issue_account(f"tab-{municipality}", site_id="clinic-1", site_name="クリニック")
+    site = db.with_actor(f"site:tab-{municipality}")
+    vouchers = [r[1] for r in rows[::2]]
+    for i, voucher in enumerate(vouchers):
+        site.register_dose(ocr(municipality, voucher), date_given="2021-06-01", product="pfizer", lot="FA5765", doctor="佐藤", idempotency_key=f"{municipality}-{i}")
+
+    residents = pa.table(db.residents())
+    assert residents["addressee_number"].to_pylist() == sorted(addressees, key=lambda a: (len(a), a))
+    assert len(residents.to_batches()) > 1
+    doses = pa.table(db.doses())
+    assert doses["voucher_number"].to_pylist() == sorted(vouchers)
+    assert len(doses.to_batches()) > 1
+    by_voucher = dict(zip((r[1] for r in rows), addressees))
+    assert doses["addressee_number"].to_pylist() == [by_voucher[v] for v in sorted(vouchers)]
+    assert pl.DataFrame(db.doses()).height == len(vouchers)
+    db.close()
+
+
+def test_cache_size_is_for_redb_only():
+    with pytest.raises(vrs.InvalidInput):
+        vrs.open("postgres://nobody@localhost/none", actor="staff:131016", cache_bytes=1 << 20)

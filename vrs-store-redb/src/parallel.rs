@@ -95,6 +95,34 @@ impl Chunks {
         Ok(Self { starts, end })
     }
 
+    /// Cuts the `residents` (or `moved_in`) keys of municipality `m`, m · length byte ·
+    /// addressee digits, into about `n` chunks per addressee length present (the keys of
+    /// each length are a run of their own, in the order of their lengths): within each
+    /// run, as [`by_digits`](Self::by_digits) does with the length as the width. Reads the
+    /// first and last key of the range and of each length between theirs.
+    pub(crate) fn by_addressee<V: Value + 'static>(table: &ReadOnlyTable<Bytes, V>, m: &[u8], n: usize) -> Result<Self> {
+        let end = prefix_end(m);
+        let cut = || storage("cutting a range into chunks");
+        let mut range = match end.as_deref() {
+            Some(end) => table.range::<&[u8]>(m..end),
+            None => table.range::<&[u8]>(m..),
+        }
+        .map_err(cut())?;
+        let length = |k: redb::AccessGuard<'_, Bytes>| k.value().get(m.len()).copied();
+        let Some(first) = range.next().transpose().map_err(cut())?.and_then(|(k, _)| length(k)) else {
+            return Ok(Self { starts: Vec::new(), end });
+        };
+        let last = range.next_back().transpose().map_err(cut())?.and_then(|(k, _)| length(k)).unwrap_or(first);
+        let mut starts = Vec::new();
+        for len in first..=last.max(first) {
+            let mut prefix = m.to_vec();
+            prefix.push(len);
+            let run = Self::by_digits(table, &prefix, usize::from(len), n)?;
+            starts.extend(run.starts);
+        }
+        Ok(Self { starts, end })
+    }
+
     /// How many chunks.
     pub(crate) fn len(&self) -> usize {
         self.starts.len()
@@ -340,6 +368,49 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn addressees_of_several_lengths_each_once_in_order() {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        let w = db.begin_write().unwrap();
+        let mut keys = Vec::new();
+        {
+            let mut t = w.open_table(T).unwrap();
+            t.insert(b"131008\x03999".as_slice(), b"other".as_slice()).unwrap();
+            t.insert(b"131024\x01\x31".as_slice(), b"other".as_slice()).unwrap();
+            for (len, count) in [(1u8, 10u64), (3, 700), (6, 2000)] {
+                for i in 0..count {
+                    let mut k = b"131016".to_vec();
+                    k.push(len);
+                    k.extend_from_slice(format!("{:0w$}", i * 7 % 10u64.pow(len.into()), w = usize::from(len)).as_bytes());
+                    t.insert(k.as_slice(), b"resident".as_slice()).unwrap();
+                    keys.push(k);
+                }
+            }
+        }
+        w.commit().unwrap();
+        keys.sort();
+        keys.dedup();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(T).unwrap();
+        let chunks = Chunks::by_addressee(&t, b"131016", 16).unwrap();
+        assert!(chunks.len() > 16, "{} chunks", chunks.len());
+        let mut seen = Vec::new();
+        scan_chunks(
+            &t,
+            &chunks,
+            3,
+            |range| range.map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("test"))).collect::<Result<Vec<_>>>(),
+            |chunk| {
+                seen.extend(chunk);
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert_eq!(seen, keys);
+        let empty = Chunks::by_addressee(&t, b"131032", 16).unwrap();
+        assert_eq!(empty.len(), 0);
     }
 
     #[test]

@@ -284,7 +284,9 @@ class Table:
 
 # ---- the registry ---------------------------------------------------------------------
 
-def open(path_or_url: _Path, actor: _Actor, *, now: datetime.datetime | None = None) -> Registry:
+def open(
+    path_or_url: _Path, actor: _Actor, *, now: datetime.datetime | None = None, cache_bytes: int | None = None
+) -> Registry:
     """Open a store and return a :class:`Registry` acting as ``actor``.
 
     Args:
@@ -293,6 +295,9 @@ def open(path_or_url: _Path, actor: _Actor, *, now: datetime.datetime | None = N
         actor: ``vrs.Staff(...)``, ``vrs.Site(...)``, ``vrs.StatisticsReader(...)`` or a
             string: ``"staff:131016"``, ``"site:tablet-1"``, ``"national"``, ``"prefecture:13"``.
         now: a timezone-aware datetime that stops the clock there (tests, replays).
+        cache_bytes: the page cache of a redb store (default: the file's size and an
+            eighth, at least 1 GiB, at most half the memory), so that full scans of a
+            large store do not read every page from the file again. Not for PostgreSQL.
 
     Raises:
         StorageError: the store cannot be opened.
