@@ -1392,6 +1392,12 @@ pub async fn person_contexts_are_their_single_reads(store: DynStore) {
     }
     assert_eq!(store.person_contexts(&queries).await.unwrap(), expected);
     assert!(store.person_contexts(&[]).await.unwrap().is_empty());
+    // A batch's worth of queries at once, in no repeating order (a store may split a large
+    // batch, between threads for one): the same answers, in the order asked.
+    let order: Vec<usize> = (0..150).map(|i| (i * 5 + i / 7) % queries.len()).collect();
+    let many: Vec<PersonQuery> = order.iter().map(|&i| queries[i]).collect();
+    let answers = store.person_contexts(&many).await.unwrap();
+    assert!(answers == order.iter().map(|&i| expected[i].clone()).collect::<Vec<_>>(), "a large batch answered differently");
 
     // What the composition reads, spelled out.
     let ids = |doses: &[(VoucherRef, Vec<DoseRecord>)]| doses.iter().map(|(v, ds)| (*v, ds.len())).collect::<Vec<_>>();
