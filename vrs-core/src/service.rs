@@ -211,17 +211,20 @@ impl Registry {
         Ok(match actor {
             Actor::MunicipalStaff { municipality, user } => Principal::Staff { municipality: *municipality, user: user.clone() },
             Actor::StatisticsReader { scope } => Principal::Statistics(*scope),
-            Actor::Site { account } => match self.store.account(account).await? {
-                Some(a) => Principal::Site(a),
-                None => {
-                    return Err(Error::PermissionDenied {
-                        actor: actor.to_string(),
-                        operation: Operation::RegisterDose,
-                        reason: "no such tablet account".into(),
-                    });
-                }
-            },
+            Actor::Site { account } => Self::site_principal(actor, self.store.account(account).await?)?,
         })
+    }
+
+    /// The principal of a site actor whose stored account was read as `stored`.
+    fn site_principal(actor: &Actor, stored: Option<TabletAccount>) -> Result<Principal> {
+        match stored {
+            Some(a) => Ok(Principal::Site(a)),
+            None => Err(Error::PermissionDenied {
+                actor: actor.to_string(),
+                operation: Operation::RegisterDose,
+                reason: "no such tablet account".into(),
+            }),
+        }
     }
 
     pub(crate) async fn check(&self, actor: &Actor, operation: Operation, subject: &Subject) -> Result<Principal> {
@@ -448,6 +451,12 @@ impl Registry {
 
     async fn site_account(&self, actor: &Actor) -> Result<(TabletAccount, String)> {
         let principal = self.check(actor, Operation::RegisterDose, &Subject::NewDose).await?;
+        Self::registering_site(principal)
+    }
+
+    /// The account and its description when `principal` may register doses (already
+    /// authorized for [`Operation::RegisterDose`]).
+    fn registering_site(principal: Principal) -> Result<(TabletAccount, String)> {
         match principal {
             Principal::Site(a) => {
                 let who = principal_describe(&a);
@@ -466,15 +475,38 @@ impl Registry {
     /// nothing), matches the voucher, stores the dose with its findings, counters and
     /// audit entry in one change set. The same idempotency key returns the first result.
     pub async fn register(&self, actor: &Actor, reg: &DoseRegistration) -> Result<RegistrationOutcome> {
+        // A site with a readable OCR line: the store may read the account and the person
+        // together. The account is checked exactly as `site_account` checks it before the
+        // context is used; an unreadable line takes the plain path (the account's refusal
+        // comes first there).
+        if let Actor::Site { account } = actor
+            && let Ok(ocr) = crate::reconcile::parse_ocr(&reg.ocr_line)
+        {
+            let id = DoseId::for_key(&reg.idempotency_key);
+            let (stored, context) =
+                self.store.account_with_person_context(account, PersonQuery { voucher: ocr.voucher, dose: Some(id) }).await?;
+            let principal = Self::site_principal(actor, stored)?;
+            authorize(&principal, Operation::RegisterDose, &Subject::NewDose, self.today())?;
+            let (account, who) = Self::registering_site(principal)?;
+            return self.register_one(&account, &who, reg, context.map(|c| (id, c))).await;
+        }
         let (account, who) = self.site_account(actor).await?;
-        self.register_one(&account, &who, reg).await
+        self.register_one(&account, &who, reg, None).await
     }
 
-    async fn register_one(&self, account: &TabletAccount, who: &str, reg: &DoseRegistration) -> Result<RegistrationOutcome> {
+    /// Registers with up to `MAX_ATTEMPTS` decisions; the first may be given its context
+    /// already read (every retry reads afresh).
+    async fn register_one(
+        &self,
+        account: &TabletAccount,
+        who: &str,
+        reg: &DoseRegistration,
+        mut context: Option<(DoseId, PersonContext)>,
+    ) -> Result<RegistrationOutcome> {
         let empty = Pending::default();
         let mut last = None;
         for _ in 0..MAX_ATTEMPTS {
-            let (cs, outcome) = self.decide_registration(&empty, account, who, reg, None).await?;
+            let (cs, outcome) = self.decide_registration(&empty, account, who, reg, context.take()).await?;
             let Some(cs) = cs else { return Ok(outcome) };
             match self.store.apply(vec![cs]).await {
                 Ok(applied) => {
@@ -520,7 +552,7 @@ impl Registry {
         }
         let mut out = Vec::with_capacity(regs.len());
         for reg in regs {
-            out.push(self.register_one(&account, &who, reg).await);
+            out.push(self.register_one(&account, &who, reg, None).await);
         }
         Ok(out)
     }

@@ -355,6 +355,19 @@ pub trait StoreBackend: Send + Sync {
         Ok(out)
     }
 
+    /// A tablet account and, optionally, the [`PersonContext`] of a registration it is
+    /// about to make, read together (a networked store answers both in one round trip).
+    /// The context is only a prefetch: the service checks the account before using it and
+    /// reads it with [`person_contexts`](Self::person_contexts) when `None` comes back.
+    /// The default reads the account alone and answers `None`.
+    async fn account_with_person_context(
+        &self,
+        id: &AccountId,
+        _query: PersonQuery,
+    ) -> Result<(Option<TabletAccount>, Option<PersonContext>)> {
+        Ok((self.account(id).await?, None))
+    }
+
     /// Findings in a municipality's review queue (open only, or all).
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>>;
     /// Findings about one dose.

@@ -8,18 +8,20 @@
 //! core's own functions ([`voucher_resident`], [`person_vouchers`]); a voucher they name
 //! that the statement did not gather sends that query through [`read_person_context`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 
 use sqlx::postgres::PgRow;
+use vrs_core::access::TabletAccount;
 use vrs_core::dose::DoseRecord;
 use vrs_core::finding::Finding;
-use vrs_core::ids::{DoseId, MunicipalityCode, VoucherNumber, VoucherRef};
+use vrs_core::ids::{AccountId, DoseId, MunicipalityCode, VoucherNumber, VoucherRef};
 use vrs_core::resident::Resident;
 use vrs_core::store::{PersonContext, PersonQuery, person_vouchers, read_person_context, voucher_resident};
 use vrs_core::{Error, Result};
 
 use crate::PostgresStore;
-use crate::codec::{self, RESIDENT_COLUMNS, col, record};
+use crate::codec::{self, RESIDENT_COLUMNS, col, kind_code, record};
 use crate::error::storage_message;
 
 /// Row tags of the statement, in the order its rows come.
@@ -28,6 +30,8 @@ const RESIDENT: i16 = 1;
 const VOUCHER: i16 = 2;
 const DOSE: i16 = 3;
 const FINDING: i16 = 4;
+/// The tablet account (only in [`lean_statement`]).
+const ACCOUNT: i16 = 5;
 
 /// Typed NULLs in place of a resident's columns ([`RESIDENT_COLUMNS`], same names).
 const NO_RESIDENT: &str = "NULL::text AS municipality, NULL::text AS addressee, NULL::text AS voucher, NULL::text AS name, \
@@ -82,6 +86,36 @@ fn statement(one: bool) -> String {
         UNION ALL SELECT {FINDING}::int2, ord, NULL, NULL, id, kind, record, NULL, NULL, {NO_RESIDENT} FROM fs
         ORDER BY ord, tag, id, kind"
     )
+}
+
+/// [`statement`]'s text, built once per form: the text is some 4 KB, and formatting it
+/// for every registration cost the client more than the rest of the call's encoding.
+fn cached(one: bool) -> &'static str {
+    static FORMS: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    FORMS[usize::from(one)].get_or_init(|| statement(one))
+}
+
+/// A registration's account and person in one round trip, for the common case only: the
+/// account; the dose stored under the query's id and its findings; the voucher's holders;
+/// the voucher's doses and their findings. Each part is a plain index lookup, so the
+/// server starts a few small plans instead of [`statement`]'s two dozen CTE nodes
+/// (measured with prepared statements: ~65 µs less server CPU per call). A person it does
+/// not cover (no holder, more than one, or a moved-in resident with a previous voucher) is
+/// left to [`person_contexts`].
+fn lean_statement() -> &'static str {
+    static TEXT: OnceLock<String> = OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "SELECT {ACCOUNT}::int2 AS tag, a.record, NULL::bytea AS id, NULL::int8 AS seq, {NO_RESIDENT} FROM accounts AS a WHERE a.id = $4::text
+             UNION ALL SELECT {EXISTING}::int2, d.record, d.id, d.seq, {NO_RESIDENT}
+                FROM dose_ids AS k JOIN doses AS d ON d.municipality = k.municipality AND d.id = k.id WHERE k.id = $3::bytea
+             UNION ALL SELECT {FINDING}::int2, f.record, f.dose, NULL, {NO_RESIDENT} FROM findings AS f WHERE f.dose = $3::bytea
+             UNION ALL SELECT {RESIDENT}::int2, NULL, NULL, NULL, {RESIDENT_COLUMNS} FROM residents WHERE municipality = $1::text AND voucher = $2::text
+             UNION ALL SELECT {DOSE}::int2, d.record, d.id, d.seq, {NO_RESIDENT} FROM doses AS d WHERE d.municipality = $1::text AND d.voucher = $2::text
+             UNION ALL SELECT {FINDING}::int2, f.record, f.dose, NULL, {NO_RESIDENT}
+                FROM doses AS d JOIN findings AS f ON f.dose = d.id WHERE d.municipality = $1::text AND d.voucher = $2::text"
+        )
+    })
 }
 
 /// What the statement gathered for one query.
@@ -177,10 +211,10 @@ pub(crate) async fn person_contexts(store: &PostgresStore, queries: &[PersonQuer
         voucher.push(q.voucher.number.as_str());
         dose.push(q.dose.map(|d| d.as_bytes().to_vec()));
     }
-    let sql = statement(queries.len() == 1);
+    let sql = cached(queries.len() == 1);
     let query = match (ord.as_slice(), municipality.as_slice(), voucher.as_slice(), dose.as_slice()) {
-        ([o], [m], [v], [d]) => sqlx::query(&sql).bind(*o).bind(*m).bind(*v).bind(d.clone()),
-        _ => sqlx::query(&sql).bind(ord).bind(municipality).bind(voucher).bind(dose),
+        ([o], [m], [v], [d]) => sqlx::query(sql).bind(*o).bind(*m).bind(*v).bind(d.clone()),
+        _ => sqlx::query(sql).bind(ord).bind(municipality).bind(voucher).bind(dose),
     };
     let rows = store.fetch_all("reading what registrations are decided against", query).await?;
     let mut out = Vec::with_capacity(queries.len());
@@ -191,4 +225,56 @@ pub(crate) async fn person_contexts(store: &PostgresStore, queries: &[PersonQuer
         }
     }
     Ok(out)
+}
+
+/// [`StoreBackend::account_with_person_context`] in one statement ([`lean_statement`]).
+pub(crate) async fn account_with_person_context(
+    store: &PostgresStore,
+    account: &AccountId,
+    query: PersonQuery,
+) -> Result<(Option<TabletAccount>, Option<PersonContext>)> {
+    let q = sqlx::query(lean_statement())
+        .bind(query.voucher.municipality.as_str())
+        .bind(query.voucher.number.as_str())
+        .bind(query.dose.map(|d| d.as_bytes().to_vec()))
+        .bind(account.as_str());
+    let rows = store.fetch_all("reading a tablet account and what its registration is decided against", q).await?;
+    let mut stored = None;
+    let mut existing = None;
+    let mut holders = Vec::new();
+    let mut doses = Vec::new();
+    // Keyed by dose and kind code: a dose's findings may come twice (by id and by voucher).
+    let mut findings: BTreeMap<(DoseId, i16), Finding> = BTreeMap::new();
+    for row in &rows {
+        match col::<i16>(row, "tag")? {
+            ACCOUNT => stored = Some(record(row, "record")?),
+            EXISTING => existing = Some(codec::dose(row)?),
+            RESIDENT => holders.push(codec::resident(row)?),
+            DOSE => doses.push(codec::dose(row)?),
+            FINDING => {
+                let f: Finding = record(row, "record")?;
+                findings.insert((f.dose, kind_code(f.kind)), f);
+            }
+            other => return Err(storage_message(format!("a registration context row tagged {other}"))),
+        }
+    }
+    let findings_of = |id: DoseId| -> Vec<Finding> { findings.range((id, i16::MIN)..=(id, i16::MAX)).map(|(_, f)| f.clone()).collect() };
+    let context = if let Some(dose) = existing {
+        let found = findings_of(dose.id);
+        Some(PersonContext { existing: Some((dose, found)), ..PersonContext::default() })
+    } else {
+        match holders.as_slice() {
+            // The voucher's one holder, without a previous voucher: the person's vouchers
+            // are the voucher read alone (`person_vouchers`), whose doses came in id order
+            // once sorted.
+            [holder] if person_vouchers(Some(holder), query.voucher) == [query.voucher] => {
+                doses.sort_by_key(|d| d.id);
+                let doses = vec![(query.voucher, doses)];
+                let found = PersonContext::dose_ids(&doses).into_iter().map(|id| (id, findings_of(id))).collect();
+                Some(PersonContext { existing: None, resident: Some(holder.clone()), doses, findings: found })
+            }
+            _ => None,
+        }
+    };
+    Ok((stored, context))
 }

@@ -585,6 +585,14 @@ impl StoreBackend for PostgresStore {
         context::person_contexts(self, queries).await
     }
 
+    async fn account_with_person_context(
+        &self,
+        id: &AccountId,
+        query: PersonQuery,
+    ) -> Result<(Option<TabletAccount>, Option<PersonContext>)> {
+        context::account_with_person_context(self, id, query).await
+    }
+
     async fn findings(&self, municipality: MunicipalityCode, open_only: bool) -> Result<Vec<Finding>> {
         let sql = if open_only {
             "SELECT record FROM findings WHERE municipality = $1 AND open ORDER BY dose, kind"
