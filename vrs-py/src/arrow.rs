@@ -10,9 +10,11 @@
 //! - dates are `date32`, instants `timestamp[us, tz=Asia/Tokyo]`.
 //!
 //! The store decodes its records straight into columns ([`vrs_core::columns`]) whose
-//! vectors already have Arrow's layouts, [`BATCH_ROWS`] rows at a time; each column is
-//! handed to Arrow as a buffer, without a copy, while the store decodes the next rows.
-//! Memory stays close to the size of the Arrow data itself.
+//! vectors already have Arrow's layouts, at most [`BATCH_ROWS`] rows at a time (a redb
+//! store decodes chunks of its range on several threads); a [`Batcher`] hands each column
+//! to Arrow as a buffer on threads of its own while the store decodes the next rows. The
+//! table is the record batches in the store's order. Memory stays close to the size of the
+//! Arrow data itself.
 
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -394,16 +396,19 @@ pub struct Batcher<T> {
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the threads (the machine's parallelism, 1 to 4), each building batches of
     /// `schema` with `build`.
-    pub fn new(schema: &SchemaRef, build: fn(&SchemaRef, T) -> Result<RecordBatch>) -> Self {
+    pub fn new(schema: &SchemaRef, build: fn(&SchemaRef, T) -> Result<RecordBatch>) -> Result<Self> {
         let n = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
         let (mut senders, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for _ in 0..n {
             let (tx, rx) = mpsc::channel::<(usize, T)>();
             let schema = schema.clone();
+            let work = move || rx.into_iter().map(|(i, c)| Ok((i, build(&schema, c)?))).collect();
+            let spawned =
+                thread::Builder::new().name("vrs-arrow".into()).spawn(work).map_err(|e| arrow_error(format!("starting a thread: {e}")))?;
             senders.push(tx);
-            threads.push(thread::spawn(move || rx.into_iter().map(|(i, c)| Ok((i, build(&schema, c)?))).collect()));
+            threads.push(spawned);
         }
-        Self { senders, threads, pushed: 0 }
+        Ok(Self { senders, threads, pushed: 0 })
     }
 
     /// Hands over the next columns (in turn to each thread).

@@ -514,7 +514,7 @@ impl PyRegistry {
         block_on(py, async move {
             // The store decodes the next columns while this thread hands the last ones to Arrow.
             let schema = Arc::new(DoseTable::schema());
-            let mut batcher = Batcher::new(&schema, dose_batch);
+            let mut batcher = Batcher::new(&schema, dose_batch)?;
             let cursor = registry
                 .scan_dose_columns(actor, m, since, BATCH_ROWS, &mut |c| {
                     batcher.push(c);
@@ -541,7 +541,7 @@ impl PyRegistry {
         let actor = &self.actor;
         block_on(py, async move {
             let schema = Arc::new(ResidentTable::schema());
-            let mut batcher = Batcher::new(&schema, resident_batch);
+            let mut batcher = Batcher::new(&schema, resident_batch)?;
             let scanned = registry
                 .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
                     batcher.push(c);
