@@ -457,52 +457,76 @@ mod compact {
             Self { bytes, at: 0 }
         }
 
+        #[cold]
+        #[inline(never)]
         fn bad(&self, what: &str) -> Error {
             Error::Storage { message: format!("decoding a stored dose: {what} at byte {}", self.at), source: None }
         }
 
+        #[inline(always)]
         fn byte(&mut self) -> Result<u8> {
-            let b = *self.bytes.get(self.at).ok_or_else(|| self.bad("record ends early"))?;
-            self.at += 1;
-            Ok(b)
+            match self.bytes.get(self.at) {
+                Some(&b) => {
+                    self.at += 1;
+                    Ok(b)
+                }
+                None => Err(self.bad("record ends early")),
+            }
         }
 
         /// A varint of at most `max` bytes whose last byte is at most `last`.
-        #[inline]
+        #[inline(always)]
         fn varint(&mut self, max: usize, last: u8) -> Result<u64> {
+            // Most are one byte (lengths, small numbers): no loop for them.
+            match self.bytes.get(self.at) {
+                Some(&b) if b < 0x80 => {
+                    self.at += 1;
+                    Ok(u64::from(b))
+                }
+                _ => self.long_varint(max, last),
+            }
+        }
+
+        fn long_varint(&mut self, max: usize, last: u8) -> Result<u64> {
+            let rest = self.bytes.get(self.at..).unwrap_or_default();
             let mut out = 0u64;
-            for i in 0..max {
-                let b = self.byte()?;
+            for (i, &b) in rest.iter().take(max).enumerate() {
                 out |= u64::from(b & 0x7f) << (7 * i);
-                if b & 0x80 == 0 {
+                if b < 0x80 {
                     if i == max - 1 && b > last {
                         return Err(self.bad("varint out of range"));
                     }
+                    self.at += i + 1;
                     return Ok(out);
                 }
             }
-            Err(self.bad("varint too long"))
+            Err(self.bad(if rest.len() < max { "record ends early" } else { "varint too long" }))
         }
 
+        #[inline(always)]
         fn u32(&mut self) -> Result<u32> {
             // Five bytes hold 35 bits: the last may carry 4.
             self.varint(5, 0x0f).map(|v| v as u32)
         }
 
+        #[inline(always)]
         fn u64(&mut self) -> Result<u64> {
             self.varint(10, 0x01)
         }
 
+        #[inline(always)]
         fn i32(&mut self) -> Result<i32> {
             let v = self.u32()?;
             Ok(((v >> 1) as i32) ^ -((v & 1) as i32))
         }
 
+        #[inline(always)]
         fn i64(&mut self) -> Result<i64> {
             let v = self.u64()?;
             Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
         }
 
+        #[inline(always)]
         fn bool(&mut self) -> Result<bool> {
             match self.byte()? {
                 0 => Ok(false),
@@ -512,6 +536,7 @@ mod compact {
         }
 
         /// An `Option`'s tag: whether a value follows.
+        #[inline(always)]
         fn some(&mut self) -> Result<bool> {
             match self.byte()? {
                 0 => Ok(false),
@@ -521,11 +546,13 @@ mod compact {
         }
 
         /// A length, within what is left of the record.
+        #[inline(always)]
         fn len(&mut self) -> Result<usize> {
             let n = self.u64()?;
             usize::try_from(n).ok().filter(|n| *n <= self.bytes.len() - self.at).ok_or_else(|| self.bad("length beyond the record"))
         }
 
+        #[inline(always)]
         fn bytes(&mut self) -> Result<&'a [u8]> {
             let n = self.len()?;
             let b = &self.bytes[self.at..self.at + n];
@@ -533,6 +560,7 @@ mod compact {
             Ok(b)
         }
 
+        #[inline(always)]
         fn skip_bytes(&mut self) -> Result<()> {
             let n = self.len()?;
             self.at += n;
@@ -1216,6 +1244,8 @@ impl LedgerFormat {
     /// come out as the export writes them. Pure: a store may call it on any thread.
     pub fn rows(&self, doses: &LedgerDoses) -> Result<LedgerRows> {
         let mut b = self.builder();
+        // About the bytes a dose takes in a row (a block and its share of the addressee).
+        b.out.bytes.reserve(doses.len() * 128);
         let mut start = 0;
         while start < doses.len() {
             let end = group_end(doses, start);

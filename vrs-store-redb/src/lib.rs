@@ -8,7 +8,9 @@
 //! redb blocks, so every call runs on the [`blocking`] thread pool, never on the caller's
 //! async executor: the store works under tokio, async-std, or a plain `block_on` from
 //! Python or mobile bindings alike. Scans stream records to the visitor in chunks over a
-//! bounded channel, so a municipality of millions is never held in memory at once.
+//! bounded channel, so a municipality of millions is never held in memory at once. The
+//! ledger export's scan decodes and formats chunks of whole vouchers on a few threads that
+//! share one read snapshot, handing the rows on in voucher order (the `parallel` module).
 //!
 //! ```
 //! # fn main() -> vrs_core::Result<()> {
