@@ -308,6 +308,8 @@ impl LedgerBatch {
         self.push_fields(fields)
     }
 
+    // Inlined into both readers, so that their fields are not copied on the way.
+    #[inline(always)]
     fn push_fields(&mut self, f: Fields<'_>) -> Result<()> {
         let addressee = match f.matched {
             Some((_, a)) => Some(repr::addressee(a)?),
@@ -382,6 +384,13 @@ impl LedgerBatch {
     /// Whether the batch holds no dose.
     pub fn is_empty(&self) -> bool {
         self.doses.is_empty()
+    }
+
+    /// Makes room for `doses` more doses with `text` more bytes of text, so that a batch
+    /// whose size is known about grows once.
+    pub fn reserve(&mut self, doses: usize, text: usize) {
+        self.doses.parts.reserve(doses);
+        self.doses.text.reserve(text);
     }
 
     /// The doses decoded since the last call, in order; the batch is empty afterwards.
@@ -609,6 +618,7 @@ mod compact {
         Ok(([site_name, doctor, maker, lot], dose_number, date_given, administering, voided))
     }
 
+    #[inline(always)]
     pub(super) fn record<'a>(r: &mut Reader<'a>) -> Result<Fields<'a>> {
         let id = r.bytes()?;
         let id = DoseId::from_bytes(<[u8; 16]>::try_from(id).map_err(|_| r.bad("a dose id is not 16 bytes"))?);

@@ -831,6 +831,8 @@ pub(crate) fn scan_ledger_rows(
         parallel::workers(),
         |range| {
             let mut batch = LedgerBatch::default();
+            // About a chunk of a municipality of a million doses, so that it grows once or twice.
+            batch.reserve(8192, 8192 * 64);
             for entry in range {
                 let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
                 if is_dose_key(k.value()) {
