@@ -173,7 +173,11 @@ struct Stmt {
 
 impl Stmt {
     fn new() -> Self {
-        Self { ctes: Vec::new(), checks: Vec::new(), args: PgArguments::default(), n: 0 }
+        // Room for a registration's arguments (some 30, most of the bytes its record's
+        // JSON): growing the buffer from empty reallocated it a dozen times per call.
+        let mut args = PgArguments::default();
+        args.reserve(32, 4096);
+        Self { ctes: Vec::with_capacity(8), checks: Vec::new(), args, n: 0 }
     }
 
     /// Binds a value; returns its placeholder.
@@ -317,7 +321,10 @@ impl DoseColumns {
 /// Text that PostgreSQL can hold: serde_json escapes control characters, so only a NUL
 /// written as `\u0000` is left to refuse (JSONB cannot hold it).
 fn json<T: serde::Serialize>(what: &str, value: &T) -> Result<String> {
-    let text = serde_json::to_string(value).map_err(|e| storage_message(format!("encoding {what}: {e}")))?;
+    // Sized for a dose record (~750 bytes) so that serialising it does not grow the buffer.
+    let mut bytes = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut bytes, value).map_err(|e| storage_message(format!("encoding {what}: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| storage_message(format!("encoding {what}: {e}")))?;
     if text.contains("\\u0000") {
         return Err(Error::Invalid {
             field: "text",
