@@ -774,28 +774,49 @@ pub(crate) fn scan_doses(db: &Database, m: &MunicipalityCode, scan: DoseScan, ou
     Ok(high)
 }
 
-/// Sends a municipality's doses in voucher order as the ledger reads them, decoded
-/// straight from the stored records in batches, chunks of the range decoded in parallel
-/// from one read snapshot ([`parallel`]); returns the highest sequence number sent.
-pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDoses>>) -> Result<u64> {
+/// Runs `work` over chunks of whole vouchers of municipality `m`'s stored doses (their
+/// record bytes, slot keys left out) on the parallel scan, one read snapshot
+/// ([`parallel`]); `consume` takes the results in voucher order and stops the scan by
+/// answering `false`.
+pub(crate) fn scan_dose_chunks<T: Send>(
+    db: &Database,
+    m: &MunicipalityCode,
+    work: impl Fn(&mut dyn Iterator<Item = Result<redb::AccessGuard<'static, Bytes>>>) -> Result<T> + Sync,
+    consume: impl FnMut(T) -> Result<bool>,
+) -> Result<()> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
     let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
-    let mut high = 0u64;
     scan_chunks(
         &doses,
         &chunks,
         parallel::workers(),
         |range| {
+            let mut records = range.filter_map(|entry| match entry {
+                Ok((k, v)) => is_dose_key(k.value()).then_some(Ok(v)),
+                Err(e) => Some(Err(storage("scanning doses by voucher")(e))),
+            });
+            work(&mut records)
+        },
+        consume,
+    )
+}
+
+/// Sends a municipality's doses in voucher order as the ledger reads them, decoded
+/// straight from the stored records in batches, chunks of the range decoded in parallel
+/// from one read snapshot ([`parallel`]); returns the highest sequence number sent.
+pub(crate) fn scan_ledger_doses(db: &Database, m: &MunicipalityCode, out: &async_channel::Sender<Vec<LedgerDoses>>) -> Result<u64> {
+    let mut high = 0u64;
+    scan_dose_chunks(
+        db,
+        m,
+        |records| {
             let mut batches = Vec::new();
             let mut batch = LedgerBatch::default();
-            for entry in range {
-                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
-                if is_dose_key(k.value()) {
-                    batch.push_compact(v.value())?;
-                    if batch.len() >= LEDGER_SCAN_CHUNK {
-                        batches.push(batch.take()?);
-                    }
+            for record in records {
+                batch.push_compact(record?.value())?;
+                if batch.len() >= LEDGER_SCAN_CHUNK {
+                    batches.push(batch.take()?);
                 }
             }
             if !batch.is_empty() {
@@ -821,23 +842,16 @@ pub(crate) fn scan_ledger_rows(
     format: &LedgerFormat,
     out: &async_channel::Sender<Vec<LedgerRows>>,
 ) -> Result<u64> {
-    let txn = begin_read(db)?;
-    let doses = open_read(&txn, DOSES)?;
-    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
     let mut high = 0u64;
-    scan_chunks(
-        &doses,
-        &chunks,
-        parallel::workers(),
-        |range| {
+    scan_dose_chunks(
+        db,
+        m,
+        |records| {
             let mut batch = LedgerBatch::default();
             // About a chunk of a municipality of a million doses, so that it grows once or twice.
             batch.reserve(8192, 8192 * 64);
-            for entry in range {
-                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
-                if is_dose_key(k.value()) {
-                    batch.push_compact(v.value())?;
-                }
+            for record in records {
+                batch.push_compact(record?.value())?;
             }
             // A chunk holds whole vouchers: its rows are final.
             let doses = batch.take()?;
