@@ -12,7 +12,7 @@ use crate::access::{Actor, Operation, Principal, Site, Subject, TabletAccount, a
 use crate::clock::jst_date;
 use crate::dose::{DoseCorrection, DoseDetails, DoseRecord, DoseRegistration, DoseVersion};
 use crate::finding::{Finding, FindingKind};
-use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, VoucherRef};
+use crate::ids::{AccountId, DoseId, MunicipalityCode, OcrLine, PersonRef, VoucherRef};
 use crate::import::ImportReport;
 use crate::reconcile::{assess_person, diff_findings, validate_details, validate_read_registration};
 use crate::resident::Resident;
@@ -342,43 +342,42 @@ impl Registry {
 
     // ---- registration ----------------------------------------------------------------
 
-    /// The queries whose contexts decide `regs` (none for an unreadable OCR line, which is
-    /// refused before anything is read).
-    fn registration_queries(regs: &[DoseRegistration]) -> Vec<Option<PersonQuery>> {
+    /// The queries whose contexts decide `regs`, each with the OCR line it was parsed from
+    /// (none for an unreadable OCR line, which is refused before anything is read).
+    fn registration_queries(regs: &[DoseRegistration]) -> Vec<Option<(OcrLine, PersonQuery)>> {
         regs.iter()
             .map(|r| {
                 crate::reconcile::parse_ocr(&r.ocr_line)
                     .ok()
-                    .map(|ocr| PersonQuery { voucher: ocr.voucher, dose: Some(DoseId::for_key(&r.idempotency_key)) })
+                    .map(|ocr| (ocr, PersonQuery { voucher: ocr.voucher, dose: Some(DoseId::for_key(&r.idempotency_key)) }))
             })
             .collect()
     }
 
     /// Decides a registration against `context`, the store's answer to its query with the
-    /// dose id the query named (read before any of the batch was decided; read here when
-    /// not given), with the batch's earlier decisions over it.
+    /// OCR line and dose id the query was made of (read before any of the batch was
+    /// decided; read here when not given), with the batch's earlier decisions over it.
     async fn decide_registration(
         &self,
         pending: &Pending,
         account: &TabletAccount,
         who: &str,
         reg: &DoseRegistration,
-        context: Option<(DoseId, PersonContext)>,
+        context: Option<(OcrLine, DoseId, PersonContext)>,
     ) -> Result<(Option<ChangeSet>, RegistrationOutcome)> {
         let now = self.clock.now();
-        // The id hashes the key: a batch's query already did.
-        let id = match &context {
-            Some((id, _)) => *id,
-            None => DoseId::for_key(&reg.idempotency_key),
-        };
+        // The id hashes the key and the OCR line was parsed for the query: not again.
         // An unreadable OCR line is refused whether or not the key was used (as validation
         // would refuse it first).
-        let ocr = crate::reconcile::parse_ocr(&reg.ocr_line)?;
-        // The same key earlier in this batch, or already stored: the first result again.
-        let context = match context {
-            Some((_, c)) => c,
-            None => self.person_context(ocr.voucher, Some(id)).await?,
+        let (ocr, id, context) = match context {
+            Some(given) => given,
+            None => {
+                let ocr = crate::reconcile::parse_ocr(&reg.ocr_line)?;
+                let id = DoseId::for_key(&reg.idempotency_key);
+                (ocr, id, self.person_context(ocr.voucher, Some(id)).await?)
+            }
         };
+        // The same key earlier in this batch, or already stored: the first result again.
         let replay = match pending.dose(&id) {
             Some(first) => Some((first.clone(), self.view_findings(pending, id).await?)),
             None => context.existing.clone().map(|(d, f)| (d, Self::overlay_findings(pending, id, f))),
@@ -488,7 +487,7 @@ impl Registry {
             let principal = Self::site_principal(actor, stored)?;
             authorize(&principal, Operation::RegisterDose, &Subject::NewDose, self.today())?;
             let (account, who) = Self::registering_site(principal)?;
-            return self.register_one(&account, &who, reg, context.map(|c| (id, c))).await;
+            return self.register_one(&account, &who, reg, context.map(|c| (ocr, id, c))).await;
         }
         let (account, who) = self.site_account(actor).await?;
         self.register_one(&account, &who, reg, None).await
@@ -501,7 +500,7 @@ impl Registry {
         account: &TabletAccount,
         who: &str,
         reg: &DoseRegistration,
-        mut context: Option<(DoseId, PersonContext)>,
+        mut context: Option<(OcrLine, DoseId, PersonContext)>,
     ) -> Result<RegistrationOutcome> {
         let empty = Pending::default();
         let mut last = None;
@@ -567,7 +566,7 @@ impl Registry {
         regs: &[DoseRegistration],
     ) -> Result<(Pending, Vec<Result<RegistrationOutcome>>)> {
         let queries = Self::registration_queries(regs);
-        let asked: Vec<PersonQuery> = queries.iter().flatten().copied().collect();
+        let asked: Vec<PersonQuery> = queries.iter().flatten().map(|(_, q)| *q).collect();
         let mut answers = self.store.person_contexts(&asked).await?.into_iter();
         if answers.len() != asked.len() {
             return Err(Error::Storage { message: "the store answered a different number of person contexts".into(), source: None });
@@ -577,7 +576,7 @@ impl Registry {
         for (reg, query) in regs.iter().zip(&queries) {
             let context = match query {
                 // Every query took an answer, in order.
-                Some(q) => answers.next().and_then(|c| Some((q.dose?, c))),
+                Some((ocr, q)) => answers.next().and_then(|c| Some((*ocr, q.dose?, c))),
                 None => None,
             };
             match self.decide_registration(&pending, account, who, reg, context).await {

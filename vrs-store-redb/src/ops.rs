@@ -1102,9 +1102,10 @@ struct Writer<'t> {
     seq: u64,
     /// The last audit sequence number given.
     audit_seq: u64,
-    /// Counter changes summed over every change set, written once per key at the end
-    /// (a batch of registrations mostly moves the same few counters).
-    counter_deltas: BTreeMap<Vec<u8>, i64>,
+    /// Counter changes summed over every change set, encoded and written once per key at
+    /// the end (a batch of registrations mostly moves the same few counters: encoding
+    /// each dose's keys cost more than summing them).
+    counter_deltas: BTreeMap<StatsKey, i64>,
     /// A reused buffer for encoding values.
     buf: Vec<u8>,
     /// New doses' rows, their id index entries and their `doses_by_site` keys, written in
@@ -1225,7 +1226,7 @@ impl Writer<'_> {
         }
         for (key, delta) in counters {
             if delta != 0 {
-                *self.counter_deltas.entry(counter_key(&key)?).or_default() += delta;
+                *self.counter_deltas.entry(key).or_default() += delta;
             }
         }
         for account in accounts {
@@ -1356,7 +1357,13 @@ impl Writer<'_> {
 
     /// Writes the summed counter changes, each counter once.
     fn write_counters(&mut self) -> Result<()> {
-        for (k, delta) in std::mem::take(&mut self.counter_deltas) {
+        let mut deltas = Vec::with_capacity(self.counter_deltas.len());
+        for (key, delta) in std::mem::take(&mut self.counter_deltas) {
+            deltas.push((counter_key(&key)?, delta));
+        }
+        // In key order, as before the keys were encoded here.
+        deltas.sort_unstable();
+        for (k, delta) in deltas {
             add_to_counter(&mut self.counters, &k, delta)?;
         }
         Ok(())
