@@ -341,16 +341,13 @@ fn inline_view(value: &[u8]) -> u128 {
 }
 
 /// The view of `value`, storing its bytes in `bytes` when it is long and not among `recent`.
+/// Built in registers like [`inline_view`] (a stack array read back stalls).
 fn view_of(bytes: &mut Vec<u8>, recent: &mut Vec<u128>, value: &[u8]) -> Result<u128> {
-    let len = value.len();
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&u32::try_from(len).map_err(|_| too_long())?.to_le_bytes());
-    if len <= INLINE_TEXT {
-        b[4..4 + len].copy_from_slice(value);
-        return Ok(u128::from_le_bytes(b));
-    }
-    b[4..8].copy_from_slice(&value[..4]);
-    let head = u128::from_le_bytes(b) & u64::MAX as u128;
+    let len = u32::try_from(value.len()).map_err(|_| too_long())?;
+    let Some(prefix) = value.first_chunk::<4>().filter(|_| value.len() > INLINE_TEXT) else {
+        return Ok(inline_view(value));
+    };
+    let head = u128::from(len) | u128::from(u32::from_le_bytes(*prefix)) << 32;
     for &v in recent.iter().rev() {
         if v & u64::MAX as u128 == head && long_bytes(bytes, v) == Some(value) {
             return Ok(v);
@@ -358,11 +355,10 @@ fn view_of(bytes: &mut Vec<u8>, recent: &mut Vec<u128>, value: &[u8]) -> Result<
     }
     // Views hold 32-bit offsets; Arrow's readers of a batch's offsets take them as i32.
     let offset = i32::try_from(bytes.len()).map_err(|_| too_long())?;
-    i32::try_from(bytes.len() + len).map_err(|_| too_long())?;
+    i32::try_from(bytes.len() + value.len()).map_err(|_| too_long())?;
     bytes.extend_from_slice(value);
-    // Buffer index 0: a column has one byte buffer.
-    b[12..16].copy_from_slice(&offset.to_le_bytes());
-    let v = u128::from_le_bytes(b);
+    // Buffer index 0 (bits 64..96): a column has one byte buffer.
+    let v = head | u128::from(offset as u32) << 96;
     if recent.len() == RECENT {
         recent.remove(0);
     }
