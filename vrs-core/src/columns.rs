@@ -317,28 +317,37 @@ impl TextColumn {
 }
 
 /// The view of a value of at most [`INLINE_TEXT`] bytes: its length and the bytes, zero
-/// padded (a byte loop: a call to copy a handful of bytes costs more than the copy).
+/// padded. Built in registers from two fixed-size loads that overlap where the value is
+/// shorter than both (8 + 4 bytes, 4 + 4, or three single bytes; overlapping bytes are
+/// equal, so or-ing them is exact). Copying into a byte array and reading it back as a
+/// `u128` (a byte loop, which the compiler turns into a `memcpy` call, or small copies)
+/// stalls on store-to-load forwarding: ~75% of `push_bytes`, itself ~11% of a doses read.
 #[inline]
 fn inline_view(value: &[u8]) -> u128 {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&(value.len() as u32).to_le_bytes());
-    for (d, s) in b[4..].iter_mut().zip(value) {
-        *d = *s;
-    }
-    u128::from_le_bytes(b)
+    let len = value.len();
+    debug_assert!(len <= INLINE_TEXT);
+    // Byte i of the value is byte 4 + i of the view, i.e. bits 8 * (4 + i) on.
+    let at = |byte: usize| 8 * (4 + byte as u32);
+    let bytes = match (value.first_chunk::<8>(), value.first_chunk::<4>(), value.last_chunk::<4>()) {
+        (Some(head), _, Some(tail)) => {
+            u128::from(u64::from_le_bytes(*head)) << at(0) | u128::from(u32::from_le_bytes(*tail)) << at(len - 4)
+        }
+        (None, Some(head), Some(tail)) => {
+            u128::from(u32::from_le_bytes(*head)) << at(0) | u128::from(u32::from_le_bytes(*tail)) << at(len - 4)
+        }
+        _ => value.iter().enumerate().fold(0, |v, (i, &c)| v | u128::from(c) << at(i)),
+    };
+    len as u128 | bytes
 }
 
 /// The view of `value`, storing its bytes in `bytes` when it is long and not among `recent`.
+/// Built in registers like [`inline_view`] (a stack array read back stalls).
 fn view_of(bytes: &mut Vec<u8>, recent: &mut Vec<u128>, value: &[u8]) -> Result<u128> {
-    let len = value.len();
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&u32::try_from(len).map_err(|_| too_long())?.to_le_bytes());
-    if len <= INLINE_TEXT {
-        b[4..4 + len].copy_from_slice(value);
-        return Ok(u128::from_le_bytes(b));
-    }
-    b[4..8].copy_from_slice(&value[..4]);
-    let head = u128::from_le_bytes(b) & u64::MAX as u128;
+    let len = u32::try_from(value.len()).map_err(|_| too_long())?;
+    let Some(prefix) = value.first_chunk::<4>().filter(|_| value.len() > INLINE_TEXT) else {
+        return Ok(inline_view(value));
+    };
+    let head = u128::from(len) | u128::from(u32::from_le_bytes(*prefix)) << 32;
     for &v in recent.iter().rev() {
         if v & u64::MAX as u128 == head && long_bytes(bytes, v) == Some(value) {
             return Ok(v);
@@ -346,11 +355,10 @@ fn view_of(bytes: &mut Vec<u8>, recent: &mut Vec<u128>, value: &[u8]) -> Result<
     }
     // Views hold 32-bit offsets; Arrow's readers of a batch's offsets take them as i32.
     let offset = i32::try_from(bytes.len()).map_err(|_| too_long())?;
-    i32::try_from(bytes.len() + len).map_err(|_| too_long())?;
+    i32::try_from(bytes.len() + value.len()).map_err(|_| too_long())?;
     bytes.extend_from_slice(value);
-    // Buffer index 0: a column has one byte buffer.
-    b[12..16].copy_from_slice(&offset.to_le_bytes());
-    let v = u128::from_le_bytes(b);
+    // Buffer index 0 (bits 64..96): a column has one byte buffer.
+    let v = head | u128::from(offset as u32) << 96;
     if recent.len() == RECENT {
         recent.remove(0);
     }
@@ -1203,6 +1211,17 @@ mod tests {
             let mut json = ResidentColumns::with_capacity(1);
             json.push_stored(&mut serde_json::Deserializer::from_str(&serde_json::to_string(&r).unwrap())).unwrap();
             assert_eq!(json, expected);
+        }
+    }
+
+    #[test]
+    fn inline_views_hold_the_length_and_the_bytes_zero_padded() {
+        let text: Vec<u8> = (1..=INLINE_TEXT as u8).collect();
+        for len in 0..=INLINE_TEXT {
+            let mut expected = [0u8; 16];
+            expected[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            expected[4..4 + len].copy_from_slice(&text[..len]);
+            assert_eq!(inline_view(&text[..len]).to_le_bytes(), expected, "length {len}");
         }
     }
 
