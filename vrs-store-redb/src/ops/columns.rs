@@ -8,7 +8,7 @@ use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::ids::MunicipalityCode;
 use vrs_core::store::DoseScan;
 
-use super::{begin_read, each_stored_dose, open_read, scan_floor, storage};
+use super::{begin_read, each_stored_dose, open_read, scan_dose_chunks, scan_floor, storage};
 use crate::parallel::{self, Chunks, scan_chunks};
 use crate::schema::*;
 
@@ -48,24 +48,17 @@ pub(crate) fn scan_dose_columns(
         }
         return Ok(high);
     }
-    let txn = begin_read(db)?;
-    let doses = open_read(&txn, DOSES)?;
-    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
-    scan_chunks(
-        &doses,
-        &chunks,
-        parallel::workers(),
-        |range| {
+    scan_dose_chunks(
+        db,
+        m,
+        |records| {
             let mut batches = Vec::new();
             let mut columns = DoseColumns::with_capacity(rows.min(CHUNK_ROOM));
-            for entry in range {
-                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
-                if is_dose_key(k.value()) {
-                    columns.push_stored(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
-                    if columns.len() >= rows {
-                        let next = columns.empty_like();
-                        batches.push(std::mem::replace(&mut columns, next));
-                    }
+            for record in records {
+                columns.push_stored(&mut postcard::Deserializer::from_bytes(record?.value())).map_err(storage("decoding a dose"))?;
+                if columns.len() >= rows {
+                    let next = columns.empty_like();
+                    batches.push(std::mem::replace(&mut columns, next));
                 }
             }
             if !columns.is_empty() {
