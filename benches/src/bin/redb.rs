@@ -152,6 +152,23 @@ fn site() -> Site {
     }
 }
 
+/// A Pfizer dose given at the bench's venue (so administered in its municipality).
+fn venue_details(dose_number: u8, date_given: NaiveDate, lot: String) -> DoseDetails {
+    let site = site();
+    DoseDetails {
+        dose_number,
+        date_given,
+        administering_municipality: site.municipality,
+        site: site.id,
+        site_name: site.name,
+        doctor: "佐藤一郎".into(),
+        product: ProductCode::new("pfizer"),
+        maker: "ファイザー".into(),
+        lot,
+        lot_expiry: None,
+    }
+}
+
 /// Stores two matched doses for each of the first `persons` generated residents, in
 /// bulk change sets (the seeding is not what is measured).
 fn seed_doses(rt: &tokio::runtime::Runtime, store: &DynStore, persons: u64) -> u64 {
@@ -172,18 +189,7 @@ fn seed_doses(rt: &tokio::runtime::Runtime, store: &DynStore, persons: u64) -> u
             let key = IdempotencyKey::parse(&format!("seed-{i}-{dose_number}")).unwrap();
             let given =
                 NaiveDate::from_ymd_opt(2021, 6, 1).unwrap() + chrono::Duration::days(i64::from(dose_number - 1) * 21 + (i % 60) as i64);
-            let details = DoseDetails {
-                dose_number,
-                date_given: given,
-                administering_municipality: m,
-                site: site().id,
-                site_name: site().name,
-                doctor: "佐藤一郎".into(),
-                product: ProductCode::new("pfizer"),
-                maker: "ファイザー".into(),
-                lot: format!("FA{:04}", i % 10_000),
-                lot_expiry: None,
-            };
+            let details = venue_details(dose_number, given, format!("FA{:04}", i % 10_000));
             let record = seeded_dose(&resident, key, at, at, details, "bench");
             if let Some(k) = key_for(&record, Some(&resident)) {
                 counters.push((k, 1));
@@ -363,18 +369,7 @@ fn bare_registration_batches(db_path: &Path, persons: std::ops::Range<u64>, batc
         .map(|i| {
             let resident = generator.row(i).unwrap().to_resident(m, b"").unwrap();
             let key = IdempotencyKey::parse(&format!("bare-{i}")).unwrap();
-            let details = DoseDetails {
-                dose_number: 1,
-                date_given: NaiveDate::from_ymd_opt(2021, 6, 1).unwrap(),
-                administering_municipality: m,
-                site: site().id,
-                site_name: site().name,
-                doctor: "佐藤一郎".into(),
-                product: ProductCode::new("pfizer"),
-                maker: "ファイザー".into(),
-                lot: "FA5765".into(),
-                lot_expiry: None,
-            };
+            let details = venue_details(1, NaiveDate::from_ymd_opt(2021, 6, 1).unwrap(), "FA5765".into());
             let record = seeded_dose(&resident, key, at, at, details, "site venue-1 (account tablet-1)");
             registration_rows(&record)
         })
