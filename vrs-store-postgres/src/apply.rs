@@ -594,6 +594,19 @@ async fn in_transaction(conn: &mut PgConnection, stmt: Option<(String, PgArgumen
     Ok(seq)
 }
 
+/// Adds statistics counter changes inside a transaction the caller holds (an import
+/// moving restated residents' doses), through the same counter upsert as [`apply`].
+pub(crate) async fn add_counters(tx: &mut PgConnection, counters: Vec<(StatsKey, i64)>) -> Result<()> {
+    let net = Net::fold(vec![ChangeSet { counters, ..ChangeSet::default() }])?;
+    let (stmt, has_seq) = statement(&net, &[])?;
+    if stmt.is_empty() {
+        return Ok(());
+    }
+    let (sql, args) = stmt.finish(has_seq);
+    sqlx::query_with(&sql, args).fetch_one(&mut *tx).await.map_err(db("moving statistics counters"))?;
+    Ok(())
+}
+
 /// Applies change sets all or nothing; returns the highest sequence number given (or the
 /// last one given before, when no dose was written).
 pub(crate) async fn apply(conns: &Conns, changes: Vec<ChangeSet>) -> Result<u64> {

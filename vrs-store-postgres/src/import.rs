@@ -7,7 +7,7 @@
 //! refused by its source, or loses its connection leaves nothing, and can simply be run
 //! again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::io::Write as _;
 
 use sqlx::postgres::{PgConnection, PgCopyIn};
@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 use vrs_core::ids::MunicipalityCode;
 use vrs_core::reconcile::vouchers_of;
 use vrs_core::resident::Resident;
-use vrs_core::stats::{StatsKey, restated as restated_deltas};
+use vrs_core::stats::restated as restated_deltas;
 use vrs_core::store::{ImportApplied, ResidentSource};
 use vrs_core::{Error, Result};
 
+use crate::apply;
 use crate::codec::{self, STAGING_COLUMNS, copy_resident, municipality_number};
 use crate::conn::{Conns, leaves_connection_usable};
 use crate::error::{db, map, storage_message};
@@ -352,7 +353,7 @@ async fn restated_residents(tx: &mut PgConnection, duplicates: bool) -> Result<V
 /// person under the vouchers it named before the upload; doses waiting under a new voucher
 /// are matched (and counted) after the import.
 async fn restate_counters(tx: &mut PgConnection, restated: &[(Resident, Resident)]) -> Result<()> {
-    let mut changes: BTreeMap<StatsKey, i64> = BTreeMap::new();
+    let mut changes = Vec::new();
     for (old, new) in restated {
         let mut doses = Vec::new();
         for v in vouchers_of(old) {
@@ -366,40 +367,9 @@ async fn restate_counters(tx: &mut PgConnection, restated: &[(Resident, Resident
                 doses.push(codec::dose(row)?);
             }
         }
-        for (key, delta) in restated_deltas(old, new, &doses) {
-            *changes.entry(key).or_default() += delta;
-        }
+        changes.extend(restated_deltas(old, new, &doses));
     }
-    changes.retain(|_, d| *d != 0);
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let mut cols = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (key, delta) in changes {
-        cols.0.push(key.municipality.as_str().to_owned());
-        cols.1.push(key.date);
-        cols.2.push(i16::from(key.dose_number));
-        cols.3.push(codec::sex_code(key.sex));
-        cols.4.push(codec::age_band_code(key.age_band));
-        cols.5.push(key.product.as_str().to_owned());
-        cols.6.push(delta);
-    }
-    sqlx::query(
-        "INSERT INTO counters AS c (municipality, day, dose_number, sex, age_band, product, count) \
-         SELECT * FROM unnest($1::text[], $2::date[], $3::int2[], $4::int2[], $5::int2[], $6::text[], $7::int8[]) \
-         ON CONFLICT (municipality, day, dose_number, sex, age_band, product) DO UPDATE SET count = c.count + excluded.count",
-    )
-    .bind(cols.0)
-    .bind(cols.1)
-    .bind(cols.2)
-    .bind(cols.3)
-    .bind(cols.4)
-    .bind(cols.5)
-    .bind(cols.6)
-    .execute(&mut *tx)
-    .await
-    .map_err(db("moving statistics counters of residents whose sex or birth date changes"))?;
-    Ok(())
+    apply::add_counters(tx, changes).await
 }
 
 #[cfg(test)]
