@@ -855,6 +855,328 @@ impl ResidentColumns {
     }
 }
 
+// ---- segments ------------------------------------------------------------------------------
+
+/// The first bytes of a [`ResidentColumns`] segment: a tag, then the format version.
+const SEGMENT_TAG: [u8; 4] = *b"vrsR";
+/// The segment format written by [`ResidentColumns::encode_segment`].
+const SEGMENT_VERSION: u8 = 1;
+/// Layout bytes of a text column in a segment.
+const CONTIGUOUS: u8 = 0;
+const VIEWS: u8 = 1;
+
+/// The error of a segment that does not decode: a store's projection is damaged.
+fn corrupt(what: &str) -> Error {
+    Error::Storage { message: format!("a resident column segment is corrupt: {what}"), source: None }
+}
+
+/// Appends `values` as little-endian `N`-byte words, in one pass the compiler vectorises.
+fn put_words<T: Copy, const N: usize>(out: &mut Vec<u8>, values: &[T], le: impl Fn(T) -> [u8; N]) {
+    let start = out.len();
+    out.resize(start + values.len() * N, 0);
+    for (dst, &v) in out[start..].chunks_exact_mut(N).zip(values) {
+        dst.copy_from_slice(&le(v));
+    }
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) -> Result<()> {
+    out.extend_from_slice(&u32::try_from(n).map_err(|_| too_long())?.to_le_bytes());
+    Ok(())
+}
+
+/// Reads a segment front to back; every read checks the length left.
+struct SegmentReader<'a>(&'a [u8]);
+
+impl<'a> SegmentReader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if n > self.0.len() {
+            return Err(corrupt(&format!("{what} runs past the end")));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn byte(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn len(&mut self, what: &str) -> Result<usize> {
+        let b = self.take(4, what)?;
+        let mut w = [0u8; 4];
+        w.copy_from_slice(b);
+        Ok(u32::from_le_bytes(w) as usize)
+    }
+
+    /// `n` little-endian `N`-byte words.
+    fn words<T, const N: usize>(&mut self, n: usize, what: &str, le: impl Fn([u8; N]) -> T) -> Result<Vec<T>> {
+        let bytes = self.take(n.checked_mul(N).ok_or_else(|| corrupt(what))?, what)?;
+        let (words, _) = bytes.as_chunks::<N>();
+        Ok(words.iter().map(|w| le(*w)).collect())
+    }
+}
+
+impl Validity {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match &self.0 {
+            None => out.push(0),
+            Some(flags) => {
+                out.push(1);
+                out.extend(flags.iter().map(|&f| u8::from(f)));
+            }
+        }
+    }
+
+    fn decode(r: &mut SegmentReader<'_>, rows: usize, what: &str) -> Result<Self> {
+        match r.byte(what)? {
+            0 => Ok(Self(None)),
+            1 => {
+                let flags = r.take(rows, what)?;
+                if flags.iter().any(|&f| f > 1) {
+                    return Err(corrupt(&format!("{what}: a validity flag is neither 0 nor 1")));
+                }
+                Ok(Self(Some(flags.iter().map(|&f| f == 1).collect())))
+            }
+            _ => Err(corrupt(&format!("{what}: unknown validity kind"))),
+        }
+    }
+
+    /// The flags of rows `range`, absent when all of them hold a value (as pushing them
+    /// one by one leaves them).
+    fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        Self(self.0.as_ref().and_then(|f| f.get(range)).filter(|f| f.contains(&false)).map(<[bool]>::to_vec))
+    }
+}
+
+impl TextColumn {
+    /// Rows `range` as a column of their own, in the same layout, as pushing them one by
+    /// one would build it.
+    fn slice(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let outside = || corrupt("a value outside its column");
+        let mut out = match self.layout {
+            Layout::Contiguous { .. } => Self::with_capacity(range.len()),
+            Layout::Views { .. } => Self::shared(range.len()),
+        };
+        for row in range {
+            if !self.validity.is_valid(row) {
+                out.push_null();
+                continue;
+            }
+            match &self.layout {
+                Layout::Contiguous { offsets } => {
+                    let (start, end) = (offsets.get(row).ok_or_else(outside)?, offsets.get(row + 1).ok_or_else(outside)?);
+                    let (start, end) = (usize::try_from(*start).map_err(|_| outside())?, usize::try_from(*end).map_err(|_| outside())?);
+                    out.push_bytes(self.bytes.get(start..end).ok_or_else(outside)?)?;
+                }
+                Layout::Views { views, .. } => {
+                    let view = *views.get(row).ok_or_else(outside)?;
+                    let len = (view as u32) as usize;
+                    if len <= INLINE_TEXT {
+                        out.push_bytes(&view.to_le_bytes()[4..4 + len])?;
+                    } else {
+                        out.push_bytes(long_bytes(&self.bytes, view).ok_or_else(outside)?)?;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
+        match &self.layout {
+            Layout::Contiguous { offsets } => {
+                out.push(CONTIGUOUS);
+                put_words(out, offsets, i32::to_le_bytes);
+            }
+            Layout::Views { views, .. } => {
+                out.push(VIEWS);
+                put_words(out, views, u128::to_le_bytes);
+            }
+        }
+        put_len(out, self.bytes.len())?;
+        out.extend_from_slice(&self.bytes);
+        self.validity.encode(out);
+        Ok(())
+    }
+
+    /// Decodes a column of `rows` values written by [`encode`](Self::encode), checking that
+    /// every value lies inside the bytes (the UTF-8 is the consumer's to check, as for
+    /// [`ResidentColumns::push_stored`]).
+    fn decode(r: &mut SegmentReader<'_>, rows: usize, what: &str) -> Result<Self> {
+        let layout = match r.byte(what)? {
+            CONTIGUOUS => Layout::Contiguous { offsets: r.words(rows + 1, what, i32::from_le_bytes)? },
+            VIEWS => Layout::Views { views: r.words(rows, what, u128::from_le_bytes)?, recent: Vec::new() },
+            _ => return Err(corrupt(&format!("{what}: unknown text layout"))),
+        };
+        let n = r.len(what)?;
+        if i32::try_from(n).is_err() {
+            return Err(corrupt(&format!("{what}: more bytes than 32-bit offsets reach")));
+        }
+        let bytes = r.take(n, what)?.to_vec();
+        let validity = Validity::decode(r, rows, what)?;
+        let layout = match layout {
+            Layout::Contiguous { offsets } => {
+                let in_order = offsets.first() == Some(&0) && offsets.windows(2).all(|w| w[0] <= w[1]);
+                if !in_order || offsets.last().copied() != i32::try_from(n).ok() {
+                    return Err(corrupt(&format!("{what}: offsets out of order or past the bytes")));
+                }
+                Layout::Contiguous { offsets }
+            }
+            Layout::Views { views, .. } => {
+                let mut long = Vec::new();
+                for &v in &views {
+                    let len = (v as u32) as usize;
+                    let fits = if len <= INLINE_TEXT {
+                        // Past the value, an inline view is zero (Arrow checks it too).
+                        len == INLINE_TEXT || v >> (32 + 8 * len as u32) == 0
+                    } else {
+                        (v >> 64) as u32 == 0 && long_bytes(&bytes, v).is_some_and(|b| b[..4] == v.to_le_bytes()[4..8]) && {
+                            long.push(v);
+                            true
+                        }
+                    };
+                    if !fits {
+                        return Err(corrupt(&format!("{what}: a view outside the bytes or not matching them")));
+                    }
+                }
+                // The latest long values stored, as pushing them left them: a column
+                // decoded and then pushed to shares bytes as the encoded one would.
+                long.sort_unstable_by_key(|v| (v >> 96) as u32);
+                long.dedup();
+                let recent = long.split_off(long.len().saturating_sub(RECENT));
+                Layout::Views { views, recent }
+            }
+        };
+        Ok(Self { layout, bytes, validity })
+    }
+}
+
+impl DateColumn {
+    fn slice(&self, range: std::ops::Range<usize>) -> Self {
+        let validity = self.validity.slice(range.clone());
+        Self { days: self.days.get(range).map(<[i32]>::to_vec).unwrap_or_default(), validity }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        put_words(out, &self.days, i32::to_le_bytes);
+        self.validity.encode(out);
+    }
+
+    fn decode(r: &mut SegmentReader<'_>, rows: usize, what: &str) -> Result<Self> {
+        let days = r.words(rows, what, i32::from_le_bytes)?;
+        Ok(Self { days, validity: Validity::decode(r, rows, what)? })
+    }
+}
+
+impl ResidentColumns {
+    /// Appends these columns to `out` as one segment: a store keeps a municipality's
+    /// residents as segments, read back by [`decode_segment`](Self::decode_segment) with
+    /// length checks and bulk copies instead of a decode per resident. The layout: a tag
+    /// and version, the row count (u32), then each column in field order as it is held
+    /// (a text column's layout byte, offsets or views, byte count and bytes; a date
+    /// column's day numbers; then the column's validity: 0, or 1 and a byte per row),
+    /// numbers little-endian.
+    pub fn encode_segment(&self, out: &mut Vec<u8>) -> Result<()> {
+        let rows = self.len();
+        if self.texts().iter().any(|c| c.len() != rows) || self.status_date.len() != rows {
+            return Err(Error::Storage { message: "resident columns of different lengths".into(), source: None });
+        }
+        out.extend_from_slice(&SEGMENT_TAG);
+        out.push(SEGMENT_VERSION);
+        put_len(out, rows)?;
+        self.municipality.encode(out)?;
+        self.addressee_number.encode(out)?;
+        self.voucher_number.encode(out)?;
+        self.name.encode(out)?;
+        self.name_kana.encode(out)?;
+        self.birth_date.encode(out);
+        self.sex.encode(out)?;
+        self.address.encode(out)?;
+        self.previous_municipality.encode(out)?;
+        self.previous_voucher_number.encode(out)?;
+        self.status.encode(out)?;
+        self.status_date.encode(out);
+        Ok(())
+    }
+
+    /// Decodes a segment written by [`encode_segment`](Self::encode_segment). Truncated or
+    /// damaged bytes are an [`Error::Storage`], never a panic.
+    pub fn decode_segment(bytes: &[u8]) -> Result<Self> {
+        let mut r = SegmentReader(bytes);
+        if r.take(SEGMENT_TAG.len(), "the tag")? != SEGMENT_TAG {
+            return Err(corrupt("not a resident segment"));
+        }
+        let version = r.byte("the version")?;
+        if version != SEGMENT_VERSION {
+            return Err(corrupt(&format!("format version {version}; this build reads {SEGMENT_VERSION}")));
+        }
+        let rows = r.len("the row count")?;
+        let columns = Self {
+            municipality: TextColumn::decode(&mut r, rows, "municipality")?,
+            addressee_number: TextColumn::decode(&mut r, rows, "addressee_number")?,
+            voucher_number: TextColumn::decode(&mut r, rows, "voucher_number")?,
+            name: TextColumn::decode(&mut r, rows, "name")?,
+            name_kana: TextColumn::decode(&mut r, rows, "name_kana")?,
+            birth_date: DateColumn::decode(&mut r, rows, "birth_date")?,
+            sex: TextColumn::decode(&mut r, rows, "sex")?,
+            address: TextColumn::decode(&mut r, rows, "address")?,
+            previous_municipality: TextColumn::decode(&mut r, rows, "previous_municipality")?,
+            previous_voucher_number: TextColumn::decode(&mut r, rows, "previous_voucher_number")?,
+            status: TextColumn::decode(&mut r, rows, "status")?,
+            status_date: DateColumn::decode(&mut r, rows, "status_date")?,
+        };
+        if !r.0.is_empty() {
+            return Err(corrupt("bytes after the last column"));
+        }
+        Ok(columns)
+    }
+
+    /// These columns cut into consecutive batches of at most `rows` residents (one batch,
+    /// moved, when they hold no more), each as pushing its residents would build it.
+    pub fn split(self, rows: usize) -> Result<Vec<Self>> {
+        let rows = rows.max(1);
+        let n = self.len();
+        if n <= rows {
+            return Ok(vec![self]);
+        }
+        (0..n)
+            .step_by(rows)
+            .map(|start| {
+                let range = start..(start + rows).min(n);
+                Ok(Self {
+                    municipality: self.municipality.slice(range.clone())?,
+                    addressee_number: self.addressee_number.slice(range.clone())?,
+                    voucher_number: self.voucher_number.slice(range.clone())?,
+                    name: self.name.slice(range.clone())?,
+                    name_kana: self.name_kana.slice(range.clone())?,
+                    birth_date: self.birth_date.slice(range.clone()),
+                    sex: self.sex.slice(range.clone())?,
+                    address: self.address.slice(range.clone())?,
+                    previous_municipality: self.previous_municipality.slice(range.clone())?,
+                    previous_voucher_number: self.previous_voucher_number.slice(range.clone())?,
+                    status: self.status.slice(range.clone())?,
+                    status_date: self.status_date.slice(range),
+                })
+            })
+            .collect()
+    }
+
+    fn texts(&self) -> [&TextColumn; 10] {
+        [
+            &self.municipality,
+            &self.addressee_number,
+            &self.voucher_number,
+            &self.name,
+            &self.name_kana,
+            &self.sex,
+            &self.address,
+            &self.previous_municipality,
+            &self.previous_voucher_number,
+            &self.status,
+        ]
+    }
+}
+
 /// One resident's values, borrowed from a record or from stored bytes.
 struct ResidentRow<'a> {
     municipality: [u8; 6],
@@ -1232,7 +1554,111 @@ mod tests {
         assert_eq!(epoch_micros(Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 1).unwrap()), 1_000_000);
     }
 
+    /// Residents with and without their optional values, names of any text.
+    fn residents(texts: &[(String, Option<String>, bool)]) -> Vec<Resident> {
+        texts
+            .iter()
+            .enumerate()
+            .map(|(i, (name, address, full))| {
+                let mut r = resident(*full);
+                r.person.addressee = AddresseeNumber::parse(&format!("{:06}", i + 1)).unwrap();
+                r.name = PersonalText(name.clone());
+                r.address = address.clone().map(PersonalText);
+                r
+            })
+            .collect()
+    }
+
+    fn pushed(residents: &[Resident]) -> ResidentColumns {
+        let mut c = ResidentColumns::with_capacity(residents.len());
+        residents.iter().for_each(|r| c.push_resident(r).unwrap());
+        c
+    }
+
+    fn segment(c: &ResidentColumns) -> Vec<u8> {
+        let mut out = Vec::new();
+        c.encode_segment(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_truncated_segment_is_an_error() {
+        let texts = [("山田 太郎".to_string(), Some("東京都千代田区千代田1-1".to_string()), true), ("x".into(), None, false)];
+        let bytes = segment(&pushed(&residents(&texts)));
+        for n in 0..bytes.len() {
+            assert!(matches!(ResidentColumns::decode_segment(&bytes[..n]), Err(Error::Storage { .. })), "cut at {n}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(ResidentColumns::decode_segment(&longer).is_err());
+        assert_eq!(ResidentColumns::decode_segment(&bytes).unwrap(), pushed(&residents(&texts)));
+    }
+
+    #[test]
+    fn segments_of_shared_columns_keep_their_views() {
+        let mut c = TextColumn::shared(4);
+        for v in [Some("千代田区民会館"), None, Some("short"), Some("千代田区民会館"), Some("another long value")] {
+            c.push_option(v).unwrap();
+        }
+        let mut out = Vec::new();
+        c.encode(&mut out).unwrap();
+        let back = TextColumn::decode(&mut SegmentReader(&out), c.len(), "t").unwrap();
+        assert_eq!(back, c);
+        // A view pointing past the bytes is refused.
+        let mut bad = out.clone();
+        bad[1 + 15] = 0x7f; // the first view's offset, high byte
+        assert!(TextColumn::decode(&mut SegmentReader(&bad), c.len(), "t").is_err());
+    }
+
+    #[test]
+    fn empty_columns_make_a_segment() {
+        let c = ResidentColumns::with_capacity(0);
+        assert_eq!(ResidentColumns::decode_segment(&segment(&c)).unwrap(), c);
+    }
+
     proptest! {
+        #[test]
+        fn segments_give_back_their_columns(
+            texts in proptest::collection::vec((".{0,20}", proptest::option::of(".{0,30}"), any::<bool>()), 0..40),
+            rows in 1usize..8,
+        ) {
+            let residents = residents(&texts);
+            let columns = pushed(&residents);
+            let back = ResidentColumns::decode_segment(&segment(&columns)).unwrap();
+            prop_assert_eq!(&back, &columns);
+            // Split into batches, each is the batch its residents pushed would make.
+            let batches = back.split(rows).unwrap();
+            let expected: Vec<_> = residents.chunks(rows).map(pushed).collect();
+            if residents.is_empty() {
+                prop_assert_eq!(batches, vec![columns]);
+            } else {
+                prop_assert_eq!(batches, expected);
+            }
+        }
+
+        #[test]
+        fn damaged_segments_are_errors_not_panics(
+            texts in proptest::collection::vec((".{0,8}", proptest::option::of(".{0,8}"), any::<bool>()), 0..6),
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+            noise in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut bytes = segment(&pushed(&residents(&texts)));
+            for (at, value) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            // Whatever it decodes to, it decodes without a panic and encodes again.
+            if let Ok(c) = ResidentColumns::decode_segment(&bytes) {
+                let mut again = Vec::new();
+                c.encode_segment(&mut again).unwrap();
+                let _ = c.split(3).unwrap();
+            }
+            let _ = ResidentColumns::decode_segment(&noise);
+            let mut tagged = segment(&ResidentColumns::with_capacity(0))[..5].to_vec();
+            tagged.extend_from_slice(&noise);
+            let _ = ResidentColumns::decode_segment(&tagged);
+        }
+
         #[test]
         fn numbers_as_digits(value: u64, small in 0u64..100_000_000) {
             for v in [value, small] {
