@@ -75,6 +75,7 @@ macro_rules! store_conformance_tests {
                 values_round_trip_exactly,
                 ledger_scan_is_the_by_voucher_scan_projected,
                 column_scans_are_the_record_scans_as_columns,
+                resident_columns_follow_every_import,
                 doses_by_vouchers_answer_each_voucher_in_order,
                 person_contexts_are_their_single_reads,
             }
@@ -1318,6 +1319,137 @@ pub async fn column_scans_are_the_record_scans_as_columns(store: DynStore) {
         .await;
     assert!(matches!(stopped, Err(Error::NotFound { .. })), "{stopped:?}");
     assert_eq!(seen, 1);
+}
+
+/// The resident columns a store hands out equal those the trait's default builds from
+/// [`StoreBackend::scan_residents`], every column, batch by batch, in `m`.
+async fn resident_columns_are_the_default(store: &DynStore, m: &str, step: &str) {
+    let records = scanned_residents(store, m).await;
+    for rows in [2, 1 << 16] {
+        let mut batches = Vec::new();
+        store
+            .scan_resident_columns(code(m), rows, &mut |c| {
+                batches.push(c);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = batches.iter().map(crate::columns::ResidentColumns::len).collect();
+        assert!(sizes.iter().all(|&n| (1..=rows).contains(&n)), "{step}, {m}: {sizes:?}");
+        let expected: Vec<_> = split_like(&records, &sizes)
+            .map(|chunk| {
+                let mut c = crate::columns::ResidentColumns::with_capacity(rows);
+                chunk.iter().for_each(|r| c.push_resident(r).unwrap());
+                c
+            })
+            .collect();
+        assert_eq!(batches.len(), expected.len(), "{step}, {m}");
+        for (b, e) in batches.iter().zip(&expected) {
+            assert_eq!(b.municipality, e.municipality, "{step}, {m}: municipality");
+            assert_eq!(b.addressee_number, e.addressee_number, "{step}, {m}: addressee_number");
+            assert_eq!(b.voucher_number, e.voucher_number, "{step}, {m}: voucher_number");
+            assert_eq!(b.name, e.name, "{step}, {m}: name");
+            assert_eq!(b.name_kana, e.name_kana, "{step}, {m}: name_kana");
+            assert_eq!(b.birth_date, e.birth_date, "{step}, {m}: birth_date");
+            assert_eq!(b.sex, e.sex, "{step}, {m}: sex");
+            assert_eq!(b.address, e.address, "{step}, {m}: address");
+            assert_eq!(b.previous_municipality, e.previous_municipality, "{step}, {m}: previous_municipality");
+            assert_eq!(b.previous_voucher_number, e.previous_voucher_number, "{step}, {m}: previous_voucher_number");
+            assert_eq!(b.status, e.status, "{step}, {m}: status");
+            assert_eq!(b.status_date, e.status_date, "{step}, {m}: status_date");
+        }
+        assert_eq!(batches, expected, "{step}, {m}");
+    }
+}
+
+/// A resident CSV upload of `m`, all or nothing unless `skip_invalid`.
+fn csv_upload(m: &str, text: &str, skip_invalid: bool) -> Box<dyn ResidentSource> {
+    let options = crate::import::ImportOptions { skip_invalid, ..crate::import::ImportOptions::new(code(m)) };
+    Box::new(crate::import::ResidentCsvSource::new(std::io::Cursor::new(text.as_bytes().to_vec()), options).unwrap())
+}
+
+/// [`StoreBackend::scan_resident_columns`] follows every import (a store may keep the
+/// columns apart from the rows, e.g. as a projection its imports maintain): first uploads,
+/// re-uploads restating and moving out residents, moved-in residents, an all-or-nothing
+/// upload refused for bad rows, an upload applied with its bad rows skipped, an import
+/// whose source fails midway. Checked in every municipality touched, with batches of 2
+/// and of a whole Arrow batch.
+pub async fn resident_columns_follow_every_import(store: DynStore) {
+    let check = |step: &'static str| {
+        let store = store.clone();
+        async move {
+            for m in [CHIYODA, CHUO, SAPPORO] {
+                resident_columns_are_the_default(&store, m, step).await;
+            }
+        }
+    };
+    check("empty").await;
+    let mut first: Vec<Resident> = (1..=40).map(|i| resident(CHIYODA, &i.to_string(), &format!("{i:010}"))).collect();
+    for (i, r) in first.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            r.address = Some(PersonalText(format!("東京都千代田区千代田{i}-1")));
+        }
+        if i % 5 == 0 {
+            r.previous = Some(voucher(SAPPORO, &format!("{:010}", 900 + i)));
+        }
+        r.name = PersonalText(format!("接種 花子{}", "子".repeat(i % 7)));
+    }
+    import(&store, first.clone(), 40, 0).await;
+    import(
+        &store,
+        (1..=5).map(|i| moved_in(CHUO, &format!("{i:06}"), &format!("{i:010}"), voucher(CHIYODA, "0000000001"))).collect(),
+        5,
+        0,
+    )
+    .await;
+    check("first uploads").await;
+
+    // A re-upload restating some residents (name, sex, birth date, address dropped) and
+    // moving others out or marking them deceased, adding a few.
+    let mut second = first.clone();
+    for (i, r) in second.iter_mut().enumerate() {
+        match i % 4 {
+            0 => {
+                r.name = PersonalText("訂正 太郎".into());
+                r.sex = Sex::Male;
+                r.birth_date = day("1961-05-02");
+                r.address = None;
+            }
+            1 => {
+                r.status = ResidentStatus::MovedOut;
+                r.status_date = Some(day("2022-04-01"));
+            }
+            2 => {
+                r.status = ResidentStatus::Deceased;
+                r.status_date = Some(day("2022-05-01"));
+                r.previous = None;
+            }
+            _ => r.voucher = VoucherNumber::parse(&format!("{:010}", 5000 + i)).unwrap(),
+        }
+    }
+    second.extend((41..=45).map(|i| resident(CHIYODA, &i.to_string(), &format!("{i:010}"))));
+    import(&store, second, 5, 40).await;
+    check("re-upload").await;
+
+    // Refused: an all-or-nothing upload with a bad row, by a source and by a CSV file.
+    let refused = vec![resident(CHIYODA, "1", "0000000777"), resident(CHIYODA, "99", "0000000099")];
+    let (_, applied) = store.import_residents(TestSource::new(refused, 1, false)).await.unwrap();
+    assert!(!applied.committed);
+    let csv = "宛名番号,券番号,氏名,生年月日,性別\n1,0000000888,差替 一郎,2000-01-01,1\n2,0000000002,壊れ,1999-02-30,1\n100,0000000100,新規,2000-01-01,2\n";
+    let (_, applied) = store.import_residents(csv_upload(CHIYODA, csv, false)).await.unwrap();
+    assert!(!applied.committed);
+    check("refused uploads").await;
+
+    // The same file with its bad row skipped: the good rows apply.
+    let (_, applied) = store.import_residents(csv_upload(CHIYODA, csv, true)).await.unwrap();
+    assert!(applied.committed);
+    assert_eq!((applied.inserted, applied.replaced), (1, 1));
+    check("bad rows skipped").await;
+
+    // A source failing midway leaves what was there.
+    let rows: Vec<Resident> = (200..=210).map(|i| resident(CHUO, &i.to_string(), &format!("{i:010}"))).collect();
+    assert!(store.import_residents(TestSource::failing_at(rows, 2, 3)).await.is_err());
+    check("failed import").await;
 }
 
 /// [`StoreBackend::doses_by_vouchers`] answers each voucher as

@@ -29,6 +29,7 @@ use crate::parallel::{self, Chunks, scan_chunks};
 use crate::schema::*;
 
 mod columns;
+use columns::{rebuild_all_resident_segments, rebuild_resident_segments};
 pub(crate) use columns::{scan_dose_columns, scan_resident_columns};
 
 /// Residents pulled from an import source at a time.
@@ -128,6 +129,7 @@ pub(crate) fn init(db: &Database) -> Result<()> {
 
 fn init_tables(txn: &WriteTransaction) -> Result<()> {
     open_write(txn, RESIDENTS)?;
+    open_write(txn, RESIDENT_COLUMNS)?;
     open_write(txn, VOUCHERS)?;
     open_write(txn, PREVIOUS_VOUCHERS)?;
     open_write(txn, MOVED_IN)?;
@@ -152,6 +154,14 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
             Ok(())
         }
         Some(SCHEMA_VERSION) => Ok(()),
+        Some(SCHEMA_WITHOUT_RESIDENT_COLUMNS) => {
+            // The residents' column segments are a projection of their rows: built once
+            // here, in the transaction that writes the new version.
+            drop(meta);
+            rebuild_all_resident_segments(txn)?;
+            open_write(txn, META)?.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage("writing the layout version"))?;
+            Ok(())
+        }
         Some(other) => Err(Error::Storage {
             message: format!("the file has store layout version {other}; this build reads version {SCHEMA_VERSION}"),
             source: None,
@@ -286,11 +296,15 @@ pub(crate) fn import_residents(
         }
         loaded
     });
-    let (inserted, replaced) = match loaded {
+    let (inserted, replaced, touched) = match loaded {
         Ok(counts) => counts,
         Err(e) => return abort(txn, e),
     };
     if source.may_commit() {
+        // In the import's transaction: the segments commit (or roll back) with the rows.
+        if let Err(e) = rebuild_resident_segments(&txn, &touched) {
+            return abort(txn, e);
+        }
         commit(txn)?;
         Ok((source, ImportApplied { inserted, replaced, committed: true }))
     } else {
@@ -300,8 +314,12 @@ pub(crate) fn import_residents(
 }
 
 /// Writes every resident received, then the voucher index in key order. Returns
-/// (inserted, replaced).
-fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Resident>>>) -> Result<(u64, u64)> {
+/// (inserted, replaced, the municipalities of the residents written).
+fn load_residents(
+    txn: &WriteTransaction,
+    batches: mpsc::Receiver<Result<Vec<Resident>>>,
+) -> Result<(u64, u64, std::collections::BTreeSet<[u8; M]>)> {
+    let mut touched = std::collections::BTreeSet::new();
     let mut residents = open_write(txn, RESIDENTS)?;
     let mut previous = open_write(txn, PREVIOUS_VOUCHERS)?;
     let mut moved_in = open_write(txn, MOVED_IN)?;
@@ -323,6 +341,9 @@ fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Res
         },
         |r, key, old| {
             let a = addressee(&r.person.addressee);
+            if touched.last() != Some(&muni(&r.person.municipality)) {
+                touched.insert(muni(&r.person.municipality));
+            }
             match old {
                 None => {
                     inserted += 1;
@@ -354,7 +375,7 @@ fn load_residents(txn: &WriteTransaction, batches: mpsc::Receiver<Result<Vec<Res
     drop((residents, previous, moved_in));
     apply_voucher_ops(txn, voucher_ops)?;
     restate_counters(txn, &restated)?;
-    Ok((inserted, replaced))
+    Ok((inserted, replaced, touched))
 }
 
 /// Moves the doses of residents whose sex or birth date an upload changed to their new
@@ -1401,7 +1422,74 @@ fn exhausted(what: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use redb::ReadableTableMetadata;
+    use vrs_core::columns::ResidentColumns;
+    use vrs_core::testing::{TestSource, code, resident};
+
     use super::*;
+
+    /// A municipality's resident columns as one-resident batches: the segment scan's and the
+    /// row decode's, comparable whatever their batches.
+    fn resident_columns(db: &Database, m: &str, from_rows: bool) -> Vec<ResidentColumns> {
+        let (tx, rx) = async_channel::unbounded();
+        if from_rows {
+            columns::scan_resident_rows(&begin_read(db).unwrap(), &code(m), 1 << 16, &tx).unwrap();
+        } else {
+            scan_resident_columns(db, &code(m), 1 << 16, &tx).unwrap();
+        }
+        drop(tx);
+        let mut out = Vec::new();
+        while let Ok(batches) = rx.try_recv() {
+            for b in batches {
+                out.extend(b.split(1).unwrap());
+            }
+        }
+        out
+    }
+
+    fn segments(db: &Database) -> usize {
+        ReadableTableMetadata::len(&begin_read(db).unwrap().open_table(RESIDENT_COLUMNS).unwrap()).unwrap() as usize
+    }
+
+    #[test]
+    fn resident_segments_follow_imports_and_are_built_for_an_older_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segments.redb");
+        let n = RESIDENT_SEGMENT_ROWS + 10;
+        {
+            let db = Database::create(&path).unwrap();
+            init(&db).unwrap();
+            let many: Vec<_> = (1..=n).map(|i| resident("131016", &i.to_string(), &format!("{i:010}"))).collect();
+            import_residents(&db, Durability::Immediate, TestSource::new(many, 4096, true)).unwrap();
+            let few: Vec<_> = (1..=3).map(|i| resident("131024", &i.to_string(), &format!("{i:010}"))).collect();
+            import_residents(&db, Durability::Immediate, TestSource::new(few, 2, true)).unwrap();
+            assert_eq!(segments(&db), 3, "two segments for 131016, one for 131024");
+            // A re-upload of some: the segments are rebuilt, not added to.
+            let mut again: Vec<_> = (1..=5).map(|i| resident("131016", &i.to_string(), &format!("{:010}", i + n))).collect();
+            again.push(resident("131016", &(n + 1).to_string(), "9999999999"));
+            import_residents(&db, Durability::Immediate, TestSource::new(again, 2, true)).unwrap();
+            assert_eq!(segments(&db), 3);
+            for m in ["131016", "131024", "011002"] {
+                let from_rows = resident_columns(&db, m, true);
+                assert_eq!(resident_columns(&db, m, false), from_rows, "{m}");
+            }
+            assert_eq!(resident_columns(&db, "131016", false).len(), n + 1);
+
+            // Made a version 4 file: no segments.
+            let txn = db.begin_write().unwrap();
+            txn.delete_table(RESIDENT_COLUMNS).unwrap();
+            txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_WITHOUT_RESIDENT_COLUMNS).unwrap();
+            txn.commit().unwrap();
+        }
+        let db = Database::open(&path).unwrap();
+        init(&db).unwrap();
+        assert_eq!(segments(&db), 3, "opening builds them");
+        let version = begin_read(&db).unwrap().open_table(META).unwrap().get(META_SCHEMA).unwrap().map(|g| g.value());
+        assert_eq!(version, Some(SCHEMA_VERSION));
+        for m in ["131016", "131024"] {
+            assert_eq!(resident_columns(&db, m, false), resident_columns(&db, m, true), "{m}");
+        }
+    }
 
     #[test]
     fn a_file_of_another_layout_is_refused_with_its_version() {
@@ -1410,11 +1498,11 @@ mod tests {
         {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_VERSION - 1).unwrap();
+            txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_WITHOUT_RESIDENT_COLUMNS - 1).unwrap();
             txn.commit().unwrap();
         }
         let message = crate::RedbStore::open(&path).unwrap_err().to_string();
-        let old = format!("layout version {}", SCHEMA_VERSION - 1);
+        let old = format!("layout version {}", SCHEMA_WITHOUT_RESIDENT_COLUMNS - 1);
         assert!(message.contains(&old) && message.contains(&format!("reads version {SCHEMA_VERSION}")), "{message}");
     }
 }

@@ -123,6 +123,21 @@ impl Chunks {
         Ok(Self { starts, end })
     }
 
+    /// One chunk per key of `table` that starts with `prefix`, for tables whose every
+    /// value is a large piece of work (the `resident_columns` segments).
+    pub(crate) fn by_key<V: Value + 'static>(table: &ReadOnlyTable<Bytes, V>, prefix: &[u8]) -> Result<Self> {
+        let end = prefix_end(prefix);
+        let range = match end.as_deref() {
+            Some(end) => table.range::<&[u8]>(prefix..end),
+            None => table.range::<&[u8]>(prefix..),
+        }
+        .map_err(storage("cutting a range into chunks"))?;
+        let starts = range
+            .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("cutting a range into chunks")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { starts, end })
+    }
+
     /// How many chunks.
     pub(crate) fn len(&self) -> usize {
         self.starts.len()

@@ -7,6 +7,7 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `residents` | m(6) · addressee | [`Resident`] |
+//! | `resident_columns` | m(6) · segment number(4, big-endian) | a [`ResidentColumns`] segment |
 //! | `vouchers` | m(6) · voucher(10) | addressee (length byte · digits) |
 //! | `previous_vouchers` | prev m(6) · prev voucher(10) · m(6) · addressee | () |
 //! | `moved_in` | m(6) · addressee | () |
@@ -35,7 +36,16 @@
 //! their shorter key ([`is_dose_key`]): a registration then writes the page it writes its
 //! dose to, not one more page of a table of its own (layout version 4).
 //!
+//! `resident_columns` is a projection of `residents` kept for reading a municipality's
+//! residents as columns (the Python bindings' Arrow tables): its residents in `residents`
+//! key order, [`RESIDENT_SEGMENT_ROWS`] per segment, each segment decoded with length
+//! checks and bulk copies instead of a decode per resident. Residents change only through
+//! an import, which rebuilds the segments of every municipality it touched in its own
+//! write transaction, so segments and rows commit (or roll back) together (layout
+//! version 5; opening a version 4 file builds them).
+//!
 //! [`Resident`]: vrs_core::resident::Resident
+//! [`ResidentColumns`]: vrs_core::columns::ResidentColumns
 //! [`DoseRecord`]: vrs_core::dose::DoseRecord
 //! [`Finding`]: vrs_core::finding::Finding
 //! [`TabletAccount`]: vrs_core::access::TabletAccount
@@ -52,6 +62,7 @@ use vrs_core::ids::{AddresseeNumber, DoseId, MunicipalityCode, PersonRef, SiteId
 pub(crate) type Bytes = &'static [u8];
 
 pub(crate) const RESIDENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("residents");
+pub(crate) const RESIDENT_COLUMNS: TableDefinition<Bytes, Bytes> = TableDefinition::new("resident_columns");
 pub(crate) const VOUCHERS: TableDefinition<Bytes, Bytes> = TableDefinition::new("vouchers");
 pub(crate) const PREVIOUS_VOUCHERS: TableDefinition<Bytes, ()> = TableDefinition::new("previous_vouchers");
 pub(crate) const MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("moved_in");
@@ -76,7 +87,13 @@ pub(crate) const META_DOSE_SEQ: &str = "seq";
 /// `meta` entry: the last sequence number given to an audit event.
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.
-pub(crate) const SCHEMA_VERSION: u64 = 4;
+pub(crate) const SCHEMA_VERSION: u64 = 5;
+/// The layout version before `resident_columns`: opening such a file builds them.
+pub(crate) const SCHEMA_WITHOUT_RESIDENT_COLUMNS: u64 = 4;
+
+/// Residents per `resident_columns` segment: one batch of the Python bindings' Arrow
+/// tables, and small enough that a segment is a few MiB.
+pub(crate) const RESIDENT_SEGMENT_ROWS: usize = 1 << 16;
 
 /// Length of a municipality code in a key.
 pub(crate) const M: usize = 6;
@@ -232,6 +249,14 @@ pub(crate) fn account_index_key(m: &MunicipalityCode, account: &str) -> Vec<u8> 
     let mut k = Vec::with_capacity(M + account.len());
     k.extend_from_slice(&muni(m));
     k.extend_from_slice(account.as_bytes());
+    k
+}
+
+/// The `resident_columns` key of segment `n` of municipality `m` (six ASCII digits).
+pub(crate) fn segment_key(m: &[u8; M], n: u32) -> [u8; M + 4] {
+    let mut k = [0u8; M + 4];
+    k[..M].copy_from_slice(m);
+    k[M..].copy_from_slice(&n.to_be_bytes());
     k
 }
 
