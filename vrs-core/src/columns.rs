@@ -1099,6 +1099,21 @@ impl ResidentColumns {
         Ok(())
     }
 
+    /// The length of the segment [`encode_segment`](Self::encode_segment) would write, in
+    /// bytes (without writing it): a store cuts its segments by size.
+    pub fn segment_len(&self) -> usize {
+        let validity = |v: &Validity| 1 + v.flags().map_or(0, <[bool]>::len);
+        let text = |c: &TextColumn| {
+            let words = match &c.layout {
+                Layout::Contiguous { offsets } => 4 * offsets.len(),
+                Layout::Views { views, .. } => 16 * views.len(),
+            };
+            1 + words + 4 + c.bytes.len() + validity(&c.validity)
+        };
+        let date = |c: &DateColumn| 4 * c.days.len() + validity(&c.validity);
+        SEGMENT_TAG.len() + 1 + 4 + self.texts().iter().map(|c| text(c)).sum::<usize>() + date(&self.birth_date) + date(&self.status_date)
+    }
+
     /// Decodes a segment written by [`encode_segment`](Self::encode_segment). Truncated or
     /// damaged bytes are an [`Error::Storage`], never a panic.
     pub fn decode_segment(bytes: &[u8]) -> Result<Self> {
@@ -1624,7 +1639,9 @@ mod tests {
         ) {
             let residents = residents(&texts);
             let columns = pushed(&residents);
-            let back = ResidentColumns::decode_segment(&segment(&columns)).unwrap();
+            let bytes = segment(&columns);
+            prop_assert_eq!(columns.segment_len(), bytes.len());
+            let back = ResidentColumns::decode_segment(&bytes).unwrap();
             prop_assert_eq!(&back, &columns);
             // Split into batches, each is the batch its residents pushed would make.
             let batches = back.split(rows).unwrap();

@@ -91,9 +91,14 @@ pub(crate) const SCHEMA_VERSION: u64 = 5;
 /// The layout version before `resident_columns`: opening such a file builds them.
 pub(crate) const SCHEMA_WITHOUT_RESIDENT_COLUMNS: u64 = 4;
 
-/// Residents per `resident_columns` segment: one batch of the Python bindings' Arrow
-/// tables, and small enough that a segment is a few MiB.
+/// Most residents per `resident_columns` segment: one batch of the Python bindings' Arrow
+/// tables.
 pub(crate) const RESIDENT_SEGMENT_ROWS: usize = 1 << 16;
+/// Size a `resident_columns` segment is cut at, before [`RESIDENT_SEGMENT_ROWS`]: redb
+/// stores a value larger than a page in a run of pages a power of two long, so a segment
+/// of 4.1 MiB would take 8; cut a little below 4 MiB, they fill their pages (segments of
+/// 64k residents, ~9 MiB each, took 16 MiB: the 1M-resident store grew 430 MB, not ~150).
+pub(crate) const RESIDENT_SEGMENT_BYTES: usize = (4 << 20) - (64 << 10);
 
 /// Length of a municipality code in a key.
 pub(crate) const M: usize = 6;

@@ -147,7 +147,8 @@ pub(super) fn scan_resident_rows(
 }
 
 /// Writes the `resident_columns` segments of each municipality of `municipalities` anew
-/// from its rows in `residents` (key order, [`RESIDENT_SEGMENT_ROWS`] per segment), in
+/// from its rows in `residents` (key order, segments of [`RESIDENT_SEGMENT_ROWS`] or
+/// [`RESIDENT_SEGMENT_BYTES`], whichever comes first), in
 /// `txn`: called by an import once its rows are written, so that segments and rows commit
 /// together. A municipality left with no resident is left with no segment.
 pub(super) fn rebuild_resident_segments(txn: &WriteTransaction, municipalities: &BTreeSet<[u8; M]>) -> Result<()> {
@@ -176,7 +177,11 @@ pub(super) fn rebuild_resident_segments(txn: &WriteTransaction, municipalities: 
         for entry in prefixed(&residents, m)? {
             let (_, v) = entry.map_err(storage("scanning residents"))?;
             columns.push_stored(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a resident"))?;
-            if columns.len() == RESIDENT_SEGMENT_ROWS {
+            // A resident is a few hundred bytes: checked every 16 residents, a segment
+            // ends within a few KiB past the cut, still below 4 MiB.
+            if columns.len() == RESIDENT_SEGMENT_ROWS
+                || (columns.len().is_multiple_of(16) && columns.segment_len() >= RESIDENT_SEGMENT_BYTES)
+            {
                 write(&columns, &mut n)?;
                 columns = columns.empty_like();
             }
