@@ -98,15 +98,17 @@ def test_empty_tables_keep_their_schema(staff):
 def test_reads_in_several_batches_keep_the_store_order(tmp_path, municipality):
     """Residents and doses are decoded in chunks on several threads and built into record
     batches on several more: the table still holds every row once, in the store's order
-    (residents by addressee length then digits, doses by voucher), whatever the cache."""
-    addressees = [str(i) for i in range(1, 400, 3)] + ["000123", "0045"]
+    (residents by addressee length then digits, doses by voucher), whatever the cache. The
+    redb store keeps residents as column segments of at most 65,536: 70,000 make two."""
+    registered = [str(i) for i in range(1, 400, 3)] + ["000123", "0045"]
+    addressees = registered + [str(i) for i in range(100_000, 170_000)]
     rows = [[a, f"{(i * 7919) % 10**10:010d}", "接種太郎", "セッシュタロウ", "1950-04-01", "1"] for i, a in enumerate(addressees)]
     write_residents(tmp_path / "r.csv", rows)
     db = vrs.open(tmp_path / "store" / "vrs.redb", actor=vrs.Staff(municipality, user="suzuki"), now=NOW, cache_bytes=1 << 20)
     db.import_residents(tmp_path / "r.csv")
     db.issue_account(f"tab-{municipality}", site_id="clinic-1", site_name="クリニック")
     site = db.with_actor(f"site:tab-{municipality}")
-    vouchers = [r[1] for r in rows[::2]]
+    vouchers = [r[1] for r in rows[: len(registered) : 2]]
     for i, voucher in enumerate(vouchers):
         site.register_dose(ocr(municipality, voucher), date_given="2021-06-01", product="pfizer", lot="FA5765", doctor="佐藤", idempotency_key=f"{municipality}-{i}")
 
