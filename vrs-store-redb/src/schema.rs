@@ -96,8 +96,9 @@ pub(crate) const SCHEMA_WITHOUT_RESIDENT_COLUMNS: u64 = 4;
 pub(crate) const RESIDENT_SEGMENT_ROWS: usize = 1 << 16;
 /// Size a `resident_columns` segment is cut at, before [`RESIDENT_SEGMENT_ROWS`]: redb
 /// stores a value larger than a page in a run of pages a power of two long, so a segment
-/// of 4.1 MiB would take 8; cut a little below 4 MiB, they fill their pages (segments of
-/// 64k residents, ~9 MiB each, took 16 MiB: the 1M-resident store grew 430 MB, not ~150).
+/// of 4.1 MiB would take 8; cut a little below 4 MiB, they fill their pages. (The 1M-resident
+/// Python bench store: segments of 64k residents, ~9 MiB, grew its blocks on disk by 194 MB
+/// and its length by 430 MB; cut at this size, by 160 MB and 486 MB.)
 pub(crate) const RESIDENT_SEGMENT_BYTES: usize = (4 << 20) - (64 << 10);
 
 /// Length of a municipality code in a key.
