@@ -2,14 +2,14 @@
 //! [`DoseColumns`] / [`ResidentColumns`], a batch of rows at a time, for columnar
 //! frontends (the Python bindings' Arrow tables). No record struct, no `String` per row.
 
-use redb::Database;
-use vrs_core::Result;
+use redb::{Database, ReadableTable};
 use vrs_core::columns::{DoseColumns, ResidentColumns};
 use vrs_core::ids::MunicipalityCode;
 use vrs_core::store::DoseScan;
+use vrs_core::{Error, Result};
 
-use super::{begin_read, each_stored_dose, open_read, scan_dose_chunks, scan_floor, storage};
-use crate::parallel::{self, Chunks, scan_chunks};
+use super::{abort, begin_read, begin_write, commit, each_stored_dose, open_read, open_write, prefixed, scan_floor, storage};
+use crate::parallel::{self, Chunks, scan_chunks, scan_chunks_indexed};
 use crate::schema::*;
 
 /// Rows a chunk's columns start with room for: chunks hold a few thousand doses of a
@@ -48,14 +48,257 @@ pub(crate) fn scan_dose_columns(
         }
         return Ok(high);
     }
-    scan_dose_chunks(
-        db,
-        m,
-        |records| {
+    scan_by_voucher(db, m, rows, out)
+}
+
+// ---- dose column segments -----------------------------------------------------------------
+//
+// A read-side cache of the columns, kept in `dose_segments` and built by this scan alone:
+// a municipality's doses cut at voucher boundaries into ranges of some ten thousand doses,
+// each stored as the columns the scan decoded (`DoseColumns::encode`) with the dose
+// sequence number `W` of the read snapshot they were decoded in. Registrations never touch
+// it: a segment is fresh in a snapshot iff no dose of its range was written after `W`
+// (a write gives the dose a new sequence number, so `doses_by_seq` shows it) and no dose
+// moved to another voucher since (the `dose_moves` count; a dose that left the range shows
+// in no index of it). A scan decodes the fresh segments and the rest from the rows, then
+// writes segments for what it decoded from rows: the first read after writes pays for the
+// rebuild.
+
+/// Doses a segment holds at least, but the last of a range rebuilt: large enough that a
+/// segment is decoded in one bulk copy, small enough that a registration makes a read decode
+/// few doses from rows again.
+const SEGMENT_ROWS: usize = 1 << 15;
+/// Doses per chunk that a stale range is cut into for the workers, about.
+const STALE_CHUNK_ROWS: u64 = 1 << 13;
+const SEGMENT_MAGIC: &[u8; 4] = b"VRSS";
+const SEGMENT_VERSION: u8 = 1;
+
+/// A segment's header: its range, when it was built, how many doses.
+struct Segment {
+    start: Vec<u8>,
+    /// Exclusive; `None`: the end of the municipality's doses.
+    end: Option<Vec<u8>>,
+    built_at: u64,
+    moves: u64,
+    rows: u64,
+}
+
+impl Segment {
+    fn value(&self, blocks: u32, encoded: &[u8]) -> Result<Vec<u8>> {
+        let end = self.end.as_deref().unwrap_or_default();
+        let end_len =
+            u16::try_from(end.len()).map_err(|_| Error::Storage { message: "a segment's end key is too long".into(), source: None })?;
+        let mut v = Vec::with_capacity(64 + encoded.len());
+        v.extend_from_slice(SEGMENT_MAGIC);
+        v.push(SEGMENT_VERSION);
+        v.extend_from_slice(&self.built_at.to_le_bytes());
+        v.extend_from_slice(&self.moves.to_le_bytes());
+        v.extend_from_slice(&self.rows.to_le_bytes());
+        v.extend_from_slice(&end_len.to_le_bytes());
+        v.extend_from_slice(end);
+        v.extend_from_slice(&blocks.to_le_bytes());
+        v.extend_from_slice(encoded);
+        Ok(v)
+    }
+
+    /// The header of a stored segment and its blocks' count and bytes; `None` when the
+    /// value is not one this build wrote (then the range is read from rows and rebuilt).
+    fn parse(start: &[u8], value: &[u8]) -> Option<(Self, u32, usize)> {
+        let mut at = 0usize;
+        let mut take = |n: usize| {
+            let b = value.get(at..at + n)?;
+            at += n;
+            Some(b)
+        };
+        if take(4)? != SEGMENT_MAGIC.as_slice() || take(1)? != [SEGMENT_VERSION].as_slice() {
+            return None;
+        }
+        let u64_le = |b: &[u8]| b.try_into().ok().map(u64::from_le_bytes);
+        let built_at = u64_le(take(8)?)?;
+        let moves = u64_le(take(8)?)?;
+        let rows = u64_le(take(8)?)?;
+        let end_len = usize::from(u16::from_le_bytes(take(2)?.try_into().ok()?));
+        let end = take(end_len)?.to_vec();
+        let blocks = u32::from_le_bytes(take(4)?.try_into().ok()?);
+        let end = (!end.is_empty()).then_some(end);
+        if end.as_deref().is_some_and(|e| e <= start) {
+            return None;
+        }
+        Some((Self { start: start.to_vec(), end, built_at, moves, rows }, blocks, at))
+    }
+
+    fn holds(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|e| key < e)
+    }
+}
+
+/// What a chunk of the scan is read from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// A fresh segment (index into the segments read).
+    Segment(usize),
+    /// The dose rows.
+    Rows,
+}
+
+/// A chunk's result: its batches, and when it was decoded from rows, its doses and their
+/// blocks encoded for a segment.
+struct ChunkColumns {
+    batches: Vec<DoseColumns>,
+    rebuilt: Option<(u64, u32, Vec<u8>)>,
+}
+
+/// The dose sequence number and move count of a snapshot.
+fn counts(meta: &impl ReadableTable<&'static str, u64>) -> Result<(u64, u64)> {
+    let get = |name| meta.get(name).map(|g| g.map(|g| g.value()).unwrap_or(0)).map_err(storage("reading the sequence numbers"));
+    Ok((get(META_DOSE_SEQ)?, get(META_DOSE_MOVES)?))
+}
+
+/// The `doses` keys of municipality `m` written after `after`, from `doses_by_seq`.
+fn written_after(
+    by_seq: &impl ReadableTable<Bytes, &'static [u8; DOSE_KEY]>,
+    m: &MunicipalityCode,
+    after: u64,
+) -> Result<Vec<(u64, [u8; DOSE_KEY])>> {
+    let Some(first) = after.checked_add(1) else { return Ok(Vec::new()) };
+    let start = seq_key(m, first);
+    let end = prefix_end(&muni(m)).unwrap_or_default();
+    let mut out = Vec::new();
+    for entry in by_seq.range::<&[u8]>(start.as_slice()..end.as_slice()).map_err(storage("scanning doses by sequence"))? {
+        let (k, key) = entry.map_err(storage("scanning doses by sequence"))?;
+        let seq = k.value().get(M..).and_then(|b| b.try_into().ok()).map_or(0, u64::from_be_bytes);
+        out.push((seq, *key.value()));
+    }
+    Ok(out)
+}
+
+/// Columns `block` handed over in batches of at most `rows`.
+fn in_batches(block: DoseColumns, rows: usize, batches: &mut Vec<DoseColumns>) -> Result<()> {
+    if block.len() <= rows {
+        if !block.is_empty() {
+            batches.push(block);
+        }
+        return Ok(());
+    }
+    let mut at = 0;
+    while at < block.len() {
+        batches.push(block.rows(at..at + rows)?);
+        at += rows;
+    }
+    Ok(())
+}
+
+/// The voucher-order column scan: fresh segments decoded, the rest decoded from rows, on
+/// the parallel workers from one read snapshot; then the segments of what was decoded from
+/// rows are written ([`refresh`]).
+fn scan_by_voucher(db: &Database, m: &MunicipalityCode, rows: usize, out: &async_channel::Sender<Vec<DoseColumns>>) -> Result<u64> {
+    let txn = begin_read(db)?;
+    let doses = open_read(&txn, DOSES)?;
+    let stored = open_read(&txn, DOSE_SEGMENTS)?;
+    let (snapshot_seq, moves) = counts(&open_read(&txn, META)?)?;
+    let prefix = muni(m);
+    let m_end = prefix_end(&prefix);
+
+    let mut segments = Vec::new();
+    for entry in prefixed(&stored, &prefix)? {
+        let (k, v) = entry.map_err(storage("reading the dose segments"))?;
+        if let Some((segment, _, _)) = Segment::parse(k.value(), v.value()) {
+            segments.push(segment);
+        }
+    }
+    // Stale: built at another move count, or a dose of its range written after it was built.
+    let mut fresh: Vec<bool> = segments.iter().map(|s| s.moves == moves && s.built_at <= snapshot_seq).collect();
+    if let Some(oldest) = segments.iter().map(|s| s.built_at).min() {
+        let index = open_read(&txn, DOSES_BY_SEQ)?;
+        for (seq, key) in written_after(&index, m, oldest)? {
+            let i = segments.partition_point(|s| s.start.as_slice() <= key.as_slice());
+            if let Some(s) = i.checked_sub(1).and_then(|i| segments.get(i).map(|s| (i, s)))
+                && s.1.holds(&key)
+                && seq > s.1.built_at
+            {
+                fresh[s.0] = false;
+            }
+        }
+    }
+
+    // The range cut into fresh segments and ranges read from rows, in key order.
+    let mut starts: Vec<Vec<u8>> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
+    let any_fresh = fresh.iter().any(|&f| f);
+    let mut cursor: Option<Vec<u8>> = Some(prefix.to_vec());
+    let mut estimate = 0u64;
+    let rows_between =
+        |from: &[u8], to: Option<&[u8]>, estimate: u64, starts: &mut Vec<Vec<u8>>, sources: &mut Vec<Source>| -> Result<()> {
+            let n = if any_fresh {
+                usize::try_from(estimate / STALE_CHUNK_ROWS + 2).unwrap_or(parallel::CHUNKS).min(parallel::CHUNKS)
+            } else {
+                parallel::CHUNKS
+            };
+            let cut = Chunks::between(&doses, &prefix, from, to, VOUCHER_KEY - M, n)?;
+            sources.extend(cut.starts().iter().map(|_| Source::Rows));
+            starts.extend(cut.starts().iter().cloned());
+            Ok(())
+        };
+    for (i, s) in segments.iter().enumerate() {
+        let Some(at) = cursor.as_deref() else { break };
+        if s.start.as_slice() < at {
+            continue;
+        }
+        if !fresh[i] {
+            estimate += s.rows;
+            continue;
+        }
+        if s.start.as_slice() > at {
+            rows_between(at, Some(&s.start), estimate, &mut starts, &mut sources)?;
+        }
+        estimate = 0;
+        starts.push(s.start.clone());
+        sources.push(Source::Segment(i));
+        cursor = s.end.clone();
+    }
+    if let Some(at) = cursor.as_deref() {
+        rows_between(at, m_end.as_deref(), estimate, &mut starts, &mut sources)?;
+    }
+    let chunks = Chunks::from_starts(starts, m_end.clone());
+
+    let mut high = 0u64;
+    let mut rebuilt: Vec<Option<(u64, u32, Vec<u8>)>> = Vec::with_capacity(chunks.len());
+    let mut complete = true;
+    scan_chunks_indexed(
+        &doses,
+        &chunks,
+        parallel::workers(),
+        |i, range| {
             let mut batches = Vec::new();
+            if let Some(Source::Segment(s)) = sources.get(i) {
+                let key = segments[*s].start.as_slice();
+                let value = stored.get(key).map_err(storage("reading a dose segment"))?;
+                let decoded = value.as_ref().and_then(|v| {
+                    let (_, blocks, at) = Segment::parse(key, v.value())?;
+                    let mut rest = v.value().get(at..)?;
+                    let mut out = Vec::new();
+                    for _ in 0..blocks {
+                        let (block, next) = DoseColumns::decode(rest).ok()?;
+                        out.push(block);
+                        rest = next;
+                    }
+                    Some(out)
+                });
+                // A segment this build cannot read is read from rows below, and rebuilt.
+                if let Some(blocks) = decoded {
+                    for block in blocks {
+                        in_batches(block, rows, &mut batches)?;
+                    }
+                    return Ok(ChunkColumns { batches, rebuilt: None });
+                }
+            }
             let mut columns = DoseColumns::with_capacity(rows.min(CHUNK_ROOM));
-            for record in records {
-                columns.push_stored(&mut postcard::Deserializer::from_bytes(record?.value())).map_err(storage("decoding a dose"))?;
+            for entry in range {
+                let (k, v) = entry.map_err(storage("scanning doses by voucher"))?;
+                if !is_dose_key(k.value()) {
+                    continue;
+                }
+                columns.push_stored(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a dose"))?;
                 if columns.len() >= rows {
                     let next = columns.empty_like();
                     batches.push(std::mem::replace(&mut columns, next));
@@ -64,15 +307,105 @@ pub(crate) fn scan_dose_columns(
             if !columns.is_empty() {
                 batches.push(columns);
             }
-            Ok(batches)
+            let mut encoded = Vec::new();
+            for b in &batches {
+                b.encode(&mut encoded)?;
+            }
+            let count = batches.iter().map(|b| b.len() as u64).sum();
+            Ok(ChunkColumns { rebuilt: Some((count, u32::try_from(batches.len()).unwrap_or(u32::MAX), encoded)), batches })
         },
-        |batches| {
-            high = batches.iter().fold(high, |h, c| h.max(c.high_seq()));
+        |chunk| {
+            high = chunk.batches.iter().fold(high, |h, c| h.max(c.high_seq()));
+            rebuilt.push(chunk.rebuilt);
             // `false` once the visitor stopped the scan.
-            Ok(batches.is_empty() || out.send_blocking(batches).is_ok())
+            let sent = chunk.batches.is_empty() || out.send_blocking(chunk.batches).is_ok();
+            complete &= sent;
+            Ok(sent)
         },
     )?;
+    drop((doses, stored));
+    drop(txn);
+    if complete && rebuilt.len() == chunks.len() && rebuilt.iter().any(Option::is_some) {
+        refresh(db, m, &chunks, rebuilt, snapshot_seq, moves)?;
+    }
     Ok(high)
+}
+
+/// Writes the segments of the chunks a complete scan decoded from rows (`rebuilt`, one
+/// entry per chunk of `chunks`), in one write transaction: consecutive such chunks are
+/// grouped into segments of at least [`SEGMENT_ROWS`] doses, replacing every segment
+/// stored in their ranges. Checked in that transaction: nothing is written when a dose
+/// moved since the snapshot, and a segment whose range holds a dose written after the
+/// snapshot (`built_at`) is left out (its range is read from rows next time).
+fn refresh(
+    db: &Database,
+    m: &MunicipalityCode,
+    chunks: &Chunks,
+    rebuilt: Vec<Option<(u64, u32, Vec<u8>)>>,
+    built_at: u64,
+    moves: u64,
+) -> Result<()> {
+    let bound = |i: usize| chunks.starts().get(i).map(Vec::as_slice).or(chunks.end()).map(<[u8]>::to_vec);
+    // The new segments, and the ranges they replace (runs of chunks read from rows).
+    let mut new: Vec<(Segment, u32, Vec<u8>)> = Vec::new();
+    let mut replaced: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+    let mut open: Option<(Segment, u32, Vec<u8>)> = None;
+    for (i, chunk) in rebuilt.into_iter().enumerate() {
+        let Some((count, blocks, bytes)) = chunk else {
+            if let Some(s) = open.take() {
+                new.push(s);
+            }
+            continue;
+        };
+        let start = chunks.starts().get(i).cloned().unwrap_or_default();
+        match replaced.last_mut() {
+            Some((_, end)) if end.as_deref() == Some(start.as_slice()) => *end = bound(i + 1),
+            _ => replaced.push((start.clone(), bound(i + 1))),
+        }
+        let s = open.get_or_insert_with(|| (Segment { start, end: None, built_at, moves, rows: 0 }, 0, Vec::new()));
+        s.0.end = bound(i + 1);
+        s.0.rows += count;
+        s.1 = s.1.saturating_add(blocks);
+        s.2.extend_from_slice(&bytes);
+        if s.0.rows >= SEGMENT_ROWS as u64 {
+            new.extend(open.take());
+        }
+    }
+    new.extend(open.take());
+
+    let txn = begin_write(db)?;
+    let result = (|| -> Result<()> {
+        let (_, now_moves) = counts(&open_write(&txn, META)?)?;
+        if now_moves != moves {
+            return Ok(());
+        }
+        let written = written_after(&open_write(&txn, DOSES_BY_SEQ)?, m, built_at)?;
+        let mut table = open_write(&txn, DOSE_SEGMENTS)?;
+        for (start, end) in &replaced {
+            let old: Vec<Vec<u8>> = match end {
+                Some(end) => table.range::<&[u8]>(start.as_slice()..end.as_slice()),
+                None => table.range::<&[u8]>(start.as_slice()..),
+            }
+            .map_err(storage("reading the dose segments"))?
+            .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("reading the dose segments")))
+            .collect::<Result<_>>()?;
+            for k in old {
+                table.remove(k.as_slice()).map_err(storage("removing a dose segment"))?;
+            }
+        }
+        for (segment, blocks, bytes) in &new {
+            if written.iter().any(|(_, key)| segment.holds(key)) {
+                continue;
+            }
+            let value = segment.value(*blocks, bytes)?;
+            table.insert(segment.start.as_slice(), value.as_slice()).map_err(storage("writing a dose segment"))?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => commit(txn),
+        Err(e) => abort(txn, e),
+    }
 }
 
 /// Sends a municipality's residents in addressee order, as columns of at most `rows`,
