@@ -48,7 +48,7 @@ pub(crate) fn scan_dose_columns(
         }
         return Ok(high);
     }
-    scan_by_voucher(db, m, rows, out)
+    scan_by_voucher(db, m, rows, SEGMENT_ROWS, out)
 }
 
 // ---- dose column segments -----------------------------------------------------------------
@@ -191,7 +191,13 @@ fn in_batches(block: DoseColumns, rows: usize, batches: &mut Vec<DoseColumns>) -
 /// The voucher-order column scan: fresh segments decoded, the rest decoded from rows, on
 /// the parallel workers from one read snapshot; then the segments of what was decoded from
 /// rows are written ([`refresh`]).
-fn scan_by_voucher(db: &Database, m: &MunicipalityCode, rows: usize, out: &async_channel::Sender<Vec<DoseColumns>>) -> Result<u64> {
+fn scan_by_voucher(
+    db: &Database,
+    m: &MunicipalityCode,
+    rows: usize,
+    segment_rows: usize,
+    out: &async_channel::Sender<Vec<DoseColumns>>,
+) -> Result<u64> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
     let stored = open_read(&txn, DOSE_SEGMENTS)?;
@@ -254,7 +260,8 @@ fn scan_by_voucher(db: &Database, m: &MunicipalityCode, rows: usize, out: &async
         estimate = 0;
         starts.push(s.start.clone());
         sources.push(Source::Segment(i));
-        cursor = s.end.clone();
+        // A segment running to the end of the municipality's keys leaves nothing after it.
+        cursor = s.end.clone().filter(|e| Some(e) != m_end.as_ref());
     }
     if let Some(at) = cursor.as_deref() {
         rows_between(at, m_end.as_deref(), estimate, &mut starts, &mut sources)?;
@@ -326,14 +333,14 @@ fn scan_by_voucher(db: &Database, m: &MunicipalityCode, rows: usize, out: &async
     drop((doses, stored));
     drop(txn);
     if complete && rebuilt.len() == chunks.len() && rebuilt.iter().any(Option::is_some) {
-        refresh(db, m, &chunks, rebuilt, snapshot_seq, moves)?;
+        refresh(db, m, &chunks, rebuilt, segment_rows, snapshot_seq, moves)?;
     }
     Ok(high)
 }
 
 /// Writes the segments of the chunks a complete scan decoded from rows (`rebuilt`, one
 /// entry per chunk of `chunks`), in one write transaction: consecutive such chunks are
-/// grouped into segments of at least [`SEGMENT_ROWS`] doses, replacing every segment
+/// grouped into segments of at least `segment_rows` doses ([`SEGMENT_ROWS`]), replacing every segment
 /// stored in their ranges. Checked in that transaction: nothing is written when a dose
 /// moved since the snapshot, and a segment whose range holds a dose written after the
 /// snapshot (`built_at`) is left out (its range is read from rows next time).
@@ -342,6 +349,7 @@ fn refresh(
     m: &MunicipalityCode,
     chunks: &Chunks,
     rebuilt: Vec<Option<(u64, u32, Vec<u8>)>>,
+    segment_rows: usize,
     built_at: u64,
     moves: u64,
 ) -> Result<()> {
@@ -367,7 +375,7 @@ fn refresh(
         s.0.rows += count;
         s.1 = s.1.saturating_add(blocks);
         s.2.extend_from_slice(&bytes);
-        if s.0.rows >= SEGMENT_ROWS as u64 {
+        if s.0.rows >= segment_rows as u64 {
             new.extend(open.take());
         }
     }
@@ -443,4 +451,122 @@ pub(crate) fn scan_resident_columns(
         // `false` once the visitor stopped the scan.
         |batches| Ok(batches.is_empty() || out.send_blocking(batches).is_ok()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use redb::ReadableDatabase;
+    use vrs_core::store::DynStore;
+    use vrs_core::testing::*;
+
+    use super::*;
+    use crate::RedbStore;
+
+    /// Doses per segment in these tests: a few hundred doses make many segments.
+    const SMALL: usize = 16;
+
+    fn read(db: &Database, m: &str) -> Vec<DoseColumns> {
+        let (tx, rx) = async_channel::unbounded();
+        scan_by_voucher(db, &code(m), 1 << 16, SMALL, &tx).unwrap();
+        drop(tx);
+        std::iter::from_fn(|| rx.try_recv().ok()).flatten().collect()
+    }
+
+    /// A stored segment's start, end, doses and the sequence number it was built at.
+    type Stored = (Vec<u8>, Option<Vec<u8>>, u64, u64);
+
+    fn segments(db: &Database) -> Vec<Stored> {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(DOSE_SEGMENTS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                let (s, _, _) = Segment::parse(k.value(), v.value())
+                    .unwrap_or_else(|| panic!("{:?} {:?}", String::from_utf8_lossy(k.value()), &v.value()[..60.min(v.value().len())]));
+                (s.start, s.end, s.rows, s.built_at)
+            })
+            .collect()
+    }
+
+    async fn check(store: &DynStore, db: &Database, m: &str) {
+        let (records, _) = scanned_doses(store, m, vrs_core::store::DoseScan::ByVoucher).await;
+        let rows = |batches: &[DoseColumns]| -> Vec<DoseColumns> {
+            batches.iter().flat_map(|b| (0..b.len()).map(move |i| b.rows(i..i + 1).unwrap())).collect()
+        };
+        let expected: Vec<DoseColumns> = records
+            .iter()
+            .map(|d| {
+                let mut c = DoseColumns::with_capacity(1);
+                c.push_record(d).unwrap();
+                c
+            })
+            .collect();
+        assert_eq!(rows(&read(db, m)), expected);
+    }
+
+    fn number(i: u64) -> String {
+        format!("{:010}", i * 48_611_003 % 10_000_000_000)
+    }
+
+    #[tokio::test]
+    async fn only_the_segments_a_write_reached_are_rebuilt() {
+        let redb = RedbStore::in_memory().unwrap();
+        let db = Arc::clone(&redb.db);
+        let store: DynStore = Arc::new(redb);
+        let doses =
+            (0..400u64).map(|i| dose(&format!("d{i}"), voucher(CHIYODA, &number(i)), 1, "2021-06-01T01:00:00Z", "venue-1")).collect();
+        store.apply(vec![new_doses(doses)]).await.unwrap();
+        assert!(segments(&db).is_empty(), "registrations build no segment");
+        check(&store, &db, CHIYODA).await;
+        let built = segments(&db);
+        assert!(built.len() >= 8, "{} segments", built.len());
+        assert_eq!(built.iter().map(|s| s.2).sum::<u64>(), 400);
+        // Ranges follow each other from the municipality's first key to its end.
+        assert_eq!(built[0].0, CHIYODA.as_bytes());
+        assert!(built.windows(2).all(|w| w[0].1.as_deref() == Some(w[1].0.as_slice())));
+        // The last runs to the end of the municipality's keys.
+        assert_eq!(built.last().unwrap().1, prefix_end(CHIYODA.as_bytes()));
+        // Fresh: read from the segments, none rebuilt.
+        check(&store, &db, CHIYODA).await;
+        assert_eq!(segments(&db), built);
+
+        // One registration: only the segment of its voucher is rebuilt.
+        let new = dose("new", voucher(CHIYODA, &number(200)), 2, "2021-06-22T01:00:00Z", "venue-1");
+        store.apply(vec![new_doses(vec![new])]).await.unwrap();
+        check(&store, &db, CHIYODA).await;
+        let after = segments(&db);
+        let stale: Vec<_> = built.iter().filter(|s| !after.contains(s)).collect();
+        let rebuilt: Vec<_> = after.iter().filter(|s| !built.contains(s)).collect();
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        // Rebuilt over the stale one's range (cut anew), with the new dose.
+        assert_eq!(rebuilt.first().unwrap().0, stale[0].0);
+        assert_eq!(rebuilt.last().unwrap().1, stale[0].1);
+        assert_eq!(rebuilt.iter().map(|s| s.2).sum::<u64>(), stale[0].2 + 1);
+
+        // Another municipality's registration leaves these fresh.
+        store.apply(vec![new_doses(vec![dose("chuo", voucher(CHUO, "0000000001"), 1, "2021-06-01T01:00:00Z", "venue-1")])]).await.unwrap();
+        check(&store, &db, CHIYODA).await;
+        assert_eq!(segments(&db), after);
+
+        // A dose moved to another voucher: every segment is rebuilt.
+        let moved = next_revision(&store.dose(dose_id("d5")).await.unwrap().unwrap(), |d| d.voucher = voucher(CHUO, "0000000002"));
+        store.apply(vec![updated_doses(vec![moved])]).await.unwrap();
+        check(&store, &db, CHIYODA).await;
+        let moved = segments(&db);
+        assert!(moved.iter().all(|s| !after.contains(s)));
+        assert_eq!(moved.iter().map(|s| s.2).sum::<u64>(), 400);
+
+        // A segment this build cannot read is read from rows and rebuilt.
+        let (victim, _, _, _) = moved[3].clone();
+        let w = db.begin_write().unwrap();
+        w.open_table(DOSE_SEGMENTS).unwrap().insert(victim.as_slice(), b"VRSS\x01 not a segment".as_slice()).unwrap();
+        w.commit().unwrap();
+        check(&store, &db, CHIYODA).await;
+        let healed = segments(&db);
+        assert_eq!(healed.iter().map(|s| s.2).sum::<u64>(), 400);
+        assert!(healed.iter().any(|s| s.0 == victim));
+    }
 }
