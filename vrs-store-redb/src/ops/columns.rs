@@ -48,7 +48,7 @@ pub(crate) fn scan_dose_columns(
         }
         return Ok(high);
     }
-    scan_by_voucher(db, m, rows, SEGMENT_ROWS, out)
+    scan_by_voucher(db, m, rows, Sizes { segment_rows: SEGMENT_ROWS, refresh_bytes: REFRESH_BYTES }, out)
 }
 
 // ---- dose column segments -----------------------------------------------------------------
@@ -70,8 +70,18 @@ pub(crate) fn scan_dose_columns(
 const SEGMENT_ROWS: usize = 1 << 15;
 /// Doses per chunk that a stale range is cut into for the workers, about.
 const STALE_CHUNK_ROWS: u64 = 1 << 13;
+/// Encoded columns a scan holds before writing their segments (and the segments it holds
+/// them for): bounds the memory a first read adds to the table it builds.
+const REFRESH_BYTES: usize = 64 << 20;
 const SEGMENT_MAGIC: &[u8; 4] = b"VRSS";
 const SEGMENT_VERSION: u8 = 1;
+
+/// How large segments are built, and how many encoded bytes a scan holds before writing.
+#[derive(Clone, Copy)]
+struct Sizes {
+    segment_rows: usize,
+    refresh_bytes: usize,
+}
 
 /// A segment's header: its range, when it was built, how many doses.
 struct Segment {
@@ -84,11 +94,11 @@ struct Segment {
 }
 
 impl Segment {
-    fn value(&self, blocks: u32, encoded: &[u8]) -> Result<Vec<u8>> {
+    fn value<'a>(&self, blocks: u32, encoded: impl Iterator<Item = &'a [u8]> + Clone) -> Result<Vec<u8>> {
         let end = self.end.as_deref().unwrap_or_default();
         let end_len =
             u16::try_from(end.len()).map_err(|_| Error::Storage { message: "a segment's end key is too long".into(), source: None })?;
-        let mut v = Vec::with_capacity(64 + encoded.len());
+        let mut v = Vec::with_capacity(64 + end.len() + encoded.clone().map(<[u8]>::len).sum::<usize>());
         v.extend_from_slice(SEGMENT_MAGIC);
         v.push(SEGMENT_VERSION);
         v.extend_from_slice(&self.built_at.to_le_bytes());
@@ -97,7 +107,7 @@ impl Segment {
         v.extend_from_slice(&end_len.to_le_bytes());
         v.extend_from_slice(end);
         v.extend_from_slice(&blocks.to_le_bytes());
-        v.extend_from_slice(encoded);
+        encoded.for_each(|e| v.extend_from_slice(e));
         Ok(v)
     }
 
@@ -195,9 +205,10 @@ fn scan_by_voucher(
     db: &Database,
     m: &MunicipalityCode,
     rows: usize,
-    segment_rows: usize,
+    sizes: Sizes,
     out: &async_channel::Sender<Vec<DoseColumns>>,
 ) -> Result<u64> {
+    let Sizes { segment_rows, refresh_bytes } = sizes;
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
     let stored = open_read(&txn, DOSE_SEGMENTS)?;
@@ -269,7 +280,10 @@ fn scan_by_voucher(
     let chunks = Chunks::from_starts(starts, m_end.clone());
 
     let mut high = 0u64;
-    let mut rebuilt: Vec<Option<(u64, u32, Vec<u8>)>> = Vec::with_capacity(chunks.len());
+    // Chunks consumed but not yet written as segments: from chunk `pending_from` on.
+    let mut pending: Vec<Option<(u64, u32, Vec<u8>)>> = Vec::new();
+    let mut pending_from = 0usize;
+    let mut pending_bytes = 0usize;
     let mut complete = true;
     scan_chunks_indexed(
         &doses,
@@ -323,63 +337,76 @@ fn scan_by_voucher(
         },
         |chunk| {
             high = chunk.batches.iter().fold(high, |h, c| h.max(c.high_seq()));
-            rebuilt.push(chunk.rebuilt);
+            pending_bytes += chunk.rebuilt.as_ref().map_or(0, |r| r.2.len());
+            pending.push(chunk.rebuilt);
             // `false` once the visitor stopped the scan.
             let sent = chunk.batches.is_empty() || out.send_blocking(chunk.batches).is_ok();
             complete &= sent;
+            // The encoded columns wait for their write in memory: written every
+            // `refresh_bytes` ([`REFRESH_BYTES`]), so that a scan of ten million doses does not hold a copy of them all.
+            if sent && pending_bytes >= refresh_bytes {
+                let done = std::mem::take(&mut pending);
+                let n = done.len();
+                refresh(db, m, &chunks, pending_from, done, segment_rows, snapshot_seq, moves)?;
+                pending_from += n;
+                pending_bytes = 0;
+            }
             Ok(sent)
         },
     )?;
     drop((doses, stored));
     drop(txn);
-    if complete && rebuilt.len() == chunks.len() && rebuilt.iter().any(Option::is_some) {
-        refresh(db, m, &chunks, rebuilt, segment_rows, snapshot_seq, moves)?;
+    if complete && pending_from + pending.len() == chunks.len() && pending.iter().any(Option::is_some) {
+        refresh(db, m, &chunks, pending_from, pending, segment_rows, snapshot_seq, moves)?;
     }
     Ok(high)
 }
 
-/// Writes the segments of the chunks a complete scan decoded from rows (`rebuilt`, one
-/// entry per chunk of `chunks`), in one write transaction: consecutive such chunks are
-/// grouped into segments of at least `segment_rows` doses ([`SEGMENT_ROWS`]), replacing every segment
-/// stored in their ranges. Checked in that transaction: nothing is written when a dose
-/// moved since the snapshot, and a segment whose range holds a dose written after the
-/// snapshot (`built_at`) is left out (its range is read from rows next time).
+/// Writes the segments of chunks a scan decoded from rows: `rebuilt` holds one entry per
+/// chunk of `chunks` from chunk `first` on (`Some`: decoded from rows, its doses, blocks and
+/// their encoding). In one write transaction: consecutive such chunks are grouped into
+/// segments of at least `segment_rows` doses ([`SEGMENT_ROWS`]; the last of a run may hold
+/// fewer), replacing every segment stored in their ranges. Checked in that transaction:
+/// nothing is written when a dose moved since the snapshot, and a segment whose range holds
+/// a dose written after the snapshot (`built_at`) is left out (its range is then read from
+/// rows next time).
+#[allow(clippy::too_many_arguments)]
 fn refresh(
     db: &Database,
     m: &MunicipalityCode,
     chunks: &Chunks,
+    first: usize,
     rebuilt: Vec<Option<(u64, u32, Vec<u8>)>>,
     segment_rows: usize,
     built_at: u64,
     moves: u64,
 ) -> Result<()> {
-    let bound = |i: usize| chunks.starts().get(i).map(Vec::as_slice).or(chunks.end()).map(<[u8]>::to_vec);
-    // The new segments, and the ranges they replace (runs of chunks read from rows).
-    let mut new: Vec<(Segment, u32, Vec<u8>)> = Vec::new();
+    let start_of = |i: usize| chunks.starts().get(i).cloned().unwrap_or_default();
+    let end_of = |i: usize| chunks.starts().get(i + 1).map(Vec::as_slice).or(chunks.end()).map(<[u8]>::to_vec);
+    // The new segments (runs of `rebuilt` indices, with their doses and blocks), and the
+    // ranges they replace (runs of chunks read from rows).
+    let mut groups: Vec<(std::ops::Range<usize>, u64, u32)> = Vec::new();
     let mut replaced: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-    let mut open: Option<(Segment, u32, Vec<u8>)> = None;
-    for (i, chunk) in rebuilt.into_iter().enumerate() {
-        let Some((count, blocks, bytes)) = chunk else {
-            if let Some(s) = open.take() {
-                new.push(s);
-            }
+    let mut open: Option<(std::ops::Range<usize>, u64, u32)> = None;
+    for (j, chunk) in rebuilt.iter().enumerate() {
+        let i = first + j;
+        let Some((count, blocks, _)) = chunk else {
+            groups.extend(open.take());
             continue;
         };
-        let start = chunks.starts().get(i).cloned().unwrap_or_default();
         match replaced.last_mut() {
-            Some((_, end)) if end.as_deref() == Some(start.as_slice()) => *end = bound(i + 1),
-            _ => replaced.push((start.clone(), bound(i + 1))),
+            Some((_, end)) if end.as_deref() == Some(start_of(i).as_slice()) => *end = end_of(i),
+            _ => replaced.push((start_of(i), end_of(i))),
         }
-        let s = open.get_or_insert_with(|| (Segment { start, end: None, built_at, moves, rows: 0 }, 0, Vec::new()));
-        s.0.end = bound(i + 1);
-        s.0.rows += count;
-        s.1 = s.1.saturating_add(blocks);
-        s.2.extend_from_slice(&bytes);
-        if s.0.rows >= segment_rows as u64 {
-            new.extend(open.take());
+        let g = open.get_or_insert((j..j, 0, 0));
+        g.0.end = j + 1;
+        g.1 += count;
+        g.2 = g.2.saturating_add(*blocks);
+        if g.1 >= segment_rows as u64 {
+            groups.extend(open.take());
         }
     }
-    new.extend(open.take());
+    groups.extend(open.take());
 
     let txn = begin_write(db)?;
     let result = (|| -> Result<()> {
@@ -401,11 +428,14 @@ fn refresh(
                 table.remove(k.as_slice()).map_err(storage("removing a dose segment"))?;
             }
         }
-        for (segment, blocks, bytes) in &new {
+        for (range, rows, blocks) in groups {
+            let segment = Segment { start: start_of(first + range.start), end: end_of(first + range.end - 1), built_at, moves, rows };
             if written.iter().any(|(_, key)| segment.holds(key)) {
                 continue;
             }
-            let value = segment.value(*blocks, bytes)?;
+            // The encoded chunks copied once, behind the header.
+            let parts = rebuilt[range].iter().flatten().map(|(_, _, bytes)| bytes.as_slice());
+            let value = segment.value(blocks, parts)?;
             table.insert(segment.start.as_slice(), value.as_slice()).map_err(storage("writing a dose segment"))?;
         }
         Ok(())
@@ -467,9 +497,9 @@ mod tests {
     /// Doses per segment in these tests: a few hundred doses make many segments.
     const SMALL: usize = 16;
 
-    fn read(db: &Database, m: &str) -> Vec<DoseColumns> {
+    fn read_with(db: &Database, m: &str, refresh_bytes: usize) -> Vec<DoseColumns> {
         let (tx, rx) = async_channel::unbounded();
-        scan_by_voucher(db, &code(m), 1 << 16, SMALL, &tx).unwrap();
+        scan_by_voucher(db, &code(m), 1 << 16, Sizes { segment_rows: SMALL, refresh_bytes }, &tx).unwrap();
         drop(tx);
         std::iter::from_fn(|| rx.try_recv().ok()).flatten().collect()
     }
@@ -492,6 +522,10 @@ mod tests {
     }
 
     async fn check(store: &DynStore, db: &Database, m: &str) {
+        check_with(store, db, m, usize::MAX).await;
+    }
+
+    async fn check_with(store: &DynStore, db: &Database, m: &str, refresh_bytes: usize) {
         let (records, _) = scanned_doses(store, m, vrs_core::store::DoseScan::ByVoucher).await;
         let rows = |batches: &[DoseColumns]| -> Vec<DoseColumns> {
             batches.iter().flat_map(|b| (0..b.len()).map(move |i| b.rows(i..i + 1).unwrap())).collect()
@@ -504,7 +538,36 @@ mod tests {
                 c
             })
             .collect();
-        assert_eq!(rows(&read(db, m)), expected);
+        assert_eq!(rows(&read_with(db, m, refresh_bytes)), expected);
+    }
+
+    /// Segments written as the scan goes (every chunk's worth of bytes) cover the range as
+    /// those written at its end do.
+    #[tokio::test]
+    async fn segments_written_during_the_scan_cover_the_range() {
+        let redb = RedbStore::in_memory().unwrap();
+        let db = Arc::clone(&redb.db);
+        let store: DynStore = Arc::new(redb);
+        let doses =
+            (0..300u64).map(|i| dose(&format!("d{i}"), voucher(CHIYODA, &number(i)), 1, "2021-06-01T01:00:00Z", "venue-1")).collect();
+        store.apply(vec![new_doses(doses)]).await.unwrap();
+        check_with(&store, &db, CHIYODA, 1).await;
+        let built = segments(&db);
+        assert!(built.len() >= 8, "{} segments", built.len());
+        assert_eq!(built.iter().map(|s| s.2).sum::<u64>(), 300);
+        assert_eq!(built[0].0, CHIYODA.as_bytes());
+        assert!(built.windows(2).all(|w| w[0].1.as_deref() == Some(w[1].0.as_slice())));
+        assert_eq!(built.last().unwrap().1, prefix_end(CHIYODA.as_bytes()));
+        check_with(&store, &db, CHIYODA, 1).await;
+        assert_eq!(segments(&db), built);
+        store
+            .apply(vec![new_doses(vec![dose("new", voucher(CHIYODA, &number(100)), 2, "2021-06-22T01:00:00Z", "venue-1")])])
+            .await
+            .unwrap();
+        check_with(&store, &db, CHIYODA, 1).await;
+        let after = segments(&db);
+        assert_eq!(after.iter().map(|s| s.2).sum::<u64>(), 301);
+        assert!(after.windows(2).all(|w| w[0].1.as_deref() == Some(w[1].0.as_slice())));
     }
 
     fn number(i: u64) -> String {
