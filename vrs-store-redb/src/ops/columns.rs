@@ -67,15 +67,9 @@ pub(crate) fn scan_dose_columns(
 /// Doses a segment holds at least, but the last of a range rebuilt: large enough that a
 /// segment is decoded in one bulk copy, small enough that a registration makes a read decode
 /// few doses from rows again.
-const SEGMENT_ROWS: usize = 1 << 14;
-/// Encoded bytes a segment holds at most (but one of a single chunk): redb stores a large
-/// value in a power-of-two run of pages, so a segment just above 4 MiB would take 8.
-const SEGMENT_BYTES: usize = (4 << 20) - (64 << 10);
-/// Chunks a municipality without fresh segments is cut into: about 2k doses each at a
-/// million, so that segments fill their [`SEGMENT_BYTES`] closely.
-const COLD_CHUNKS: usize = 4 * parallel::CHUNKS;
+const SEGMENT_ROWS: usize = 1 << 15;
 /// Doses per chunk that a stale range is cut into for the workers, about.
-const STALE_CHUNK_ROWS: u64 = 1 << 11;
+const STALE_CHUNK_ROWS: u64 = 1 << 13;
 /// Encoded columns a scan holds before writing their segments (and the segments it holds
 /// them for): bounds the memory a first read adds to the table it builds.
 const REFRESH_BYTES: usize = 64 << 20;
@@ -253,9 +247,9 @@ fn scan_by_voucher(
     let rows_between =
         |from: &[u8], to: Option<&[u8]>, estimate: u64, starts: &mut Vec<Vec<u8>>, sources: &mut Vec<Source>| -> Result<()> {
             let n = if any_fresh {
-                usize::try_from(estimate / STALE_CHUNK_ROWS + 2).unwrap_or(COLD_CHUNKS).min(COLD_CHUNKS)
+                usize::try_from(estimate / STALE_CHUNK_ROWS + 2).unwrap_or(parallel::CHUNKS).min(parallel::CHUNKS)
             } else {
-                COLD_CHUNKS
+                parallel::CHUNKS
             };
             let cut = Chunks::between(&doses, &prefix, from, to, VOUCHER_KEY - M, n)?;
             sources.extend(cut.starts().iter().map(|_| Source::Rows));
@@ -371,8 +365,8 @@ fn scan_by_voucher(
 /// Writes the segments of chunks a scan decoded from rows: `rebuilt` holds one entry per
 /// chunk of `chunks` from chunk `first` on (`Some`: decoded from rows, its doses, blocks and
 /// their encoding). In one write transaction: consecutive such chunks are grouped into
-/// segments of at least `segment_rows` doses ([`SEGMENT_ROWS`]) unless that would take them
-/// over [`SEGMENT_BYTES`] (the last of a run may hold fewer), replacing every segment stored in their ranges. Checked in that transaction:
+/// segments of at least `segment_rows` doses ([`SEGMENT_ROWS`]; the last of a run may hold
+/// fewer), replacing every segment stored in their ranges. Checked in that transaction:
 /// nothing is written when a dose moved since the snapshot, and a segment whose range holds
 /// a dose written after the snapshot (`built_at`) is left out (its range is then read from
 /// rows next time).
@@ -394,20 +388,12 @@ fn refresh(
     let mut groups: Vec<(std::ops::Range<usize>, u64, u32)> = Vec::new();
     let mut replaced: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
     let mut open: Option<(std::ops::Range<usize>, u64, u32)> = None;
-    let mut open_bytes = 0usize;
     for (j, chunk) in rebuilt.iter().enumerate() {
         let i = first + j;
-        let Some((count, blocks, bytes)) = chunk else {
+        let Some((count, blocks, _)) = chunk else {
             groups.extend(open.take());
             continue;
         };
-        if open_bytes + bytes.len() > SEGMENT_BYTES {
-            groups.extend(open.take());
-        }
-        if open.is_none() {
-            open_bytes = 0;
-        }
-        open_bytes += bytes.len();
         match replaced.last_mut() {
             Some((_, end)) if end.as_deref() == Some(start_of(i).as_slice()) => *end = end_of(i),
             _ => replaced.push((start_of(i), end_of(i))),
