@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
                 ledger_scan_is_the_by_voucher_scan_projected,
                 column_scans_are_the_record_scans_as_columns,
                 resident_columns_follow_every_import,
+                column_reads_follow_every_write,
                 doses_by_vouchers_answer_each_voucher_in_order,
                 person_contexts_are_their_single_reads,
             }
@@ -1450,6 +1451,150 @@ pub async fn resident_columns_follow_every_import(store: DynStore) {
     let rows: Vec<Resident> = (200..=210).map(|i| resident(CHUO, &i.to_string(), &format!("{i:010}"))).collect();
     assert!(store.import_residents(TestSource::failing_at(rows, 2, 3)).await.is_err());
     check("failed import").await;
+}
+
+/// Every dose of `batches`, one row each (a dose's row is the same whatever batch it came in).
+fn column_rows(batches: &[crate::columns::DoseColumns]) -> Vec<crate::columns::DoseColumns> {
+    batches.iter().flat_map(|b| (0..b.len()).map(move |i| b.rows(i..i + 1).unwrap())).collect()
+}
+
+/// Reads `m`'s dose columns in voucher order three times (a store may build a read-side
+/// copy on the first read after writes and read it on the next) and checks each against
+/// the trait's default: the columns of [`scan_doses`](StoreBackend::scan_doses)' records.
+async fn columns_are_the_records(store: &DynStore, m: &str, what: &str) {
+    let (records, cursor) = scanned_doses(store, m, DoseScan::ByVoucher).await;
+    let expected: Vec<_> = records
+        .iter()
+        .map(|d| {
+            let mut c = crate::columns::DoseColumns::with_capacity(1);
+            c.push_record(d).unwrap();
+            c
+        })
+        .collect();
+    for (read, rows) in [(1, 1 << 16), (2, 1 << 16), (3, 2)] {
+        let mut batches = Vec::new();
+        let high = store
+            .scan_dose_columns(code(m), DoseScan::ByVoucher, rows, &mut |c| {
+                batches.push(c);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(batches.iter().all(|b| (1..=rows).contains(&b.len())), "{what}, {m}, read {read}");
+        let got = column_rows(&batches);
+        assert_eq!(got.len(), expected.len(), "doses {what}, {m}, read {read}");
+        if let Some(i) = (0..got.len()).find(|&i| got[i] != expected[i]) {
+            assert_eq!(got[i], expected[i], "dose {i} {what}, {m}, read {read}");
+        }
+        assert_eq!(high, cursor, "{what}, {m}, read {read}");
+    }
+}
+
+/// Voucher-order column reads give the doses as they stand after every kind of write
+/// between two reads: registrations, corrections, voids, duplicates, matching on upload,
+/// moved-in residents, a re-upload, a dose moved to another voucher, and a registration
+/// racing a read (a store that keeps a read-side copy of the columns must notice each).
+pub async fn column_reads_follow_every_write(store: DynStore) {
+    // Vouchers spread over the number space, so that a store cutting the range by voucher
+    // digits cuts it in many places.
+    let number = |i: u64| format!("{:010}", i * 163_000_001 % 10_000_000_000);
+    let mut first = Vec::new();
+    for i in 0..60u64 {
+        first.push(dose(&format!("c{i}"), voucher(CHIYODA, &number(i)), 1, "2021-06-01T01:00:00Z", "venue-1"));
+    }
+    first.push(dose("chuo-1", voucher(CHUO, "0000000100"), 1, "2021-06-01T01:00:00Z", "venue-2"));
+    store.apply(vec![new_doses(first)]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "registered").await;
+    columns_are_the_records(&store, CHUO, "registered").await;
+    let empty: &str = SAPPORO;
+    columns_are_the_records(&store, empty, "no dose").await;
+
+    // New doses at the start, the middle and the end of the range.
+    let more = vec![
+        dose("n1", voucher(CHIYODA, "0000000000"), 1, "2021-06-02T01:00:00Z", "venue-1"),
+        dose("n2", voucher(CHIYODA, &number(31)), 2, "2021-06-22T01:00:00Z", "venue-1"),
+        dose("n3", voucher(CHIYODA, "9999999999"), 1, "2021-06-02T01:00:00Z", "venue-1"),
+    ];
+    store.apply(vec![new_doses(more)]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "more registered").await;
+
+    // A correction and a void: new versions of stored doses.
+    let corrected = next_revision(&store.dose(dose_id("c7")).await.unwrap().unwrap(), |d| {
+        let mut v = d.current().clone();
+        v.version += 1;
+        v.details.lot = "EY0779".into();
+        v.details.doctor = "訂正 医師".into();
+        d.versions.push(v);
+    });
+    store.apply(vec![updated_doses(vec![corrected])]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "corrected").await;
+    let voided = next_revision(&store.dose(dose_id("c44")).await.unwrap().unwrap(), |d| {
+        let mut v = d.current().clone();
+        v.version += 1;
+        v.voided = true;
+        d.versions.push(v);
+    });
+    store.apply(vec![updated_doses(vec![voided])]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "voided").await;
+
+    // A duplicate: the same voucher's dose 1 again.
+    store.apply(vec![new_doses(vec![dose("dup", voucher(CHIYODA, &number(12)), 1, "2021-06-03T01:00:00Z", "venue-2")])]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "duplicate").await;
+
+    // An upload, then its doses matched (as the service does after an import); a moved-in
+    // resident whose previous voucher's dose (stored under 中央区) follows them.
+    let residents = vec![
+        resident(CHIYODA, "1", &number(3)),
+        resident(CHIYODA, "22", &number(50)),
+        moved_in(CHIYODA, "333", &number(59), voucher(CHUO, "0000000100")),
+    ];
+    import(&store, residents, 3, 0).await;
+    columns_are_the_records(&store, CHIYODA, "uploaded").await;
+    let mut matched = Vec::new();
+    for (key, who) in [("c3", "1"), ("c50", "22"), ("c59", "333")] {
+        matched.push(next_revision(&store.dose(dose_id(key)).await.unwrap().unwrap(), |d| d.matched = Some(person(CHIYODA, who))));
+    }
+    matched.push(next_revision(&store.dose(dose_id("chuo-1")).await.unwrap().unwrap(), |d| d.matched = Some(person(CHIYODA, "333"))));
+    store.apply(vec![updated_doses(matched)]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "matched").await;
+    columns_are_the_records(&store, CHUO, "matched").await;
+
+    // A re-upload changing a resident (the doses are unchanged until matched again).
+    let mut again = resident(CHIYODA, "22", &number(50));
+    again.name = PersonalText("再登録 花子".into());
+    import(&store, vec![again], 0, 1).await;
+    columns_are_the_records(&store, CHIYODA, "re-uploaded").await;
+
+    // A dose moved to another municipality's voucher leaves this one's range; one moved
+    // within the municipality changes its place.
+    let away = next_revision(&store.dose(dose_id("c20")).await.unwrap().unwrap(), |d| d.voucher = voucher(CHUO, "0000000200"));
+    store.apply(vec![updated_doses(vec![away])]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "moved away").await;
+    columns_are_the_records(&store, CHUO, "moved in").await;
+    let within = next_revision(&store.dose(dose_id("c21")).await.unwrap().unwrap(), |d| d.voucher = voucher(CHIYODA, "0000000001"));
+    store.apply(vec![updated_doses(vec![within])]).await.unwrap();
+    columns_are_the_records(&store, CHIYODA, "moved within").await;
+
+    // A read racing registrations: whatever it saw, the reads after see every dose.
+    for round in 0..4 {
+        let racing = dose(&format!("race{round}"), voucher(CHIYODA, &number(10 + round)), 2, "2021-06-23T01:00:00Z", "venue-1");
+        let read = async {
+            let mut n = 0;
+            store
+                .scan_dose_columns(code(CHIYODA), DoseScan::ByVoucher, 1 << 16, &mut |c| {
+                    n += c.len();
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            n
+        };
+        let (n, applied) = crate::testing_service::join(read, store.apply(vec![new_doses(vec![racing])])).await;
+        applied.unwrap();
+        let total = scanned_doses(&store, CHIYODA, DoseScan::ByVoucher).await.0.len();
+        assert!(n == total || n + 1 == total, "round {round}: read {n} of {total}");
+        columns_are_the_records(&store, CHIYODA, &format!("raced, round {round}")).await;
+    }
 }
 
 /// [`StoreBackend::doses_by_vouchers`] answers each voucher as

@@ -505,6 +505,10 @@ impl PyRegistry {
     /// addressee_number, voided, version, updated_at, seq. Codes are strings (leading
     /// zeros kept).
     ///
+    /// On a redb store a full read (no `since`) is served from a cache of the columns kept
+    /// in the store file: the first full read after writes rebuilds the parts they changed
+    /// (the first read of a municipality builds it all, and takes several times as long).
+    ///
     /// Raises `PermissionDenied` for anyone but the municipality's staff.
     #[pyo3(signature = (municipality = None, *, since = None))]
     fn doses(&self, py: Python<'_>, municipality: Option<&str>, since: Option<u64>) -> PyResult<Table> {

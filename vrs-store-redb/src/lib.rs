@@ -12,6 +12,15 @@
 //! ledger export's scan decodes and formats chunks of whole vouchers on a few threads that
 //! share one read snapshot, handing the rows on in voucher order (the `parallel` module).
 //!
+//! The dose columns of a full voucher-order scan
+//! ([`scan_dose_columns`](vrs_core::store::StoreBackend::scan_dose_columns) without a
+//! cursor, Python's `doses()`) are served from a read-side cache kept in the file: segments
+//! of about 32k doses stored as columns, each valid while no dose of its range was written
+//! after it was built. Registrations and imports never touch it; the first full read after
+//! writes decodes the changed ranges from the dose records and stores their segments again
+//! (the first read of a municipality builds them all, and costs several times a later
+//! read). Deleting it loses nothing: the next read rebuilds it.
+//!
 //! ```
 //! # fn main() -> vrs_core::Result<()> {
 //! use vrs_store_redb::RedbStore;

@@ -136,6 +136,8 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
     open_write(txn, DOSES)?;
     open_write(txn, DOSE_IDS)?;
     open_write(txn, DOSES_BY_SEQ)?;
+    // Added in layout 4 without a version change (a cache): opening an older file creates it.
+    open_write(txn, DOSE_SEGMENTS)?;
     open_write(txn, UNMATCHED)?;
     open_write(txn, DOSES_BY_SITE)?;
     open_write(txn, FINDINGS)?;
@@ -1127,6 +1129,8 @@ struct Writer<'t> {
     /// the end (a batch of registrations mostly moves the same few counters: encoding
     /// each dose's keys cost more than summing them).
     counter_deltas: BTreeMap<StatsKey, i64>,
+    /// Whether a stored dose moved to another voucher (never on a registration).
+    moved: bool,
     /// A reused buffer for encoding values.
     buf: Vec<u8>,
     /// New doses' rows, their id index entries and their `doses_by_site` keys, written in
@@ -1181,6 +1185,7 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         seq,
         audit_seq,
         counter_deltas: BTreeMap::new(),
+        moved: false,
         buf: Vec::with_capacity(512),
         new_rows: Vec::new(),
         new_ids: Vec::new(),
@@ -1196,6 +1201,11 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
     w.write_counters()?;
     if w.seq != seq {
         meta.insert(META_DOSE_SEQ, w.seq).map_err(storage("writing the sequence number"))?;
+    }
+    if w.moved {
+        // Column segments read no index that shows a dose leaving their range: this count does.
+        let moves = meta.get(META_DOSE_MOVES).map_err(storage("reading the dose move count"))?.map(|g| g.value()).unwrap_or(0);
+        meta.insert(META_DOSE_MOVES, moves.wrapping_add(1)).map_err(storage("writing the dose move count"))?;
     }
     if w.audit_seq != audit_seq {
         meta.insert(META_AUDIT_SEQ, w.audit_seq).map_err(storage("writing the audit sequence number"))?;
@@ -1270,6 +1280,7 @@ impl Writer<'_> {
         let key = dose_key(&voucher, dose.id.as_bytes());
         if let Some(old) = stored {
             if old.voucher != dose.voucher {
+                self.moved = true;
                 self.doses.remove(dose_key(&voucher_key(&old.voucher), old.id.as_bytes()).as_slice()).map_err(storage("moving a dose"))?;
             }
             self.by_seq.remove(seq_key(&old.owner(), old.seq).as_slice()).map_err(storage("moving a dose index entry"))?;

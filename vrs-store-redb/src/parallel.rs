@@ -75,24 +75,52 @@ impl Chunks {
             None => first,
         };
         let mut starts = vec![prefix.to_vec()];
-        if let (Some(lo), Some(hi)) = (first, last)
-            && hi > lo
-        {
-            let span = u128::from(hi - lo) + 1;
-            let n = n.max(1) as u128;
-            let mut previous = lo;
-            for j in 1..n {
-                // Below `hi`, which is below 10^width: it has `width` digits at most.
-                let b = lo + (span * j / n) as u64;
-                if b > previous {
-                    let mut start = prefix.to_vec();
-                    start.extend_from_slice(format!("{b:0width$}").as_bytes());
-                    starts.push(start);
-                    previous = b;
-                }
-            }
-        }
+        cut_between(&mut starts, prefix, first, last, width, n);
         Ok(Self { starts, end })
+    }
+
+    /// Cuts the keys of `table` from `start` (inclusive) to `end` (exclusive; `None`: no
+    /// bound) into about `n` chunks as [`by_digits`](Self::by_digits) does within `prefix`
+    /// (which `start` and every key of the range begin with): the first chunk starts at
+    /// `start`, the others at `prefix` and `width` digits strictly above the digits of
+    /// `start`'s first key. One chunk (from `start`) when the range is empty.
+    pub(crate) fn between<V: Value + 'static>(
+        table: &ReadOnlyTable<Bytes, V>,
+        prefix: &[u8],
+        start: &[u8],
+        end: Option<&[u8]>,
+        width: usize,
+        n: usize,
+    ) -> Result<Self> {
+        let cut = || storage("cutting a range into chunks");
+        let mut range = match end {
+            Some(end) => table.range::<&[u8]>(start..end),
+            None => table.range::<&[u8]>(start..),
+        }
+        .map_err(cut())?;
+        let digits = |k: redb::AccessGuard<'_, Bytes>| decimal(k.value().get(prefix.len()..prefix.len() + width));
+        let mut starts = vec![start.to_vec()];
+        if let Some((first, _)) = range.next().transpose().map_err(cut())? {
+            let first = digits(first);
+            let last = range.next_back().transpose().map_err(cut())?.map_or(first, |(k, _)| digits(k));
+            cut_between(&mut starts, prefix, first, last, width, n);
+        }
+        Ok(Self { starts, end: end.map(<[u8]>::to_vec) })
+    }
+
+    /// Chunks starting at `starts` (ascending), the last one running to `end`.
+    pub(crate) fn from_starts(starts: Vec<Vec<u8>>, end: Option<Vec<u8>>) -> Self {
+        Self { starts, end }
+    }
+
+    /// Where each chunk starts, in order.
+    pub(crate) fn starts(&self) -> &[Vec<u8>] {
+        &self.starts
+    }
+
+    /// Where the last chunk ends (`None`: no bound).
+    pub(crate) fn end(&self) -> Option<&[u8]> {
+        self.end.as_deref()
     }
 
     /// Cuts the `residents` (or `moved_in`) keys of municipality `m`, m · length byte ·
@@ -152,6 +180,29 @@ impl Chunks {
             None => table.range::<&[u8]>(start..),
         }
         .map_err(storage("scanning a chunk of a range"))
+    }
+}
+
+/// Appends to `starts` the starts of about `n - 1` more chunks: `prefix` followed by
+/// `width` digits spread evenly above `first` up to `last` (the digits of the range's first
+/// and last key).
+fn cut_between(starts: &mut Vec<Vec<u8>>, prefix: &[u8], first: Option<u64>, last: Option<u64>, width: usize, n: usize) {
+    if let (Some(lo), Some(hi)) = (first, last)
+        && hi > lo
+    {
+        let span = u128::from(hi - lo) + 1;
+        let n = n.max(1) as u128;
+        let mut previous = lo;
+        for j in 1..n {
+            // Below `hi`, which is below 10^width: it has `width` digits at most.
+            let b = lo + (span * j / n) as u64;
+            if b > previous {
+                let mut start = prefix.to_vec();
+                start.extend_from_slice(format!("{b:0width$}").as_bytes());
+                starts.push(start);
+                previous = b;
+            }
+        }
     }
 }
 
@@ -221,7 +272,19 @@ impl<T> Drop for ConsumerExit<'_, T> {
 /// (those already started finish and are dropped) and the scan returns `Ok(())`. The first
 /// error of a worker (or of `consume`) stops the scan the same way and is returned. Returns
 /// once every worker has ended.
-pub(crate) fn scan_chunks<V, T, W, C>(
+pub(crate) fn scan_chunks<V, T, W, C>(table: &ReadOnlyTable<Bytes, V>, chunks: &Chunks, workers: usize, work: W, consume: C) -> Result<()>
+where
+    V: Value + 'static,
+    ReadOnlyTable<Bytes, V>: Sync,
+    T: Send,
+    W: Fn(redb::Range<'static, Bytes, V>) -> Result<T> + Sync,
+    C: FnMut(T) -> Result<bool>,
+{
+    scan_chunks_indexed(table, chunks, workers, |_, range| work(range), consume)
+}
+
+/// [`scan_chunks`], telling `work` which chunk (its index in `chunks`) it works on.
+pub(crate) fn scan_chunks_indexed<V, T, W, C>(
     table: &ReadOnlyTable<Bytes, V>,
     chunks: &Chunks,
     workers: usize,
@@ -232,7 +295,7 @@ where
     V: Value + 'static,
     ReadOnlyTable<Bytes, V>: Sync,
     T: Send,
-    W: Fn(redb::Range<'static, Bytes, V>) -> Result<T> + Sync,
+    W: Fn(usize, redb::Range<'static, Bytes, V>) -> Result<T> + Sync,
     C: FnMut(T) -> Result<bool>,
 {
     let n = chunks.len();
@@ -259,7 +322,7 @@ where
                         st.next += 1;
                         st.next - 1
                     };
-                    let result = chunks.range(table, i).and_then(work);
+                    let result = chunks.range(table, i).and_then(|range| work(i, range));
                     let mut st = shared.lock();
                     match result {
                         Ok(t) => {

@@ -15,6 +15,7 @@
 //! | `doses` (slots) | m(6) · voucher(10) · dose number(1) | dose id(16) |
 //! | `dose_ids` | dose id(16) | m(6) · voucher(10) |
 //! | `doses_by_seq` | m(6) · seq(8, big-endian) | `doses` key(32) |
+//! | `dose_segments` | the segment's first `doses` key (from m(6)) | a read cache of its doses as columns (see `ops::columns`) |
 //! | `unmatched` | m(6) · dose id(16) | () |
 //! | `doses_by_site` | site id length(1) · site id · JST date(4) · dose id(16) | () |
 //! | `findings` | dose id(16) · kind(1) | [`Finding`] |
@@ -69,6 +70,8 @@ pub(crate) const MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("mo
 pub(crate) const DOSES: TableDefinition<Bytes, Bytes> = TableDefinition::new("doses");
 pub(crate) const DOSE_IDS: TableDefinition<&[u8; 16], &[u8; VOUCHER_KEY]> = TableDefinition::new("dose_ids");
 pub(crate) const DOSES_BY_SEQ: TableDefinition<Bytes, &[u8; DOSE_KEY]> = TableDefinition::new("doses_by_seq");
+/// A read-side cache of the dose columns, rebuilt by the column scan (see `ops::columns`).
+pub(crate) const DOSE_SEGMENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("dose_segments");
 pub(crate) const UNMATCHED: TableDefinition<Bytes, ()> = TableDefinition::new("unmatched");
 pub(crate) const DOSES_BY_SITE: TableDefinition<Bytes, ()> = TableDefinition::new("doses_by_site");
 pub(crate) const FINDINGS: TableDefinition<Bytes, Bytes> = TableDefinition::new("findings");
@@ -84,6 +87,10 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const META_SCHEMA: &str = "schema";
 /// `meta` entry: the last change sequence number given to a dose record.
 pub(crate) const META_DOSE_SEQ: &str = "seq";
+/// `meta` entry: how many times a stored dose moved to another voucher (which no
+/// `doses_by_seq` entry of the range it left shows): a dose column segment built at another
+/// count is stale.
+pub(crate) const META_DOSE_MOVES: &str = "dose_moves";
 /// `meta` entry: the last sequence number given to an audit event.
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.

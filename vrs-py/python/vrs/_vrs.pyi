@@ -409,6 +409,11 @@ class Registry:
 
         With ``since`` (the ``cursor`` of an earlier table) only the doses written after it.
 
+        On a redb store a full read (no ``since``) is served from a cache of the columns kept
+        in the store file: the first full read after registrations or corrections rebuilds
+        the parts they changed (the first read of a municipality builds it all, and takes
+        several times as long as the reads after it).
+
         Raises:
             PermissionDenied: the actor is not the municipality's staff.
         """
