@@ -339,6 +339,8 @@ fn registration_rows(record: &DoseRecord) -> RegistrationRows {
     site.extend_from_slice(site_id);
     site.extend_from_slice(&(day.year() as u16).to_be_bytes());
     site.extend_from_slice(&[day.month() as u8, day.day() as u8]);
+    // The sequence number (8 bytes, filled in when it is given) goes between the day and the id.
+    site.extend_from_slice(&[0; 8]);
     site.extend_from_slice(&id);
     let event = AuditEvent {
         at: record.registered_at,
@@ -395,18 +397,18 @@ fn bare_registration_batches(db_path: &Path, persons: std::ops::Range<u64>, batc
                 for r in &sorted {
                     assert!(ids.insert(&r.id.0, &r.id.1).unwrap().is_none());
                 }
-                sorted.sort_by(|a, b| a.site.cmp(&b.site));
-                let mut sites = w.open_table(DOSES_BY_SITE).unwrap();
-                for r in &sorted {
-                    sites.insert(r.site.as_slice(), ()).unwrap();
-                }
                 sorted.sort_by(|a, b| a.dose.0.cmp(&b.dose.0));
                 let mut doses = w.open_table(DOSES).unwrap();
                 let mut by_seq = w.open_table(DOSES_BY_SEQ).unwrap();
                 let mut audit = w.open_table(AUDIT).unwrap();
+                let mut site_keys = Vec::with_capacity(sorted.len());
                 for r in &sorted {
                     seq += 1;
                     audit_seq += 1;
+                    let mut site = r.site.clone();
+                    let at = site.len() - 24;
+                    site[at..at + 8].copy_from_slice(&seq.to_be_bytes());
+                    site_keys.push(site);
                     doses.insert(r.dose.0.as_slice(), r.dose.1.as_slice()).unwrap();
                     doses.insert(r.slot.0.as_slice(), r.slot.1.as_slice()).unwrap();
                     let mut k = MUNICIPALITY.as_bytes().to_vec();
@@ -417,6 +419,11 @@ fn bare_registration_batches(db_path: &Path, persons: std::ops::Range<u64>, batc
                     k.truncate(MUNICIPALITY.len());
                     k.extend_from_slice(&audit_seq.to_be_bytes());
                     audit.insert(k.as_slice(), r.audit_value.as_slice()).unwrap();
+                }
+                site_keys.sort();
+                let mut sites = w.open_table(DOSES_BY_SITE).unwrap();
+                for k in &site_keys {
+                    sites.insert(k.as_slice(), ()).unwrap();
                 }
                 let mut counters = w.open_table(COUNTERS).unwrap();
                 let key = b"131016bare-counter".as_slice();
