@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use vrs_benches::{Scale, cpu_time, note, proc_status_kib, report, report_absolute, reset_peak_rss, seeded_dose, timed, timed_cpu};
+use vrs_benches::{
+    Scale, cpu_time, note, proc_status_kib, report, report_absolute, reset_peak_rss, seeded_dose, timed, timed_cpu, written_bytes,
+};
 use vrs_core::access::{Actor, Site};
 use vrs_core::dose::{DoseDetails, DoseRecord, DoseRegistration};
 use vrs_core::generate::{GenOptions, HeaderLanguage, ResidentGenerator, write_residents_csv};
@@ -587,6 +589,7 @@ fn main() {
         let singles = scale.pick(100, 1_000);
         let first = n / 2; // persons without doses yet
         let regs = registrations("single", m, &options, first..first + singles);
+        let written = written_bytes();
         let ((), t_single, cpu_single) = timed_cpu(|| {
             rt.block_on(async {
                 for r in &regs {
@@ -594,8 +597,10 @@ fn main() {
                 }
             })
         });
+        let written_single = written_bytes() - written;
         let batched = scale.pick(1_000, 10_000);
         let regs = registrations("batch", m, &options, first + singles..first + singles + batched);
+        let written = written_bytes();
         let ((), t_batch, cpu_batch) = timed_cpu(|| {
             rt.block_on(async {
                 for chunk in regs.chunks(500) {
@@ -605,6 +610,7 @@ fn main() {
                 }
             })
         });
+        let written_batch = written_bytes() - written;
         let single_rate = singles as f64 / t_single.as_secs_f64();
         all_ok &= report(
             "register, batches of 500 (doses/s)",
@@ -627,7 +633,9 @@ fn main() {
         drop(registry);
         drop(store);
         let next = first + singles + batched;
+        let written = written_bytes();
         let (t_bare, cpu_bare) = bare_registration_batches(&db, next..next + batched, 500);
+        let written_bare = written_bytes() - written;
         let bare_rate = batched as f64 / t_bare.as_secs_f64();
         note(
             "cap: bare redb, same rows, batches of 500",
@@ -636,6 +644,16 @@ fn main() {
                 bare_rate / single_rate,
                 cpu_bare.as_secs_f64() * 1e6 / batched as f64,
                 batched as f64 / t_batch.as_secs_f64() / bare_rate
+            ),
+        );
+        // Counted, not timed: what each path's commits wrote, i.e. the pages they dirtied.
+        note(
+            "register, bytes written per dose",
+            format!(
+                "batches {:.1} KiB, single commits {:.1} KiB, bare redb batches (cap) {:.1} KiB",
+                written_batch as f64 / 1024.0 / batched as f64,
+                written_single as f64 / 1024.0 / singles as f64,
+                written_bare as f64 / 1024.0 / batched as f64
             ),
         );
     }
