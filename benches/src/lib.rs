@@ -45,6 +45,16 @@ pub fn proc_status_kib(field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes this process has handed to write calls so far, all threads together (`wchar` of
+/// /proc/self/io); zero where unavailable. A redb commit writes each page it dirtied once,
+/// so the bytes a phase writes count its dirty pages, whatever else runs on the machine.
+pub fn written_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|n| n.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
 /// CPU time this process has used so far, all threads (live or ended) together, from
 /// /proc/self/stat (10 ms resolution); zero where unavailable. On a shared machine the
 /// wall-clock figures depend on how much CPU the other tenants leave; the CPU time of a

@@ -156,10 +156,11 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
             Ok(())
         }
         Some(SCHEMA_VERSION) => Ok(()),
-        Some(SCHEMA_WITHOUT_RESIDENT_COLUMNS) => {
-            // The residents' column segments are a projection of their rows: built once
-            // here, in the transaction that writes the new version.
+        Some(UPGRADABLE_SCHEMA_VERSION) => {
+            // Both are projections of rows the file already holds: built here, in the
+            // transaction that writes the new version.
             drop(meta);
+            rebuild_site_index(txn)?;
             rebuild_all_resident_segments(txn)?;
             open_write(txn, META)?.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage("writing the layout version"))?;
             Ok(())
@@ -169,6 +170,32 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
             source: None,
         }),
     }
+}
+
+/// The upgrade from layout 4: `doses_by_site` keyed again, with each dose's sequence
+/// number before its id. Part of the opening transaction, so a crash leaves the file at
+/// version 4 and the next open upgrades it again. Holds the keys (about 45 bytes a dose)
+/// in memory to write them in order.
+fn rebuild_site_index(txn: &WriteTransaction) -> Result<()> {
+    let mut keys = Vec::new();
+    {
+        let doses = open_write(txn, DOSES)?;
+        for entry in doses.iter().map_err(storage("reading the doses to upgrade the site index"))? {
+            let (k, v) = entry.map_err(storage("reading the doses to upgrade the site index"))?;
+            if !is_dose_key(k.value()) {
+                continue;
+            }
+            let dose: DoseRecord = decode("decoding a dose to upgrade the site index", v.value())?;
+            keys.push(site_key(&dose.details().site, dose.registered_on_jst(), dose.seq, &dose.id));
+        }
+    }
+    keys.sort_unstable();
+    let mut by_site = open_write(txn, DOSES_BY_SITE)?;
+    by_site.retain(|_, _| false).map_err(storage("clearing the site index to upgrade it"))?;
+    for k in &keys {
+        by_site.insert(k.as_slice(), ()).map_err(storage("writing the upgraded site index"))?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1286,13 +1313,13 @@ impl Writer<'_> {
             self.by_seq.remove(seq_key(&old.owner(), old.seq).as_slice()).map_err(storage("moving a dose index entry"))?;
             self.unmatched.remove(unmatched_key(&old.owner(), &old.id).as_slice()).map_err(storage("moving a dose index entry"))?;
             self.by_site
-                .remove(site_key(&old.details().site, old.registered_on_jst(), &old.id).as_slice())
+                .remove(site_key(&old.details().site, old.registered_on_jst(), old.seq, &old.id).as_slice())
                 .map_err(storage("moving a dose index entry"))?;
         }
         self.seq = self.seq.checked_add(1).ok_or_else(|| exhausted("dose"))?;
         dose.seq = self.seq;
         let id = dose.id;
-        let site = site_key(&dose.details().site, dose.registered_on_jst(), &id);
+        let site = site_key(&dose.details().site, dose.registered_on_jst(), dose.seq, &id);
         if stored.is_none() {
             self.new_rows.push((key, encode("encoding a dose", &*dose)?));
             self.new_ids.push((*id.as_bytes(), voucher));
@@ -1438,6 +1465,7 @@ mod tests {
     use vrs_core::testing::{TestSource, code, resident};
 
     use super::*;
+    use vrs_core::ids::SiteId;
 
     /// A municipality's resident columns as one-resident batches: the segment scan's and the
     /// row decode's, comparable whatever their batches.
@@ -1489,7 +1517,7 @@ mod tests {
             // Made a version 4 file: no segments.
             let txn = db.begin_write().unwrap();
             txn.delete_table(RESIDENT_COLUMNS).unwrap();
-            txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_WITHOUT_RESIDENT_COLUMNS).unwrap();
+            txn.open_table(META).unwrap().insert(META_SCHEMA, UPGRADABLE_SCHEMA_VERSION).unwrap();
             txn.commit().unwrap();
         }
         let db = Database::open(&path).unwrap();
@@ -1505,15 +1533,90 @@ mod tests {
     #[test]
     fn a_file_of_another_layout_is_refused_with_its_version() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.redb");
-        {
-            let db = Database::create(&path).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(META).unwrap().insert(META_SCHEMA, SCHEMA_WITHOUT_RESIDENT_COLUMNS - 1).unwrap();
-            txn.commit().unwrap();
+        for version in [UPGRADABLE_SCHEMA_VERSION - 1, SCHEMA_VERSION + 1] {
+            let path = dir.path().join(format!("v{version}.redb"));
+            {
+                let db = Database::create(&path).unwrap();
+                let txn = db.begin_write().unwrap();
+                txn.open_table(META).unwrap().insert(META_SCHEMA, version).unwrap();
+                txn.commit().unwrap();
+            }
+            let message = crate::RedbStore::open(&path).unwrap_err().to_string();
+            let old = format!("layout version {version}");
+            assert!(message.contains(&old) && message.contains(&format!("reads version {SCHEMA_VERSION}")), "{message}");
         }
-        let message = crate::RedbStore::open(&path).unwrap_err().to_string();
-        let old = format!("layout version {}", SCHEMA_WITHOUT_RESIDENT_COLUMNS - 1);
-        assert!(message.contains(&old) && message.contains(&format!("reads version {SCHEMA_VERSION}")), "{message}");
+    }
+
+    fn site_index_keys(db: &Database) -> Vec<Vec<u8>> {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(DOSES_BY_SITE).unwrap();
+        t.iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_layout_4_file_is_upgraded_with_its_site_index_in_write_order() {
+        use vrs_core::testing::{day, dose, new_doses, voucher};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.redb");
+        let first = dose("upgrade-1", voucher("131016", "0000000001"), 1, "2021-06-01T01:00:00Z", "venue-1");
+        let second = dose("upgrade-2", voucher("131016", "0000000002"), 1, "2021-06-01T02:00:00Z", "venue-1");
+        let elsewhere = dose("upgrade-3", voucher("131016", "0000000003"), 1, "2021-06-01T03:00:00Z", "venue-10");
+        let written = {
+            let db = Database::create(&path).unwrap();
+            init(&db).unwrap();
+            apply(&db, Durability::Immediate, vec![new_doses(vec![first.clone(), second.clone(), elsewhere.clone()])]).unwrap();
+            let written = site_index_keys(&db);
+            // Layout 4 as it was: the site's day, then the dose id; no sequence number.
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(DOSES_BY_SITE).unwrap();
+                t.retain(|_, _| false).unwrap();
+                for k in &written {
+                    let (head, id) = k.split_at(k.len() - 16);
+                    let mut old = head[..head.len() - 8].to_vec();
+                    old.extend_from_slice(id);
+                    t.insert(old.as_slice(), ()).unwrap();
+                }
+                txn.open_table(META).unwrap().insert(META_SCHEMA, UPGRADABLE_SCHEMA_VERSION).unwrap();
+            }
+            txn.commit().unwrap();
+            written
+        };
+        assert_eq!(written.len(), 3);
+        drop(crate::RedbStore::open(&path).unwrap());
+        let db = Database::open(&path).unwrap();
+        assert_eq!(db.begin_read().unwrap().open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value(), SCHEMA_VERSION);
+        assert_eq!(site_index_keys(&db), written, "the upgrade writes the keys this layout writes");
+        let ids = |site: &str| {
+            let prefix = site_day_prefix(&SiteId::parse(site).unwrap(), day("2021-06-01"));
+            doses_via(&db, DOSES_BY_SITE, &prefix).unwrap().into_iter().map(|d| d.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids("venue-1"), vec![first.id, second.id], "in the order they were written");
+        assert_eq!(ids("venue-10"), vec![elsewhere.id]);
+    }
+
+    #[test]
+    fn a_site_day_lists_its_doses_in_write_order_and_an_update_moves_its_entry() {
+        use vrs_core::testing::{day, dose, new_doses, next_revision, updated_doses, voucher};
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        init(&db).unwrap();
+        // Ids in the opposite order of registration: the listing follows the registrations.
+        let mut doses: Vec<DoseRecord> = (0..20)
+            .map(|i| dose(&format!("order-{i}"), voucher("131016", &format!("{:010}", i + 1)), 1, "2021-06-01T01:00:00Z", "venue-1"))
+            .collect();
+        doses.sort_by(|a, b| b.id.as_bytes().cmp(a.id.as_bytes()));
+        for d in &doses {
+            apply(&db, Durability::Immediate, vec![new_doses(vec![d.clone()])]).unwrap();
+        }
+        let prefix = site_day_prefix(&SiteId::parse("venue-1").unwrap(), day("2021-06-01"));
+        let listed = doses_via(&db, DOSES_BY_SITE, &prefix).unwrap();
+        assert_eq!(listed.iter().map(|d| d.id).collect::<Vec<_>>(), doses.iter().map(|d| d.id).collect::<Vec<_>>());
+        // A correction gives the dose a new sequence number: it is listed once, last.
+        let corrected = next_revision(&listed[0], |d| d.versions[0].details.lot = "FA0001".into());
+        apply(&db, Durability::Immediate, vec![updated_doses(vec![corrected])]).unwrap();
+        let after = doses_via(&db, DOSES_BY_SITE, &prefix).unwrap();
+        assert_eq!(after.len(), doses.len());
+        assert_eq!(after.last().map(|d| d.id), Some(doses[0].id));
+        assert_eq!(site_index_keys(&db).len(), doses.len());
     }
 }

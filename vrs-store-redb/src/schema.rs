@@ -17,7 +17,7 @@
 //! | `doses_by_seq` | m(6) · seq(8, big-endian) | `doses` key(32) |
 //! | `dose_segments` | the segment's first `doses` key (from m(6)) | a read cache of its doses as columns (see `ops::columns`) |
 //! | `unmatched` | m(6) · dose id(16) | () |
-//! | `doses_by_site` | site id length(1) · site id · JST date(4) · dose id(16) | () |
+//! | `doses_by_site` | site id length(1) · site id · JST date(4) · seq(8, big-endian) · dose id(16) | () |
 //! | `findings` | dose id(16) · kind(1) | [`Finding`] |
 //! | `findings_by_municipality` | m(6) · open flag(1: 0 open, 1 closed) · dose id(16) · kind(1) | () |
 //! | `accounts` | account id | [`TabletAccount`] |
@@ -43,7 +43,12 @@
 //! checks and bulk copies instead of a decode per resident. Residents change only through
 //! an import, which rebuilds the segments of every municipality it touched in its own
 //! write transaction, so segments and rows commit (or roll back) together (layout
-//! version 5; opening a version 4 file builds them).
+//! version 5).
+//!
+//! A site's doses of a day are kept in the order they were written (the dose's sequence
+//! number before its id), so that a batch of registrations appends to the day's last page
+//! instead of dirtying every page of the day at random, as id order did (layout version 5:
+//! opening a version 4 file rebuilds `doses_by_site` and builds `resident_columns`).
 //!
 //! [`Resident`]: vrs_core::resident::Resident
 //! [`ResidentColumns`]: vrs_core::columns::ResidentColumns
@@ -95,8 +100,9 @@ pub(crate) const META_DOSE_MOVES: &str = "dose_moves";
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.
 pub(crate) const SCHEMA_VERSION: u64 = 5;
-/// The layout version before `resident_columns`: opening such a file builds them.
-pub(crate) const SCHEMA_WITHOUT_RESIDENT_COLUMNS: u64 = 4;
+/// The older layout this code upgrades when it opens it: version 4, whose `doses_by_site`
+/// keys had no sequence number.
+pub(crate) const UPGRADABLE_SCHEMA_VERSION: u64 = 4;
 
 /// Most residents per `resident_columns` segment: one batch of the Python bindings' Arrow
 /// tables.
@@ -210,9 +216,11 @@ pub(crate) fn site_day_prefix(site: &SiteId, day: NaiveDate) -> Vec<u8> {
     k
 }
 
-/// The `doses_by_site` key.
-pub(crate) fn site_key(site: &SiteId, day: NaiveDate, id: &DoseId) -> Vec<u8> {
+/// The `doses_by_site` key: the site's day, then the dose's sequence number (the order
+/// the doses were written in) and its id.
+pub(crate) fn site_key(site: &SiteId, day: NaiveDate, seq: u64, id: &DoseId) -> Vec<u8> {
     let mut k = site_day_prefix(site, day);
+    k.extend_from_slice(&seq.to_be_bytes());
     k.extend_from_slice(id.as_bytes());
     k
 }
