@@ -225,9 +225,18 @@ pub(crate) fn residents_by_previous_voucher(db: &Database, voucher: [u8; VOUCHER
     residents_via(db, PREVIOUS_VOUCHERS, &voucher, VOUCHER_KEY)
 }
 
-/// Residents of a municipality who moved in.
+/// Residents of a municipality who moved in. A ledger export reads them all before its
+/// scan can start: the index is read first, then the residents on a few threads sharing
+/// one snapshot ([`parallel::map_split`]).
 pub(crate) fn moved_in_residents(db: &Database, m: &MunicipalityCode) -> Result<Vec<Resident>> {
-    residents_via(db, MOVED_IN, &muni(m), 0)
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, MOVED_IN)?;
+    let residents = open_read(&txn, RESIDENTS)?;
+    let keys = prefixed(&index, &muni(m))?
+        .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("scanning a resident index")))
+        .collect::<Result<Vec<_>>>()?;
+    let found = parallel::map_split(&keys, parallel::workers(), |key| get_resident(&residents, key))?;
+    Ok(found.into_iter().flatten().collect())
 }
 
 /// Sends a municipality's residents in addressee order, in chunks.
@@ -680,7 +689,8 @@ pub(crate) fn doses_by_voucher(db: &Database, voucher: &[u8; VOUCHER_KEY]) -> Re
 pub(crate) fn doses_by_vouchers(db: &Database, vouchers: &[[u8; VOUCHER_KEY]]) -> Result<Vec<Vec<DoseRecord>>> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    vouchers.iter().map(|v| voucher_doses(&doses, v)).collect()
+    // A ledger export asks for every moved-in resident's previous vouchers at once.
+    parallel::map_split(vouchers, parallel::workers(), |v| voucher_doses(&doses, v))
 }
 
 fn voucher_doses<T: ReadableTable<Bytes, Bytes>>(doses: &T, voucher: &[u8; VOUCHER_KEY]) -> Result<Vec<DoseRecord>> {
