@@ -975,8 +975,20 @@ pub fn header(n: usize) -> Vec<String> {
 /// Whether a csv field holding `text` (or any part of it) is quoted: it holds a comma, a
 /// quote, CR or LF.
 fn needs_quotes(text: &[u8]) -> bool {
-    // No early exit: over short text the test compiles to a few vector instructions.
-    text.iter().fold(false, |q, &b| q | (b == b',') | (b == b'"') | (b == b'\r') | (b == b'\n'))
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The four bytes are all below b'0', and most text has no byte below it (digits,
+    // letters, kana and kanji are above): eight bytes at a time are tested for one (a
+    // byte below n makes `(w - n·ONES) & !w & HIGH` non-zero, for n up to 0x80), and only
+    // text holding one is tested byte by byte.
+    let mut words = text.chunks_exact(8);
+    let mut low = false;
+    for w in &mut words {
+        let w = u64::from_ne_bytes(w.try_into().unwrap_or_default());
+        low |= w.wrapping_sub(ONES * u64::from(b'0')) & !w & HIGH != 0;
+    }
+    low |= words.remainder().iter().any(|&b| b < b'0');
+    low && text.iter().any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
 }
 
 /// Appends `field` to `out` as the csv crate's default writer does (the ledger's format
@@ -1032,20 +1044,35 @@ fn ymd(days: i64) -> Option<[u8; 8]> {
     Some(out)
 }
 
-/// The `YYYYMMDD` of the day a column last wrote: the doses of a ledger come registered
-/// in bulk and given on few days, so most of them write the digits of the day before.
-#[derive(Clone, Copy, Debug, Default)]
-struct DayDigits(Option<(i64, Option<[u8; 8]>)>);
+/// Days a [`DayDigits`] remembers: a ledger's doses were registered and given on a few
+/// hundred days at most, and a row's doses on days weeks apart.
+const REMEMBERED_DAYS: usize = 256;
+
+/// The `YYYYMMDD` of days written before, each in the slot of its day number modulo
+/// [`REMEMBERED_DAYS`]: most doses write the digits of a day written before.
+#[derive(Clone, Debug)]
+struct DayDigits(Box<[Option<RememberedDay>; REMEMBERED_DAYS]>);
+
+/// A day number and its digits (`None`: chrono writes that day).
+type RememberedDay = (i64, Option<[u8; 8]>);
+
+impl Default for DayDigits {
+    fn default() -> Self {
+        Self(Box::new([None; REMEMBERED_DAYS]))
+    }
+}
 
 impl DayDigits {
-    /// Appends [`ymd`] of `days`, or appends nothing and answers `false`.
+    /// Appends [`ymd`] of `days` (a day number from 1970-01-01), or appends nothing and
+    /// answers `false`.
     #[inline]
     fn put(&mut self, out: &mut Vec<u8>, days: i64) -> bool {
-        let digits = match self.0 {
-            Some((last, digits)) if last == days => digits,
+        let slot = &mut self.0[days.rem_euclid(REMEMBERED_DAYS as i64) as usize];
+        let digits = match *slot {
+            Some((day, digits)) if day == days => digits,
             _ => {
                 let digits = ymd(days);
-                self.0 = Some((days, digits));
+                *slot = Some((days, digits));
                 digits
             }
         };
@@ -1053,12 +1080,8 @@ impl DayDigits {
     }
 }
 
-/// The days last written by a row writer's two date columns.
-#[derive(Clone, Copy, Debug, Default)]
-struct Dates {
-    registered: DayDigits,
-    given: DayDigits,
-}
+/// The days written by a row writer's two date columns (both day numbers from 1970).
+type Dates = DayDigits;
 
 /// Appends 接種日 of a day number (from 0001-01-01, counted from 1): the text of
 /// [`push_ledger_date`], without building a date first.
@@ -1124,9 +1147,9 @@ fn push_row<'d>(
         };
         let p = d.parts;
         buf.push(b',');
-        put_timestamp(buf, &mut dates.registered, p.registered);
+        put_timestamp(buf, dates, p.registered);
         buf.push(b',');
-        put_date(buf, &mut dates.given, p.date_given);
+        put_date(buf, dates, p.date_given);
         buf.push(b',');
         buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
         buf.push(b',');
@@ -1796,10 +1819,10 @@ mod tests {
             .flat_map(|e| [e, e])
         {
             let mut ours = Vec::new();
-            put_timestamp(&mut ours, &mut dates.registered, (e.timestamp(), e.timestamp_subsec_nanos()));
+            put_timestamp(&mut ours, &mut dates, (e.timestamp(), e.timestamp_subsec_nanos()));
             assert_eq!(String::from_utf8(ours).unwrap(), ledger_timestamp(e), "{e:?}");
             let mut ours = Vec::new();
-            put_date(&mut ours, &mut dates.given, e.date_naive().num_days_from_ce());
+            put_date(&mut ours, &mut dates, e.date_naive().num_days_from_ce());
             let mut theirs = String::new();
             push_ledger_date(&mut theirs, e.date_naive());
             assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{e:?}");
@@ -1832,9 +1855,17 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn fields_are_written_as_the_csv_crate_writes_them(
-            records in proptest::collection::vec(proptest::collection::vec("[a-z0-9 ,\"\r\n'\t;|#\\\\あ髙𠮷]{0,8}", 2..6), 0..6)
+            records in proptest::collection::vec(proptest::collection::vec("[a-z0-9 ,\"\r\n'\t;|#\\\\あ髙𠮷]{0,24}", 2..6), 0..6)
         ) {
             proptest::prop_assert_eq!(ours(&records), csv_crate(&records));
+        }
+
+        #[test]
+        fn quoting_is_decided_as_byte_by_byte(
+            text in proptest::collection::vec(proptest::prop_oneof![0u8..0x40, proptest::num::u8::ANY], 0..40)
+        ) {
+            let naive = text.iter().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'));
+            proptest::prop_assert_eq!(needs_quotes(&text), naive);
         }
     }
 
