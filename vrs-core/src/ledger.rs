@@ -503,26 +503,6 @@ mod compact {
 
         fn long_varint(&mut self, max: usize, last: u8) -> Result<u64> {
             let rest = self.bytes.get(self.at..).unwrap_or_default();
-            // Eight bytes at once (codes, voucher numbers and instants take 3 to 5): the
-            // first byte below 0x80 ends the varint, and its 7-bit groups are gathered
-            // without a loop over bytes. What this cannot take (longer, out of range, near
-            // the end) is read byte by byte below, with its error.
-            if let Some(word) = rest.get(..8) {
-                const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-                let w = u64::from_le_bytes(word.try_into().unwrap_or_default());
-                let ends = !w & HIGH;
-                if ends != 0 {
-                    let len = (ends.trailing_zeros() / 8 + 1) as usize;
-                    let top = (w >> (8 * (len - 1))) as u8;
-                    if len < max || (len == max && top <= last) {
-                        let x = if len == 8 { w } else { w & ((1u64 << (8 * len)) - 1) };
-                        // Byte k's low seven bits, shifted right by k, land at bit 7·k.
-                        let out = (0..8).fold(0u64, |out, k| out | ((x >> k) & (0x7f << (7 * k))));
-                        self.at += len;
-                        return Ok(out);
-                    }
-                }
-            }
             let mut out = 0u64;
             for (i, &b) in rest.iter().take(max).enumerate() {
                 out |= u64::from(b & 0x7f) << (7 * i);
@@ -663,39 +643,6 @@ mod compact {
         r.u32()?; // revision
         let seq = r.u64()?;
         Ok(Fields { id, voucher, registered, matched, versions: texts, dose_number, date_given, administering_municipality, voided, seq })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::Reader;
-
-        /// A varint read one byte at a time, as postcard reads it: the value and its length.
-        fn reference(bytes: &[u8], max: usize, last: u8) -> Option<(u64, usize)> {
-            let mut out = 0u64;
-            for (i, &b) in bytes.iter().take(max).enumerate() {
-                out |= u64::from(b & 0x7f) << (7 * i);
-                if b < 0x80 {
-                    return (i < max - 1 || b <= last).then_some((out, i + 1));
-                }
-            }
-            None
-        }
-
-        proptest::proptest! {
-            #[test]
-            fn varints_are_read_as_byte_by_byte(
-                bytes in proptest::collection::vec(proptest::prop_oneof![0x80u8..=0xff, proptest::num::u8::ANY, 0u8..0x20], 0..14),
-                start in 0usize..3,
-            ) {
-                for (max, last) in [(5, 0x0f), (10, 0x01)] {
-                    let mut r = Reader::new(&bytes);
-                    r.at = start.min(bytes.len());
-                    let at = r.at;
-                    let ours = r.varint(max, last).ok().map(|v| (v, r.at - at));
-                    proptest::prop_assert_eq!(ours, reference(&bytes[at..], max, last), "max {}", max);
-                }
-            }
-        }
     }
 }
 
