@@ -226,17 +226,32 @@ pub(crate) fn residents_by_previous_voucher(db: &Database, voucher: [u8; VOUCHER
 }
 
 /// Residents of a municipality who moved in. A ledger export reads them all before its
-/// scan can start: the index is read first, then the residents on a few threads sharing
-/// one snapshot ([`parallel::map_split`]).
+/// scan can start: chunks of the index are read, and their residents decoded, on the
+/// parallel scan from one snapshot ([`parallel`]).
 pub(crate) fn moved_in_residents(db: &Database, m: &MunicipalityCode) -> Result<Vec<Resident>> {
     let txn = begin_read(db)?;
     let index = open_read(&txn, MOVED_IN)?;
     let residents = open_read(&txn, RESIDENTS)?;
-    let keys = prefixed(&index, &muni(m))?
-        .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("scanning a resident index")))
-        .collect::<Result<Vec<_>>>()?;
-    let found = parallel::map_split(&keys, parallel::workers(), |key| get_resident(&residents, key))?;
-    Ok(found.into_iter().flatten().collect())
+    let chunks = Chunks::by_addressee(&index, &muni(m), parallel::CHUNKS)?;
+    let mut out = Vec::new();
+    scan_chunks(
+        &index,
+        &chunks,
+        parallel::workers(),
+        |range| {
+            let mut found = Vec::new();
+            for entry in range {
+                let (k, _) = entry.map_err(storage("scanning a resident index"))?;
+                found.extend(get_resident(&residents, k.value())?);
+            }
+            Ok(found)
+        },
+        |found| {
+            out.extend(found);
+            Ok(true)
+        },
+    )?;
+    Ok(out)
 }
 
 /// Sends a municipality's residents in addressee order, in chunks.
