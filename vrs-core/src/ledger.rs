@@ -87,6 +87,11 @@ impl<'a> LedgerDose<'a> {
         self.text.get(self.parts.bounds[i] as usize..self.parts.bounds[i + 1] as usize).unwrap_or_default()
     }
 
+    /// The site name, doctor, maker and lot, one after another in the batch's text.
+    fn texts(&self) -> &'a [u8] {
+        self.text.get(self.parts.bounds[1] as usize..self.parts.bounds[5] as usize).unwrap_or_default()
+    }
+
     fn text(&self, i: usize) -> &'a str {
         // The batch's text was checked as UTF-8, each field on character boundaries.
         std::str::from_utf8(self.bytes(i)).unwrap_or_default()
@@ -967,12 +972,30 @@ pub fn header(n: usize) -> Vec<String> {
     h
 }
 
+/// Whether a csv field holding `text` (or any part of it) is quoted: it holds a comma, a
+/// quote, CR or LF.
+fn needs_quotes(text: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The four bytes are all below b'0', and most text has no byte below it (digits,
+    // letters, kana and kanji are above): eight bytes at a time are tested for one (a
+    // byte below n makes `(w - n·ONES) & !w & HIGH` non-zero, for n up to 0x80), and only
+    // text holding one is tested byte by byte.
+    let mut words = text.chunks_exact(8);
+    let mut low = false;
+    for w in &mut words {
+        let w = u64::from_ne_bytes(w.try_into().unwrap_or_default());
+        low |= w.wrapping_sub(ONES * u64::from(b'0')) & !w & HIGH != 0;
+    }
+    low |= words.remainder().iter().any(|&b| b < b'0');
+    low && text.iter().any(|&b| matches!(b, b',' | b'"' | b'\r' | b'\n'))
+}
+
 /// Appends `field` to `out` as the csv crate's default writer does (the ledger's format
 /// since the first export): quoted, with quotes doubled, when it holds a comma, a quote,
 /// CR or LF, as is otherwise. The tests hold it to the csv crate.
 fn push_csv_field(out: &mut Vec<u8>, field: &[u8]) {
-    // No early exit: over a short field the test compiles to a few vector instructions.
-    if !field.iter().fold(false, |q, &b| q | (b == b',') | (b == b'"') | (b == b'\r') | (b == b'\n')) {
+    if !needs_quotes(field) {
         out.extend_from_slice(field);
         return;
     }
@@ -997,10 +1020,10 @@ const PAIRS: [[u8; 2]; 100] = {
     t
 };
 
-/// Appends `YYYYMMDD` of the day `days` after 1970-01-01 (proleptic Gregorian, H.
-/// Hinnant's `civil_from_days`), or appends nothing and answers `false` when its year is
-/// outside 0–9999, which chrono writes its own way.
-fn put_ymd(out: &mut Vec<u8>, days: i64) -> bool {
+/// `YYYYMMDD` of the day `days` after 1970-01-01 (proleptic Gregorian, H. Hinnant's
+/// `civil_from_days`), or `None` when its year is outside 0–9999, which chrono writes its
+/// own way.
+fn ymd(days: i64) -> Option<[u8; 8]> {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -1011,19 +1034,59 @@ fn put_ymd(out: &mut Vec<u8>, days: i64) -> bool {
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
     let year = yoe + era * 400 + i64::from(month <= 2);
     if !(0..=9999).contains(&year) {
-        return false;
+        return None;
     }
     let year = year as usize;
-    for pair in [year / 100, year % 100, month, day] {
-        out.extend_from_slice(&PAIRS[pair % 100]);
+    let mut out = [0u8; 8];
+    for (i, pair) in [year / 100, year % 100, month, day].into_iter().enumerate() {
+        out[2 * i..2 * i + 2].copy_from_slice(&PAIRS[pair % 100]);
     }
-    true
+    Some(out)
 }
+
+/// Days a [`DayDigits`] remembers: a ledger's doses were registered and given on a few
+/// hundred days at most, and a row's doses on days weeks apart.
+const REMEMBERED_DAYS: usize = 256;
+
+/// The `YYYYMMDD` of days written before, each in the slot of its day number modulo
+/// [`REMEMBERED_DAYS`]: most doses write the digits of a day written before.
+#[derive(Clone, Debug)]
+struct DayDigits(Box<[Option<RememberedDay>; REMEMBERED_DAYS]>);
+
+/// A day number and its digits (`None`: chrono writes that day).
+type RememberedDay = (i64, Option<[u8; 8]>);
+
+impl Default for DayDigits {
+    fn default() -> Self {
+        Self(Box::new([None; REMEMBERED_DAYS]))
+    }
+}
+
+impl DayDigits {
+    /// Appends [`ymd`] of `days` (a day number from 1970-01-01), or appends nothing and
+    /// answers `false`.
+    #[inline]
+    fn put(&mut self, out: &mut Vec<u8>, days: i64) -> bool {
+        let slot = &mut self.0[days.rem_euclid(REMEMBERED_DAYS as i64) as usize];
+        let digits = match *slot {
+            Some((day, digits)) if day == days => digits,
+            _ => {
+                let digits = ymd(days);
+                *slot = Some((days, digits));
+                digits
+            }
+        };
+        digits.map(|d| out.extend_from_slice(&d)).is_some()
+    }
+}
+
+/// The days written by a row writer's two date columns (both day numbers from 1970).
+type Dates = DayDigits;
 
 /// Appends 接種日 of a day number (from 0001-01-01, counted from 1): the text of
 /// [`push_ledger_date`], without building a date first.
-fn put_date(out: &mut Vec<u8>, days_from_ce: i32) {
-    if !put_ymd(out, i64::from(days_from_ce) - i64::from(crate::columns::EPOCH_DAYS_FROM_CE)) {
+fn put_date(out: &mut Vec<u8>, memo: &mut DayDigits, days_from_ce: i32) {
+    if !memo.put(out, i64::from(days_from_ce) - i64::from(crate::columns::EPOCH_DAYS_FROM_CE)) {
         let mut s = String::new();
         push_ledger_date(&mut s, NaiveDate::from_num_days_from_ce_opt(days_from_ce).unwrap_or_default());
         out.extend_from_slice(s.as_bytes());
@@ -1032,10 +1095,10 @@ fn put_date(out: &mut Vec<u8>, days_from_ce: i32) {
 
 /// Appends 接種履歴登録日時 of an instant (seconds since 1970 and nanoseconds): the text of
 /// [`push_ledger_timestamp`] (Japan time), without building a date and time first.
-fn put_timestamp(out: &mut Vec<u8>, (secs, nanos): (i64, u32)) {
+fn put_timestamp(out: &mut Vec<u8>, memo: &mut DayDigits, (secs, nanos): (i64, u32)) {
     let local = secs.saturating_add(9 * 3600);
     // Leap seconds (nanoseconds past 1e9) take chrono's formatter, as they do there.
-    if nanos < 1_000_000_000 && put_ymd(out, local.div_euclid(86_400)) {
+    if nanos < 1_000_000_000 && memo.put(out, local.div_euclid(86_400)) {
         let second = local.rem_euclid(86_400) as usize;
         for pair in [second / 3600, second / 60 % 60, second % 60] {
             out.extend_from_slice(&PAIRS[pair % 100]);
@@ -1054,6 +1117,7 @@ fn put_timestamp(out: &mut Vec<u8>, (secs, nanos): (i64, u32)) {
 fn push_row<'d>(
     buf: &mut Vec<u8>,
     chosen: &mut [Option<Chosen>],
+    dates: &mut Dates,
     addressee: &[u8],
     doses: impl Iterator<Item = LedgerDose<'d>> + Clone,
 ) -> Result<Option<u64>> {
@@ -1083,17 +1147,24 @@ fn push_row<'d>(
         };
         let p = d.parts;
         buf.push(b',');
-        put_timestamp(buf, p.registered);
+        put_timestamp(buf, dates, p.registered);
         buf.push(b',');
-        put_date(buf, p.date_given);
+        put_date(buf, dates, p.date_given);
         buf.push(b',');
         buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
         buf.push(b',');
         buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
-        // Site name, doctor, maker, lot.
-        for text in 1..5 {
-            buf.push(b',');
-            push_csv_field(buf, d.bytes(text));
+        // Site name, doctor, maker, lot: one test for the four, which are rarely quoted.
+        if needs_quotes(d.texts()) {
+            for text in 1..5 {
+                buf.push(b',');
+                push_csv_field(buf, d.bytes(text));
+            }
+        } else {
+            for text in 1..5 {
+                buf.push(b',');
+                buf.extend_from_slice(d.bytes(text));
+            }
         }
         n += 1;
     }
@@ -1109,6 +1180,7 @@ struct RowWriter<'a> {
     /// For each block k (at `k - 1`): the registration (instant, id) and position among
     /// the row's doses of the dose chosen for it.
     chosen: Vec<Option<Chosen>>,
+    dates: Dates,
     rows: u64,
     doses: u64,
 }
@@ -1122,8 +1194,14 @@ const ROW_BUFFER: usize = 256 * 1024;
 
 impl<'a> RowWriter<'a> {
     fn new(out: &'a mut (dyn Write + Send), encoding: OutputEncoding, n: usize, with_header: bool) -> Result<Self> {
-        let mut w =
-            Self { out: Encoded::new(out, encoding), buf: Vec::with_capacity(ROW_BUFFER + 4096), chosen: vec![None; n], rows: 0, doses: 0 };
+        let mut w = Self {
+            out: Encoded::new(out, encoding),
+            buf: Vec::with_capacity(ROW_BUFFER + 4096),
+            chosen: vec![None; n],
+            dates: Dates::default(),
+            rows: 0,
+            doses: 0,
+        };
         if with_header {
             for (i, h) in header(n).iter().enumerate() {
                 if i > 0 {
@@ -1138,7 +1216,7 @@ impl<'a> RowWriter<'a> {
 
     /// Writes one person's row (see [`push_row`]).
     fn row<'d>(&mut self, addressee: &[u8], doses: impl Iterator<Item = LedgerDose<'d>> + Clone) -> Result<()> {
-        if let Some(n) = push_row(&mut self.buf, &mut self.chosen, addressee, doses)? {
+        if let Some(n) = push_row(&mut self.buf, &mut self.chosen, &mut self.dates, addressee, doses)? {
             self.rows += 1;
             self.doses += n;
         }
@@ -1268,7 +1346,13 @@ impl LedgerFormat {
     /// A builder that formats batches in voucher order which may cut a voucher's doses
     /// in two (as a sequential scan hands them over).
     pub fn builder(&self) -> LedgerRowBuilder<'_> {
-        LedgerRowBuilder { format: self, out: LedgerRows::default(), chosen: vec![None; self.blocks], carry: LedgerDoses::default() }
+        LedgerRowBuilder {
+            format: self,
+            out: LedgerRows::default(),
+            chosen: vec![None; self.blocks],
+            dates: Dates::default(),
+            carry: LedgerDoses::default(),
+        }
     }
 
     /// The moved-in residents with no dose under this municipality's vouchers (their
@@ -1287,6 +1371,7 @@ pub struct LedgerRowBuilder<'f> {
     format: &'f LedgerFormat,
     out: LedgerRows,
     chosen: Vec<Option<Chosen>>,
+    dates: Dates,
     /// The doses of the voucher the last batch ended with: they may go on in the next.
     carry: LedgerDoses,
 }
@@ -1342,11 +1427,11 @@ impl LedgerRowBuilder<'_> {
         let written = if let Some(p) = person {
             let own = group.filter(move |d| d.matched_to(p));
             match extra {
-                Some((_, (_, more))) => push_row(buf, &mut self.chosen, p.1, own.map(shorter).chain(more.iter()))?,
-                None => push_row(buf, &mut self.chosen, p.1, own)?,
+                Some((_, (_, more))) => push_row(buf, &mut self.chosen, &mut self.dates, p.1, own.map(shorter).chain(more.iter()))?,
+                None => push_row(buf, &mut self.chosen, &mut self.dates, p.1, own)?,
             }
         } else if let Some((_, (p, more))) = extra {
-            push_row(buf, &mut self.chosen, p.addressee.as_str().as_bytes(), more.iter())?
+            push_row(buf, &mut self.chosen, &mut self.dates, p.addressee.as_str().as_bytes(), more.iter())?
         } else {
             None
         };
@@ -1690,18 +1775,24 @@ mod tests {
             nanos in proptest::prop_oneof![0u32..1_000_000_000, 1_000_000_000u32..2_000_000_000],
             days in proptest::prop_oneof![1i32..=3_652_059, NaiveDate::MIN.num_days_from_ce()..=NaiveDate::MAX.num_days_from_ce()],
         ) {
+            // Each twice with one memo: the second write takes the remembered digits.
+            let mut memo = DayDigits::default();
             if let Some(at) = DateTime::from_timestamp(secs, nanos) {
-                let mut ours = Vec::new();
-                put_timestamp(&mut ours, (secs, nanos));
                 let mut theirs = String::new();
                 push_ledger_timestamp(&mut theirs, at);
-                proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+                for _ in 0..2 {
+                    let mut ours = Vec::new();
+                    put_timestamp(&mut ours, &mut memo, (secs, nanos));
+                    proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs.clone());
+                }
             }
-            let mut ours = Vec::new();
-            put_date(&mut ours, days);
             let mut theirs = String::new();
             push_ledger_date(&mut theirs, NaiveDate::from_num_days_from_ce_opt(days).unwrap());
-            proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs);
+            for _ in 0..2 {
+                let mut ours = Vec::new();
+                put_date(&mut ours, &mut memo, days);
+                proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs.clone());
+            }
         }
     }
 
@@ -1719,16 +1810,19 @@ mod tests {
             "9999-12-31T15:00:00Z",
             "2016-12-31T23:59:60.5Z",
         ];
+        // One memo for all, each edge twice: days that change and repeat, in and out of range.
+        let mut dates = Dates::default();
         for e in edges
             .iter()
             .map(|s| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
             .chain([DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC])
+            .flat_map(|e| [e, e])
         {
             let mut ours = Vec::new();
-            put_timestamp(&mut ours, (e.timestamp(), e.timestamp_subsec_nanos()));
+            put_timestamp(&mut ours, &mut dates, (e.timestamp(), e.timestamp_subsec_nanos()));
             assert_eq!(String::from_utf8(ours).unwrap(), ledger_timestamp(e), "{e:?}");
             let mut ours = Vec::new();
-            put_date(&mut ours, e.date_naive().num_days_from_ce());
+            put_date(&mut ours, &mut dates, e.date_naive().num_days_from_ce());
             let mut theirs = String::new();
             push_ledger_date(&mut theirs, e.date_naive());
             assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{e:?}");
@@ -1761,9 +1855,17 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn fields_are_written_as_the_csv_crate_writes_them(
-            records in proptest::collection::vec(proptest::collection::vec("[a-z0-9 ,\"\r\n'\t;|#\\\\あ髙𠮷]{0,8}", 2..6), 0..6)
+            records in proptest::collection::vec(proptest::collection::vec("[a-z0-9 ,\"\r\n'\t;|#\\\\あ髙𠮷]{0,24}", 2..6), 0..6)
         ) {
             proptest::prop_assert_eq!(ours(&records), csv_crate(&records));
+        }
+
+        #[test]
+        fn quoting_is_decided_as_byte_by_byte(
+            text in proptest::collection::vec(proptest::prop_oneof![0u8..0x40, proptest::num::u8::ANY], 0..40)
+        ) {
+            let naive = text.iter().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'));
+            proptest::prop_assert_eq!(needs_quotes(&text), naive);
         }
     }
 

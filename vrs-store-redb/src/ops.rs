@@ -264,9 +264,33 @@ pub(crate) fn residents_by_previous_voucher(db: &Database, voucher: [u8; VOUCHER
     residents_via(db, PREVIOUS_VOUCHERS, &voucher, VOUCHER_KEY)
 }
 
-/// Residents of a municipality who moved in.
+/// Residents of a municipality who moved in. A ledger export reads them all before its
+/// scan can start: chunks of the index are read, and their residents decoded, on the
+/// parallel scan from one snapshot ([`parallel`]).
 pub(crate) fn moved_in_residents(db: &Database, m: &MunicipalityCode) -> Result<Vec<Resident>> {
-    residents_via(db, MOVED_IN, &muni(m), 0)
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, MOVED_IN)?;
+    let residents = open_read(&txn, RESIDENTS)?;
+    let chunks = Chunks::by_addressee(&index, &muni(m), parallel::CHUNKS)?;
+    let mut out = Vec::new();
+    scan_chunks(
+        &index,
+        &chunks,
+        parallel::workers(),
+        |range| {
+            let mut found = Vec::new();
+            for entry in range {
+                let (k, _) = entry.map_err(storage("scanning a resident index"))?;
+                found.extend(get_resident(&residents, k.value())?);
+            }
+            Ok(found)
+        },
+        |found| {
+            out.extend(found);
+            Ok(true)
+        },
+    )?;
+    Ok(out)
 }
 
 /// Sends a municipality's residents in addressee order, in chunks.
@@ -730,7 +754,8 @@ pub(crate) fn doses_by_voucher(db: &Database, voucher: &[u8; VOUCHER_KEY]) -> Re
 pub(crate) fn doses_by_vouchers(db: &Database, vouchers: &[[u8; VOUCHER_KEY]]) -> Result<Vec<Vec<DoseRecord>>> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    vouchers.iter().map(|v| voucher_doses(&doses, v)).collect()
+    // A ledger export asks for every moved-in resident's previous vouchers at once.
+    parallel::map_split(vouchers, parallel::workers(), |v| voucher_doses(&doses, v))
 }
 
 fn voucher_doses<T: ReadableTable<Bytes, Bytes>>(doses: &T, voucher: &[u8; VOUCHER_KEY]) -> Result<Vec<DoseRecord>> {
