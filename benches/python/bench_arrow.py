@@ -111,7 +111,7 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str])
     for kind in kinds:
         read = getattr(db, kind)
         # Warms the page cache, as the CSV baselines are warm after being written. On redb
-        # this first read of doses also builds the store's column segments (a read-side
+        # this first read also builds the store's column segments (a read-side
         # cache the seeder does not build): its time is printed on a line of its own below,
         # so that the timed read is never taken for the cold path.
         _, first_secs, first_cpu = timed_cpu(lambda: pa.table(read()))
@@ -161,7 +161,7 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str])
         print(f" {kind}: {rows:,} rows, Arrow data {data_mib:,.0f} MiB, CSV {csv_utf8.stat().st_size / 2**20:,.0f} MiB")
         ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv (UTF-8)", pandas_secs, 1.5)
         print(
-            f"  (first read, not the timed one: warms the caches{', builds the column cache' if kind == 'doses' else ''}) {rows / first_secs:,.0f} rows/s, "
+            f"  (first read, not the timed one: warms the caches, builds the column cache) {rows / first_secs:,.0f} rows/s, "
             f"{first_secs:.3f} s wall ({pandas_secs / first_secs:.2f}x pandas UTF-8), CPU {first_cpu:.3f} s"
         )
         ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv(encoding=cp932)", sjis_secs, 3.0)

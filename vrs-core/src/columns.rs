@@ -1133,6 +1133,27 @@ impl ResidentColumns {
     /// damaged bytes are an [`Error::Storage`], never a panic.
     pub fn decode_segment(bytes: &[u8]) -> Result<Self> {
         let mut r = SegmentReader(bytes);
+        let columns = Self::read_segment(&mut r)?;
+        if !r.0.is_empty() {
+            return Err(corrupt("bytes after the last column"));
+        }
+        Ok(columns)
+    }
+
+    /// Decodes segments written one after another by [`encode_segment`](Self::encode_segment)
+    /// (a store may keep several in one value). Truncated or damaged bytes are an
+    /// [`Error::Storage`], never a panic.
+    pub fn decode_segments(bytes: &[u8]) -> Result<Vec<Self>> {
+        let mut r = SegmentReader(bytes);
+        let mut out = Vec::new();
+        while !r.0.is_empty() {
+            out.push(Self::read_segment(&mut r)?);
+        }
+        Ok(out)
+    }
+
+    /// Reads one segment from the front of `r`.
+    fn read_segment(r: &mut SegmentReader<'_>) -> Result<Self> {
         if r.take(SEGMENT_TAG.len(), "the tag")? != SEGMENT_TAG {
             return Err(corrupt("not a resident segment"));
         }
@@ -1142,22 +1163,19 @@ impl ResidentColumns {
         }
         let rows = r.len("the row count")?;
         let columns = Self {
-            municipality: TextColumn::decode(&mut r, rows, "municipality")?,
-            addressee_number: TextColumn::decode(&mut r, rows, "addressee_number")?,
-            voucher_number: TextColumn::decode(&mut r, rows, "voucher_number")?,
-            name: TextColumn::decode(&mut r, rows, "name")?,
-            name_kana: TextColumn::decode(&mut r, rows, "name_kana")?,
-            birth_date: DateColumn::decode(&mut r, rows, "birth_date")?,
-            sex: TextColumn::decode(&mut r, rows, "sex")?,
-            address: TextColumn::decode(&mut r, rows, "address")?,
-            previous_municipality: TextColumn::decode(&mut r, rows, "previous_municipality")?,
-            previous_voucher_number: TextColumn::decode(&mut r, rows, "previous_voucher_number")?,
-            status: TextColumn::decode(&mut r, rows, "status")?,
-            status_date: DateColumn::decode(&mut r, rows, "status_date")?,
+            municipality: TextColumn::decode(r, rows, "municipality")?,
+            addressee_number: TextColumn::decode(r, rows, "addressee_number")?,
+            voucher_number: TextColumn::decode(r, rows, "voucher_number")?,
+            name: TextColumn::decode(r, rows, "name")?,
+            name_kana: TextColumn::decode(r, rows, "name_kana")?,
+            birth_date: DateColumn::decode(r, rows, "birth_date")?,
+            sex: TextColumn::decode(r, rows, "sex")?,
+            address: TextColumn::decode(r, rows, "address")?,
+            previous_municipality: TextColumn::decode(r, rows, "previous_municipality")?,
+            previous_voucher_number: TextColumn::decode(r, rows, "previous_voucher_number")?,
+            status: TextColumn::decode(r, rows, "status")?,
+            status_date: DateColumn::decode(r, rows, "status_date")?,
         };
-        if !r.0.is_empty() {
-            return Err(corrupt("bytes after the last column"));
-        }
         Ok(columns)
     }
 
@@ -1622,6 +1640,21 @@ mod tests {
         longer.push(0);
         assert!(ResidentColumns::decode_segment(&longer).is_err());
         assert_eq!(ResidentColumns::decode_segment(&bytes).unwrap(), pushed(&residents(&texts)));
+    }
+
+    #[test]
+    fn segments_one_after_another_decode_in_order() {
+        let first = pushed(&residents(&[("山田 太郎".to_string(), Some("東京都千代田区千代田1-1".to_string()), true)]));
+        let second = pushed(&residents(&[("x".to_string(), None, false), ("佐藤 花子".to_string(), None, true)]));
+        let mut bytes = segment(&first);
+        let cut = bytes.len();
+        bytes.extend(segment(&second));
+        assert_eq!(ResidentColumns::decode_segments(&bytes).unwrap(), vec![first.clone(), second]);
+        assert_eq!(ResidentColumns::decode_segments(&bytes[..cut]).unwrap(), vec![first]);
+        assert_eq!(ResidentColumns::decode_segments(&[]).unwrap(), Vec::<ResidentColumns>::new());
+        for n in cut + 1..bytes.len() {
+            assert!(matches!(ResidentColumns::decode_segments(&bytes[..n]), Err(Error::Storage { .. })), "cut at {n}");
+        }
     }
 
     #[test]

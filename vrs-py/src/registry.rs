@@ -537,6 +537,10 @@ impl PyRegistry {
     /// previous_voucher_number, status, status_date. Codes are strings (leading zeros
     /// kept); the personal-number hash is never exported.
     ///
+    /// On a redb store the read is served from a cache of the columns kept in the store
+    /// file: the first read after an upload of the municipality rebuilds it (and takes
+    /// several times as long as the reads after it).
+    ///
     /// Raises `PermissionDenied` for anyone but the municipality's staff.
     #[pyo3(signature = (municipality = None))]
     fn residents(&self, py: Python<'_>, municipality: Option<&str>) -> PyResult<Table> {

@@ -21,6 +21,12 @@
 //! (the first read of a municipality builds them all, and costs several times a later
 //! read). Deleting it loses nothing: the next read rebuilds it.
 //!
+//! A municipality's resident columns
+//! ([`scan_resident_columns`](vrs_core::store::StoreBackend::scan_resident_columns),
+//! Python's `residents()`) are cached the same way: an import counts itself per
+//! municipality and writes no columns; the first column read after it decodes the resident
+//! records and stores the municipality's segments, valid until its next import.
+//!
 //! ```
 //! # fn main() -> vrs_core::Result<()> {
 //! use vrs_store_redb::RedbStore;

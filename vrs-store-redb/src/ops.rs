@@ -29,7 +29,7 @@ use crate::parallel::{self, Chunks, scan_chunks};
 use crate::schema::*;
 
 mod columns;
-use columns::{rebuild_all_resident_segments, rebuild_resident_segments};
+use columns::count_resident_imports;
 pub(crate) use columns::{scan_dose_columns, scan_resident_columns};
 
 /// Residents pulled from an import source at a time.
@@ -157,11 +157,11 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
         }
         Some(SCHEMA_VERSION) => Ok(()),
         Some(UPGRADABLE_SCHEMA_VERSION) => {
-            // Both are projections of rows the file already holds: built here, in the
-            // transaction that writes the new version.
+            // An index of rows the file already holds: rebuilt here, in the transaction
+            // that writes the new version (`resident_columns` starts empty: the first
+            // column reads build it).
             drop(meta);
             rebuild_site_index(txn)?;
-            rebuild_all_resident_segments(txn)?;
             open_write(txn, META)?.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage("writing the layout version"))?;
             Ok(())
         }
@@ -354,8 +354,9 @@ pub(crate) fn import_residents(
         Err(e) => return abort(txn, e),
     };
     if source.may_commit() {
-        // In the import's transaction: the segments commit (or roll back) with the rows.
-        if let Err(e) = rebuild_resident_segments(&txn, &touched) {
+        // In the import's transaction: the column segments of what it touched are stale
+        // from its commit on (the next column read rebuilds them).
+        if let Err(e) = count_resident_imports(&txn, &touched) {
             return abort(txn, e);
         }
         commit(txn)?;
@@ -1485,7 +1486,6 @@ fn exhausted(what: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use redb::ReadableTableMetadata;
     use vrs_core::columns::ResidentColumns;
     use vrs_core::testing::{TestSource, code, resident};
 
@@ -1497,7 +1497,7 @@ mod tests {
     fn resident_columns(db: &Database, m: &str, from_rows: bool) -> Vec<ResidentColumns> {
         let (tx, rx) = async_channel::unbounded();
         if from_rows {
-            columns::scan_resident_rows(&begin_read(db).unwrap(), &code(m), 1 << 16, &tx).unwrap();
+            columns::scan_resident_rows(&begin_read(db).unwrap(), &code(m), 1 << 16, &tx, false).unwrap();
         } else {
             scan_resident_columns(db, &code(m), 1 << 16, &tx).unwrap();
         }
@@ -1511,15 +1511,26 @@ mod tests {
         out
     }
 
-    fn segments(db: &Database) -> usize {
-        ReadableTableMetadata::len(&begin_read(db).unwrap().open_table(RESIDENT_COLUMNS).unwrap()).unwrap() as usize
+    /// The stored segment values of `m`, in key order.
+    fn segments(db: &Database, m: &str) -> Vec<Vec<u8>> {
+        let txn = begin_read(db).unwrap();
+        let t = txn.open_table(RESIDENT_COLUMNS).unwrap();
+        prefixed(&t, m.as_bytes()).unwrap().map(|e| e.unwrap().1.value().to_vec()).collect()
+    }
+
+    /// Reads `m`'s columns from the segments path and checks them against the rows.
+    fn read_matches_rows(db: &Database, m: &str) -> usize {
+        let from_rows = resident_columns(db, m, true);
+        assert_eq!(resident_columns(db, m, false), from_rows, "{m}");
+        from_rows.len()
     }
 
     #[test]
-    fn resident_segments_follow_imports_and_are_built_for_an_older_file() {
+    fn resident_segments_are_built_by_a_read_and_go_stale_with_an_import() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segments.redb");
-        let n = RESIDENT_SEGMENT_ROWS + 10;
+        // More than one segment value of residents.
+        let n = 5 * RESIDENT_SEGMENT_ROWS + 10;
         {
             let db = Database::create(&path).unwrap();
             init(&db).unwrap();
@@ -1527,32 +1538,49 @@ mod tests {
             import_residents(&db, Durability::Immediate, TestSource::new(many, 4096, true)).unwrap();
             let few: Vec<_> = (1..=3).map(|i| resident("131024", &i.to_string(), &format!("{i:010}"))).collect();
             import_residents(&db, Durability::Immediate, TestSource::new(few, 2, true)).unwrap();
-            assert_eq!(segments(&db), 3, "two segments for 131016, one for 131024");
-            // A re-upload of some: the segments are rebuilt, not added to.
+            assert!(segments(&db, "131016").is_empty(), "an import writes no segments");
+            assert_eq!(read_matches_rows(&db, "131016"), n);
+            let built = segments(&db, "131016");
+            assert!(built.len() > 1, "a read builds them, several values: {:?}", built.iter().map(Vec::len).collect::<Vec<_>>());
+            assert!(built.iter().all(|v| v.len() <= RESIDENT_SEGMENT_BYTES && v[..8] == 1u64.to_le_bytes()));
+            assert_eq!(read_matches_rows(&db, "131016"), n);
+            assert_eq!(segments(&db, "131016"), built, "a read of fresh segments leaves them");
+            assert_eq!(read_matches_rows(&db, "131024"), 3);
+            assert_eq!(read_matches_rows(&db, "011002"), 0);
+            assert!(segments(&db, "011002").is_empty());
+
+            // A re-upload of some: 131016's segments are stale, 131024's are not.
+            let small = segments(&db, "131024");
             let mut again: Vec<_> = (1..=5).map(|i| resident("131016", &i.to_string(), &format!("{:010}", i + n))).collect();
             again.push(resident("131016", &(n + 1).to_string(), "9999999999"));
             import_residents(&db, Durability::Immediate, TestSource::new(again, 2, true)).unwrap();
-            assert_eq!(segments(&db), 3);
-            for m in ["131016", "131024", "011002"] {
-                let from_rows = resident_columns(&db, m, true);
-                assert_eq!(resident_columns(&db, m, false), from_rows, "{m}");
-            }
-            assert_eq!(resident_columns(&db, "131016", false).len(), n + 1);
+            assert_eq!(segments(&db, "131016"), built, "still there, but stale");
+            assert_eq!(read_matches_rows(&db, "131016"), n + 1);
+            let rebuilt = segments(&db, "131016");
+            assert!(rebuilt.iter().all(|v| v[..8] == 2u64.to_le_bytes()));
+            assert_eq!(segments(&db, "131024"), small);
 
-            // Made a version 4 file: no segments.
+            // Segments decoded before an import that then commits are not written.
+            let stale = vec![vec![1u8; 16]];
+            columns::write_resident_segments(&db, b"131016", 1, stale).unwrap();
+            assert_eq!(segments(&db, "131016"), rebuilt);
+
+            // Made a version 4 file: no segments, no import counts.
             let txn = db.begin_write().unwrap();
             txn.delete_table(RESIDENT_COLUMNS).unwrap();
+            for m in ["131016", "131024"] {
+                txn.open_table(META).unwrap().remove(columns::resident_imports_key(m.as_bytes().try_into().unwrap()).as_str()).unwrap();
+            }
             txn.open_table(META).unwrap().insert(META_SCHEMA, UPGRADABLE_SCHEMA_VERSION).unwrap();
             txn.commit().unwrap();
         }
         let db = Database::open(&path).unwrap();
         init(&db).unwrap();
-        assert_eq!(segments(&db), 3, "opening builds them");
         let version = begin_read(&db).unwrap().open_table(META).unwrap().get(META_SCHEMA).unwrap().map(|g| g.value());
         assert_eq!(version, Some(SCHEMA_VERSION));
-        for m in ["131016", "131024"] {
-            assert_eq!(resident_columns(&db, m, false), resident_columns(&db, m, true), "{m}");
-        }
+        assert_eq!(read_matches_rows(&db, "131016"), n + 1);
+        assert!(!segments(&db, "131016").is_empty(), "the first read builds them");
+        assert_eq!(read_matches_rows(&db, "131016"), n + 1);
     }
 
     #[test]

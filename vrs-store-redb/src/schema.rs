@@ -7,7 +7,7 @@
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `residents` | m(6) · addressee | [`Resident`] |
-//! | `resident_columns` | m(6) · segment number(4, big-endian) | a [`ResidentColumns`] segment |
+//! | `resident_columns` | m(6) · segment number(4, big-endian) | the import count it was built at (8) · [`ResidentColumns`] segments |
 //! | `vouchers` | m(6) · voucher(10) | addressee (length byte · digits) |
 //! | `previous_vouchers` | prev m(6) · prev voucher(10) · m(6) · addressee | () |
 //! | `moved_in` | m(6) · addressee | () |
@@ -37,18 +37,17 @@
 //! their shorter key ([`is_dose_key`]): a registration then writes the page it writes its
 //! dose to, not one more page of a table of its own (layout version 4).
 //!
-//! `resident_columns` is a projection of `residents` kept for reading a municipality's
+//! `resident_columns` is a read-side cache of `residents` for reading a municipality's
 //! residents as columns (the Python bindings' Arrow tables): its residents in `residents`
-//! key order, [`RESIDENT_SEGMENT_ROWS`] per segment, each segment decoded with length
-//! checks and bulk copies instead of a decode per resident. Residents change only through
-//! an import, which rebuilds the segments of every municipality it touched in its own
-//! write transaction, so segments and rows commit (or roll back) together (layout
-//! version 5).
+//! key order, decoded with length checks and bulk copies instead of a decode per resident.
+//! Residents change only through an import, which counts itself per municipality in
+//! `meta`; a column read finding no segments built at the current count decodes the rows
+//! and then writes the municipality's segments in one transaction (see `ops::columns`).
 //!
 //! A site's doses of a day are kept in the order they were written (the dose's sequence
 //! number before its id), so that a batch of registrations appends to the day's last page
 //! instead of dirtying every page of the day at random, as id order did (layout version 5:
-//! opening a version 4 file rebuilds `doses_by_site` and builds `resident_columns`).
+//! opening a version 4 file rebuilds `doses_by_site`).
 //!
 //! [`Resident`]: vrs_core::resident::Resident
 //! [`ResidentColumns`]: vrs_core::columns::ResidentColumns
@@ -104,14 +103,13 @@ pub(crate) const SCHEMA_VERSION: u64 = 5;
 /// keys had no sequence number.
 pub(crate) const UPGRADABLE_SCHEMA_VERSION: u64 = 4;
 
-/// Most residents per `resident_columns` segment: one batch of the Python bindings' Arrow
-/// tables.
-pub(crate) const RESIDENT_SEGMENT_ROWS: usize = 1 << 16;
-/// Size a `resident_columns` segment is cut at, before [`RESIDENT_SEGMENT_ROWS`]: redb
-/// stores a value larger than a page in a run of pages a power of two long, so a segment
-/// of 4.1 MiB would take 8; cut a little below 4 MiB, they fill their pages. (The 1M-resident
-/// Python bench store: segments of 64k residents, ~9 MiB, grew its blocks on disk by 194 MB
-/// and its length by 430 MB; cut at this size, by 160 MB and 486 MB.)
+/// Most residents per batch of a `resident_columns` segment: a few hundred KiB each, so
+/// that several fill a segment value of [`RESIDENT_SEGMENT_BYTES`].
+pub(crate) const RESIDENT_SEGMENT_ROWS: usize = 1 << 13;
+/// Size a `resident_columns` value is kept under: redb stores a value larger than a page
+/// in a run of pages a power of two long, so a value of 4.1 MiB would take 8; kept a little
+/// below 4 MiB, values fill their pages. (The 1M-resident Python bench store: 64k-resident
+/// values of ~9 MiB grew its blocks on disk by 194 MB; cut at this size, by 160 MB.)
 pub(crate) const RESIDENT_SEGMENT_BYTES: usize = (4 << 20) - (64 << 10);
 
 /// Length of a municipality code in a key.

@@ -420,6 +420,10 @@ class Registry:
     def residents(self, municipality: str | None = None) -> Table:
         """The residents a municipality uploaded, as an Arrow :class:`Table`.
 
+        On a redb store the read is served from a cache of the columns kept in the store
+        file: the first read after an upload of the municipality rebuilds it (and takes
+        several times as long as the reads after it).
+
         Raises:
             PermissionDenied: the actor is not the municipality's staff.
         """

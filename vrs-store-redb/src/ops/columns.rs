@@ -448,10 +448,49 @@ fn refresh(
     }
 }
 
+// ---- resident column segments -------------------------------------------------------------
+//
+// A read-side cache of a municipality's residents as columns, kept in `resident_columns`
+// and built by the column scan alone, as the dose segments are: the first read after an
+// import decodes the rows and writes the segments, the next reads decode the segments
+// (length checks and bulk copies). Residents change only through an import, which counts
+// itself per municipality in `meta` (`resident_imports:<m>`); every segment's value starts
+// with the count it was built at, and a municipality's segments are written all together
+// in one write transaction, so they are fresh iff their count is the current one. An
+// import thus writes one counter per municipality, not the segments.
+
+/// The `meta` entry counting the imports that touched municipality `m`.
+pub(super) fn resident_imports_key(m: &[u8; M]) -> String {
+    format!("resident_imports:{}", String::from_utf8_lossy(m))
+}
+
+/// Counts an import of each municipality of `municipalities`, in the import's transaction:
+/// their resident column segments are stale from its commit on.
+pub(super) fn count_resident_imports(txn: &WriteTransaction, municipalities: &BTreeSet<[u8; M]>) -> Result<()> {
+    let mut meta = open_write(txn, META)?;
+    for m in municipalities {
+        let key = resident_imports_key(m);
+        let n = meta.get(key.as_str()).map_err(storage("reading an import count"))?.map_or(0, |g| g.value());
+        meta.insert(key.as_str(), n + 1).map_err(storage("writing an import count"))?;
+    }
+    Ok(())
+}
+
+/// The import count of `m` in `meta`.
+fn resident_imports(meta: &impl ReadableTable<&'static str, u64>, m: &[u8; M]) -> Result<u64> {
+    Ok(meta.get(resident_imports_key(m).as_str()).map_err(storage("reading an import count"))?.map_or(0, |g| g.value()))
+}
+
+/// The import count a stored segment was built at (its first 8 bytes).
+fn built_at(value: &[u8]) -> Option<u64> {
+    value.first_chunk::<8>().map(|b| u64::from_le_bytes(*b))
+}
+
 /// Sends a municipality's residents in addressee order, as columns of at most `rows`: its
-/// `resident_columns` segments decoded on several threads from one read snapshot
-/// ([`parallel`]), in key order; or, for a municipality without segments (one with no
-/// residents), its rows decoded as [`scan_resident_rows`] does.
+/// `resident_columns` segments when they are fresh, decoded on several threads from one
+/// read snapshot ([`parallel`]) in key order; otherwise its rows decoded as
+/// [`scan_resident_rows`] does, after which the segments are written from what was decoded
+/// (when the visitor took every batch and no import came in between).
 pub(crate) fn scan_resident_columns(
     db: &Database,
     m: &MunicipalityCode,
@@ -459,12 +498,23 @@ pub(crate) fn scan_resident_columns(
     out: &async_channel::Sender<Vec<ResidentColumns>>,
 ) -> Result<()> {
     let rows = rows.max(1);
+    let prefix = muni(m);
     let txn = begin_read(db)?;
+    let imports = resident_imports(&open_read(&txn, META)?, &prefix)?;
     let segments = open_read(&txn, RESIDENT_COLUMNS)?;
-    let chunks = Chunks::by_key(&segments, &muni(m))?;
-    if chunks.len() == 0 {
-        return scan_resident_rows(&txn, m, rows, out);
+    let first = segments.get(segment_key(&prefix, 0).as_slice()).map_err(storage("reading resident column segments"))?;
+    let fresh = first.as_ref().and_then(|v| built_at(v.value())) == Some(imports);
+    drop(first);
+    if !fresh {
+        drop(segments);
+        let built = scan_resident_rows(&txn, m, rows, out, true)?;
+        drop(txn);
+        return match built {
+            Some(encoded) => write_resident_segments(db, &prefix, imports, encoded),
+            None => Ok(()),
+        };
     }
+    let chunks = Chunks::by_key(&segments, &prefix)?;
     scan_chunks(
         &segments,
         &chunks,
@@ -473,7 +523,13 @@ pub(crate) fn scan_resident_columns(
             let mut batches = Vec::new();
             for entry in range {
                 let (_, v) = entry.map_err(storage("scanning resident column segments"))?;
-                batches.extend(ResidentColumns::decode_segment(v.value())?.split(rows)?);
+                let blocks = v
+                    .value()
+                    .get(8..)
+                    .ok_or_else(|| Error::Storage { message: "a resident column segment is cut short".into(), source: None })?;
+                for block in ResidentColumns::decode_segments(blocks)? {
+                    batches.extend(block.split(rows)?);
+                }
             }
             Ok(batches)
         },
@@ -483,26 +539,35 @@ pub(crate) fn scan_resident_columns(
 }
 
 /// Sends a municipality's residents as columns decoded from their rows, chunks of the range
-/// decoded on several threads from the snapshot of `txn`.
+/// decoded on several threads from the snapshot of `txn`. With `encode`, also returns them
+/// encoded as segments of at most [`RESIDENT_SEGMENT_ROWS`] residents, in key order, when
+/// the visitor took them all.
 pub(super) fn scan_resident_rows(
     txn: &redb::ReadTransaction,
     m: &MunicipalityCode,
     rows: usize,
     out: &async_channel::Sender<Vec<ResidentColumns>>,
-) -> Result<()> {
+    encode: bool,
+) -> Result<Option<Vec<Vec<u8>>>> {
     let residents = open_read(txn, RESIDENTS)?;
     let chunks = Chunks::by_addressee(&residents, &muni(m), parallel::CHUNKS)?;
+    // Building segments, the columns are cut in pieces of their own size (small enough that
+    // several fill a segment value, whatever batch size this read asked for), then split
+    // into the batches asked for.
+    let piece = if encode { RESIDENT_SEGMENT_ROWS } else { rows };
+    let mut encoded = Vec::new();
+    let mut complete = true;
     scan_chunks(
         &residents,
         &chunks,
         parallel::workers(),
         |range| {
             let mut batches = Vec::new();
-            let mut columns = ResidentColumns::with_capacity(rows.min(CHUNK_ROOM));
+            let mut columns = ResidentColumns::with_capacity(piece.min(CHUNK_ROOM));
             for entry in range {
                 let (_, v) = entry.map_err(storage("scanning residents"))?;
                 columns.push_stored(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a resident"))?;
-                if columns.len() >= rows {
+                if columns.len() >= piece {
                     let next = columns.empty_like();
                     batches.push(std::mem::replace(&mut columns, next));
                 }
@@ -510,26 +575,42 @@ pub(super) fn scan_resident_rows(
             if !columns.is_empty() {
                 batches.push(columns);
             }
-            Ok(batches)
+            let mut pieces = Vec::new();
+            if encode {
+                for b in &batches {
+                    let mut bytes = Vec::new();
+                    b.encode_segment(&mut bytes)?;
+                    pieces.push(bytes);
+                }
+                if rows < piece {
+                    batches = batches.into_iter().map(|b| b.split(rows)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
+                }
+            }
+            Ok((batches, pieces))
         },
-        // `false` once the visitor stopped the scan.
-        |batches| Ok(batches.is_empty() || out.send_blocking(batches).is_ok()),
-    )
+        |(batches, pieces)| {
+            encoded.extend(pieces);
+            // `false` once the visitor stopped the scan.
+            let sent = batches.is_empty() || out.send_blocking(batches).is_ok();
+            complete &= sent;
+            Ok(sent)
+        },
+    )?;
+    Ok((encode && complete).then_some(encoded))
 }
 
-/// Writes the `resident_columns` segments of each municipality of `municipalities` anew
-/// from its rows in `residents` (key order, segments of [`RESIDENT_SEGMENT_ROWS`] or
-/// [`RESIDENT_SEGMENT_BYTES`], whichever comes first), in
-/// `txn`: called by an import once its rows are written, so that segments and rows commit
-/// together. A municipality left with no resident is left with no segment.
-pub(super) fn rebuild_resident_segments(txn: &WriteTransaction, municipalities: &BTreeSet<[u8; M]>) -> Result<()> {
-    if municipalities.is_empty() {
-        return Ok(());
-    }
-    let residents = open_write(txn, RESIDENTS)?;
-    let mut segments = open_write(txn, RESIDENT_COLUMNS)?;
-    let mut bytes = Vec::new();
-    for m in municipalities {
+/// Writes municipality `m`'s segments from its encoded batches (in key order),
+/// replacing those stored, in one write transaction, unless an import of `m` came after the
+/// read they were decoded in (their count `imports` is no longer the current one). Batches
+/// are put together in values of up to [`RESIDENT_SEGMENT_BYTES`]: redb keeps a large value
+/// in a run of pages a power of two long, so values just under a power of two fill theirs.
+pub(super) fn write_resident_segments(db: &Database, m: &[u8; M], imports: u64, encoded: Vec<Vec<u8>>) -> Result<()> {
+    let txn = begin_write(db)?;
+    let result = (|| -> Result<bool> {
+        if resident_imports(&open_write(&txn, META)?, m)? != imports {
+            return Ok(false);
+        }
+        let mut segments = open_write(&txn, RESIDENT_COLUMNS)?;
         let old = prefixed(&segments, m)?
             .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("reading resident column segments")))
             .collect::<Result<Vec<_>>>()?;
@@ -537,58 +618,32 @@ pub(super) fn rebuild_resident_segments(txn: &WriteTransaction, municipalities: 
             segments.remove(k.as_slice()).map_err(storage("removing a resident column segment"))?;
         }
         let mut n = 0u32;
-        let mut columns = ResidentColumns::with_capacity(RESIDENT_SEGMENT_ROWS);
-        let mut write = |columns: &ResidentColumns, n: &mut u32| -> Result<()> {
-            bytes.clear();
-            columns.encode_segment(&mut bytes)?;
-            segments.insert(segment_key(m, *n).as_slice(), bytes.as_slice()).map_err(storage("writing a resident column segment"))?;
+        let mut value: Vec<u8> = Vec::new();
+        let mut put = |value: &mut Vec<u8>, n: &mut u32| -> Result<()> {
+            segments.insert(segment_key(m, *n).as_slice(), value.as_slice()).map_err(storage("writing a resident column segment"))?;
             *n += 1;
+            value.clear();
             Ok(())
         };
-        for entry in prefixed(&residents, m)? {
-            let (_, v) = entry.map_err(storage("scanning residents"))?;
-            columns.push_stored(&mut postcard::Deserializer::from_bytes(v.value())).map_err(storage("decoding a resident"))?;
-            // A resident is a few hundred bytes: checked every 16 residents, a segment
-            // ends within a few KiB past the cut, still below 4 MiB.
-            if columns.len() == RESIDENT_SEGMENT_ROWS
-                || (columns.len().is_multiple_of(16) && columns.segment_len() >= RESIDENT_SEGMENT_BYTES)
-            {
-                write(&columns, &mut n)?;
-                columns = columns.empty_like();
+        for chunk in encoded {
+            if value.len() > 8 && value.len() + chunk.len() > RESIDENT_SEGMENT_BYTES {
+                put(&mut value, &mut n)?;
             }
+            if value.is_empty() {
+                value.extend_from_slice(&imports.to_le_bytes());
+            }
+            value.extend_from_slice(&chunk);
         }
-        if !columns.is_empty() {
-            write(&columns, &mut n)?;
+        if !value.is_empty() {
+            put(&mut value, &mut n)?;
         }
+        Ok(true)
+    })();
+    match result {
+        Ok(true) => commit(txn),
+        Ok(false) => txn.abort().map_err(storage("leaving the resident column segments as they are")),
+        Err(e) => abort(txn, e),
     }
-    Ok(())
-}
-
-/// Writes the segments of every municipality with residents (opening a file of the layout
-/// before `resident_columns`).
-pub(super) fn rebuild_all_resident_segments(txn: &WriteTransaction) -> Result<()> {
-    let residents = open_write(txn, RESIDENTS)?;
-    let mut municipalities = BTreeSet::new();
-    // One lookup per municipality: from each municipality's first key to past its last.
-    let mut from = Vec::new();
-    loop {
-        let first = residents.range::<&[u8]>(from.as_slice()..).map_err(storage("scanning residents"))?.next();
-        let Some(entry) = first else { break };
-        let key = entry.map_err(storage("scanning residents"))?.0.value().to_vec();
-        let Some(m) = key.first_chunk::<M>().copied() else {
-            // Not a resident's key (every one starts with a municipality): step past it.
-            from = key;
-            from.push(0);
-            continue;
-        };
-        municipalities.insert(m);
-        match prefix_end(&m) {
-            Some(end) => from = end,
-            None => break,
-        }
-    }
-    drop(residents);
-    rebuild_resident_segments(txn, &municipalities)
 }
 
 #[cfg(test)]
