@@ -287,6 +287,7 @@ fn scan_by_voucher(
     let mut pending_from = 0usize;
     let mut pending_bytes = 0usize;
     let mut complete = true;
+    let mut writing = true;
     scan_chunks_indexed(
         &doses,
         &chunks,
@@ -339,17 +340,22 @@ fn scan_by_voucher(
         },
         |chunk| {
             high = chunk.batches.iter().fold(high, |h, c| h.max(c.high_seq()));
-            pending_bytes += chunk.rebuilt.as_ref().map_or(0, |r| r.2.len());
-            pending.push(chunk.rebuilt);
+            // Once a write failed, nothing more is kept for one.
+            let rebuilt = chunk.rebuilt.filter(|_| writing);
+            pending_bytes += rebuilt.as_ref().map_or(0, |r| r.2.len());
+            pending.push(rebuilt);
             // `false` once the visitor stopped the scan.
             let sent = chunk.batches.is_empty() || out.send_blocking(chunk.batches).is_ok();
             complete &= sent;
             // The encoded columns wait for their write in memory: written every
             // `refresh_bytes` ([`REFRESH_BYTES`]), so that a scan of ten million doses does not hold a copy of them all.
-            if sent && pending_bytes >= refresh_bytes {
+            if sent && writing && pending_bytes >= refresh_bytes {
                 let done = std::mem::take(&mut pending);
                 let n = done.len();
-                refresh(db, m, &chunks, pending_from, done, segment_rows, snapshot_seq, moves)?;
+                // The cache is not the read's to fail: the doses were sent whatever the write
+                // does. A write that fails (a full disk, say) changes nothing, and the scan
+                // writes no more.
+                writing = refresh(db, m, &chunks, pending_from, done, segment_rows, snapshot_seq, moves).is_ok();
                 pending_from += n;
                 pending_bytes = 0;
             }
@@ -358,8 +364,9 @@ fn scan_by_voucher(
     )?;
     drop((doses, stored));
     drop(txn);
-    if complete && pending_from + pending.len() == chunks.len() && pending.iter().any(Option::is_some) {
-        refresh(db, m, &chunks, pending_from, pending, segment_rows, snapshot_seq, moves)?;
+    if writing && complete && pending_from + pending.len() == chunks.len() && pending.iter().any(Option::is_some) {
+        // As above: a failed cache write leaves the cache as it was, and the read stands.
+        let _ = refresh(db, m, &chunks, pending_from, pending, segment_rows, snapshot_seq, moves);
     }
     Ok(high)
 }
@@ -509,10 +516,12 @@ pub(crate) fn scan_resident_columns(
         drop(segments);
         let built = scan_resident_rows(&txn, m, rows, out, true)?;
         drop(txn);
-        return match built {
-            Some(encoded) => write_resident_segments(db, &prefix, imports, encoded),
-            None => Ok(()),
-        };
+        if let Some(encoded) = built {
+            // The cache is not the read's to fail: the residents were sent, and a write that
+            // fails (a full disk, say) leaves the segments as they were.
+            let _ = write_resident_segments(db, &prefix, imports, encoded);
+        }
+        return Ok(());
     }
     let chunks = Chunks::by_key(&segments, &prefix)?;
     scan_chunks(
