@@ -77,6 +77,18 @@ impl Validity {
     pub fn into_flags(self) -> Option<Vec<bool>> {
         self.0
     }
+
+    /// Appends `other`'s `other_len` rows after this one's `len`.
+    fn append(&mut self, len: usize, other: &Validity, other_len: usize) {
+        if self.0.is_none() && other.0.is_none() {
+            return;
+        }
+        let flags = self.0.get_or_insert_with(|| vec![true; len]);
+        match &other.0 {
+            Some(o) => flags.extend_from_slice(o),
+            None => flags.resize(len + other_len, true),
+        }
+    }
 }
 
 /// A column of text values, in one of Arrow's two string layouts (see the module docs):
@@ -208,6 +220,30 @@ impl TextColumn {
     /// Appends a value.
     pub fn push(&mut self, value: &str) -> Result<()> {
         self.push_bytes(value.as_bytes())
+    }
+
+    /// Appends every value of `other`, leaving the column as pushing them one by one would:
+    /// contiguous columns in bulk (their bytes, then their offsets moved along), views value by
+    /// value (so that repeated long values still share their bytes).
+    fn append(&mut self, other: &TextColumn) -> Result<()> {
+        let (len, other_len) = (self.len(), other.len());
+        match (&mut self.layout, &other.layout) {
+            (Layout::Contiguous { offsets }, Layout::Contiguous { offsets: more }) => {
+                let base = i32::try_from(self.bytes.len()).map_err(|_| too_long())?;
+                let last = more.last().copied().unwrap_or(0);
+                base.checked_add(last).ok_or_else(too_long)?;
+                offsets.extend(more.iter().skip(1).map(|&o| o + base));
+                self.bytes.extend_from_slice(&other.bytes);
+                self.validity.append(len, &other.validity, other_len);
+                Ok(())
+            }
+            _ => {
+                for row in 0..other_len {
+                    self.push_row_of(other, row)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Appends a text as its bytes: UTF-8 from a `&str`, or a stored text as stored (see
@@ -967,34 +1003,39 @@ impl TextColumn {
     /// Rows `range` as a column of their own, in the same layout, as pushing them one by
     /// one would build it.
     fn slice(&self, range: std::ops::Range<usize>) -> Result<Self> {
-        let outside = || corrupt("a value outside its column");
         let mut out = match self.layout {
             Layout::Contiguous { .. } => Self::with_capacity(range.len()),
             Layout::Views { .. } => Self::shared(range.len()),
         };
         for row in range {
-            if !self.validity.is_valid(row) {
-                out.push_null();
-                continue;
+            out.push_row_of(self, row)?;
+        }
+        Ok(out)
+    }
+
+    /// Appends value `row` of `other` (missing when it is missing there).
+    fn push_row_of(&mut self, other: &TextColumn, row: usize) -> Result<()> {
+        let outside = || corrupt("a value outside its column");
+        if !other.validity.is_valid(row) {
+            self.push_null();
+            return Ok(());
+        }
+        match &other.layout {
+            Layout::Contiguous { offsets } => {
+                let (start, end) = (offsets.get(row).ok_or_else(outside)?, offsets.get(row + 1).ok_or_else(outside)?);
+                let (start, end) = (usize::try_from(*start).map_err(|_| outside())?, usize::try_from(*end).map_err(|_| outside())?);
+                self.push_bytes(other.bytes.get(start..end).ok_or_else(outside)?)
             }
-            match &self.layout {
-                Layout::Contiguous { offsets } => {
-                    let (start, end) = (offsets.get(row).ok_or_else(outside)?, offsets.get(row + 1).ok_or_else(outside)?);
-                    let (start, end) = (usize::try_from(*start).map_err(|_| outside())?, usize::try_from(*end).map_err(|_| outside())?);
-                    out.push_bytes(self.bytes.get(start..end).ok_or_else(outside)?)?;
-                }
-                Layout::Views { views, .. } => {
-                    let view = *views.get(row).ok_or_else(outside)?;
-                    let len = (view as u32) as usize;
-                    if len <= INLINE_TEXT {
-                        out.push_bytes(&view.to_le_bytes()[4..4 + len])?;
-                    } else {
-                        out.push_bytes(long_bytes(&self.bytes, view).ok_or_else(outside)?)?;
-                    }
+            Layout::Views { views, .. } => {
+                let view = *views.get(row).ok_or_else(outside)?;
+                let len = (view as u32) as usize;
+                if len <= INLINE_TEXT {
+                    self.push_bytes(&view.to_le_bytes()[4..4 + len])
+                } else {
+                    self.push_bytes(long_bytes(&other.bytes, view).ok_or_else(outside)?)
                 }
             }
         }
-        Ok(out)
     }
 
     fn encode(&self, out: &mut Vec<u8>) -> Result<()> {
@@ -1067,6 +1108,12 @@ impl TextColumn {
 }
 
 impl DateColumn {
+    /// Appends every value of `other`.
+    fn append(&mut self, other: &DateColumn) {
+        self.validity.append(self.days.len(), &other.validity, other.days.len());
+        self.days.extend_from_slice(&other.days);
+    }
+
     fn slice(&self, range: std::ops::Range<usize>) -> Self {
         let validity = self.validity.slice(range.clone());
         Self { days: self.days.get(range).map(<[i32]>::to_vec).unwrap_or_default(), validity }
@@ -1177,6 +1224,24 @@ impl ResidentColumns {
             status_date: DateColumn::decode(r, rows, "status_date")?,
         };
         Ok(columns)
+    }
+
+    /// Appends every resident of `other` after these, as pushing them one by one would
+    /// leave the columns (in bulk: a store merges small batches into a segment with it).
+    pub fn append(&mut self, other: &ResidentColumns) -> Result<()> {
+        self.municipality.append(&other.municipality)?;
+        self.addressee_number.append(&other.addressee_number)?;
+        self.voucher_number.append(&other.voucher_number)?;
+        self.name.append(&other.name)?;
+        self.name_kana.append(&other.name_kana)?;
+        self.birth_date.append(&other.birth_date);
+        self.sex.append(&other.sex)?;
+        self.address.append(&other.address)?;
+        self.previous_municipality.append(&other.previous_municipality)?;
+        self.previous_voucher_number.append(&other.previous_voucher_number)?;
+        self.status.append(&other.status)?;
+        self.status_date.append(&other.status_date);
+        Ok(())
     }
 
     /// These columns cut into consecutive batches of at most `rows` residents (one batch,
@@ -1640,6 +1705,31 @@ mod tests {
         longer.push(0);
         assert!(ResidentColumns::decode_segment(&longer).is_err());
         assert_eq!(ResidentColumns::decode_segment(&bytes).unwrap(), pushed(&residents(&texts)));
+    }
+
+    #[test]
+    fn appended_columns_are_the_pushed_ones() {
+        let a = [("山田 太郎".to_string(), Some("東京都千代田区千代田1-1".to_string()), true), ("x".into(), None, false)];
+        let b = [("佐藤 花子".to_string(), None, true), ("y".into(), Some("大阪".to_string()), false)];
+        let all = residents(&a.iter().chain(&b).cloned().collect::<Vec<_>>());
+        for (cut, end) in [(2, 4), (0, 4), (2, 2), (1, 3), (0, 0)] {
+            let mut joined = pushed(&all[..cut]);
+            joined.append(&pushed(&all[cut..end])).unwrap();
+            assert_eq!(joined, pushed(&all[..end]), "{cut}..{end}");
+        }
+        let mut shared = TextColumn::shared(2);
+        shared.push("接種会場 千代田区役所 第二会議室").unwrap();
+        let mut more = TextColumn::shared(2);
+        more.push("接種会場 千代田区役所 第二会議室").unwrap();
+        more.push_null();
+        more.push("short").unwrap();
+        shared.append(&more).unwrap();
+        let mut by_push = TextColumn::shared(4);
+        by_push.push("接種会場 千代田区役所 第二会議室").unwrap();
+        by_push.push("接種会場 千代田区役所 第二会議室").unwrap();
+        by_push.push_null();
+        by_push.push("short").unwrap();
+        assert_eq!(shared, by_push);
     }
 
     #[test]

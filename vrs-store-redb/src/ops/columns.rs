@@ -565,6 +565,16 @@ pub(super) fn scan_resident_rows(
     // into the batches asked for.
     let piece = if encode { RESIDENT_SEGMENT_ROWS } else { rows };
     let mut encoded = Vec::new();
+    // Residents of short pieces not yet encoded, merged in key order.
+    let mut short: Option<ResidentColumns> = None;
+    let flush = |short: &mut Option<ResidentColumns>, encoded: &mut Vec<Vec<u8>>| -> Result<()> {
+        if let Some(s) = short.take() {
+            let mut bytes = Vec::new();
+            s.encode_segment(&mut bytes)?;
+            encoded.push(bytes);
+        }
+        Ok(())
+    };
     let mut complete = true;
     scan_chunks(
         &residents,
@@ -584,27 +594,48 @@ pub(super) fn scan_resident_rows(
             if !columns.is_empty() {
                 batches.push(columns);
             }
+            // Full pieces are encoded here, on the workers; a chunk's last, short piece is
+            // merged with its neighbours' on the consumer first (addressees of each length
+            // are cut into chunks of their own, many of them small).
             let mut pieces = Vec::new();
+            let mut tail = None;
             if encode {
                 for b in &batches {
-                    let mut bytes = Vec::new();
-                    b.encode_segment(&mut bytes)?;
-                    pieces.push(bytes);
+                    if b.len() >= piece {
+                        let mut bytes = Vec::new();
+                        b.encode_segment(&mut bytes)?;
+                        pieces.push(bytes);
+                    } else {
+                        tail = Some(b.clone());
+                    }
                 }
                 if rows < piece {
                     batches = batches.into_iter().map(|b| b.split(rows)).collect::<Result<Vec<_>>>()?.into_iter().flatten().collect();
                 }
             }
-            Ok((batches, pieces))
+            Ok((batches, pieces, tail))
         },
-        |(batches, pieces)| {
-            encoded.extend(pieces);
+        |(batches, pieces, tail)| {
+            if !pieces.is_empty() {
+                flush(&mut short, &mut encoded)?;
+                encoded.extend(pieces);
+            }
+            if let Some(t) = tail {
+                if short.as_ref().is_some_and(|s| s.len() + t.len() > piece) {
+                    flush(&mut short, &mut encoded)?;
+                }
+                match &mut short {
+                    Some(s) => s.append(&t)?,
+                    None => short = Some(t),
+                }
+            }
             // `false` once the visitor stopped the scan.
             let sent = batches.is_empty() || out.send_blocking(batches).is_ok();
             complete &= sent;
             Ok(sent)
         },
     )?;
+    flush(&mut short, &mut encoded)?;
     Ok((encode && complete).then_some(encoded))
 }
 
