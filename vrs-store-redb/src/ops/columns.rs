@@ -476,9 +476,8 @@ pub(super) fn resident_imports_key(m: &[u8; M]) -> String {
 pub(super) fn count_resident_imports(txn: &WriteTransaction, municipalities: &BTreeSet<[u8; M]>) -> Result<()> {
     let mut meta = open_write(txn, META)?;
     for m in municipalities {
-        let key = resident_imports_key(m);
-        let n = meta.get(key.as_str()).map_err(storage("reading an import count"))?.map_or(0, |g| g.value());
-        meta.insert(key.as_str(), n + 1).map_err(storage("writing an import count"))?;
+        let n = resident_imports(&meta, m)?;
+        meta.insert(resident_imports_key(m).as_str(), n + 1).map_err(storage("writing an import count"))?;
     }
     Ok(())
 }
