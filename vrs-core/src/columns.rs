@@ -1252,26 +1252,27 @@ impl ResidentColumns {
         if n <= rows {
             return Ok(vec![self]);
         }
-        (0..n)
-            .step_by(rows)
-            .map(|start| {
-                let range = start..(start + rows).min(n);
-                Ok(Self {
-                    municipality: self.municipality.slice(range.clone())?,
-                    addressee_number: self.addressee_number.slice(range.clone())?,
-                    voucher_number: self.voucher_number.slice(range.clone())?,
-                    name: self.name.slice(range.clone())?,
-                    name_kana: self.name_kana.slice(range.clone())?,
-                    birth_date: self.birth_date.slice(range.clone()),
-                    sex: self.sex.slice(range.clone())?,
-                    address: self.address.slice(range.clone())?,
-                    previous_municipality: self.previous_municipality.slice(range.clone())?,
-                    previous_voucher_number: self.previous_voucher_number.slice(range.clone())?,
-                    status: self.status.slice(range.clone())?,
-                    status_date: self.status_date.slice(range),
-                })
-            })
-            .collect()
+        (0..n).step_by(rows).map(|start| self.rows(start..(start + rows).min(n))).collect()
+    }
+
+    /// A copy of rows `range` (clamped to the rows there are), built as pushing just those
+    /// residents would build it.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let range = range.start.min(self.len())..range.end.min(self.len());
+        Ok(Self {
+            municipality: self.municipality.slice(range.clone())?,
+            addressee_number: self.addressee_number.slice(range.clone())?,
+            voucher_number: self.voucher_number.slice(range.clone())?,
+            name: self.name.slice(range.clone())?,
+            name_kana: self.name_kana.slice(range.clone())?,
+            birth_date: self.birth_date.slice(range.clone()),
+            sex: self.sex.slice(range.clone())?,
+            address: self.address.slice(range.clone())?,
+            previous_municipality: self.previous_municipality.slice(range.clone())?,
+            previous_voucher_number: self.previous_voucher_number.slice(range.clone())?,
+            status: self.status.slice(range.clone())?,
+            status_date: self.status_date.slice(range),
+        })
     }
 
     fn texts(&self) -> [&TextColumn; 10] {
