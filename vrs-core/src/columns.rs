@@ -188,6 +188,14 @@ impl TextColumn {
         }
     }
 
+    /// An empty column of views for short values, mostly of at most [`INLINE_TEXT`] bytes
+    /// (codes: a municipality, a voucher number, a sex letter): each lives inside its view,
+    /// so that a consumer takes the views as they are (Arrow's `string_view`) instead of
+    /// building one per value from offsets. Same layout as [`shared`](Self::shared).
+    pub fn codes(rows: usize) -> Self {
+        Self::shared(rows)
+    }
+
     /// Number of values (missing ones included).
     pub fn len(&self) -> usize {
         match &self.layout {
@@ -274,10 +282,7 @@ impl TextColumn {
                 Ok(())
             }
             Layout::Views { views, .. } if N <= INLINE_TEXT => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&(N as u32).to_le_bytes());
-                b[4..4 + N].copy_from_slice(digits);
-                views.push(u128::from_le_bytes(b));
+                views.push(inline_view(digits));
                 self.validity.push_valid();
                 Ok(())
             }
@@ -809,17 +814,19 @@ impl ResidentColumns {
     /// Empty columns with room for `rows` residents.
     pub fn with_capacity(rows: usize) -> Self {
         Self {
-            municipality: TextColumn::with_capacity(rows),
-            addressee_number: TextColumn::with_capacity(rows),
-            voucher_number: TextColumn::with_capacity(rows),
+            // Codes as views (see `TextColumn::codes`); names and addresses contiguous (the
+            // consumer checks their UTF-8 in one pass over the bytes).
+            municipality: TextColumn::codes(rows),
+            addressee_number: TextColumn::codes(rows),
+            voucher_number: TextColumn::codes(rows),
             name: TextColumn::with_capacity(rows),
             name_kana: TextColumn::with_capacity(rows),
             birth_date: DateColumn::with_capacity(rows),
-            sex: TextColumn::with_capacity(rows),
+            sex: TextColumn::codes(rows),
             address: TextColumn::with_capacity(rows),
-            previous_municipality: TextColumn::with_capacity(rows),
-            previous_voucher_number: TextColumn::with_capacity(rows),
-            status: TextColumn::with_capacity(rows),
+            previous_municipality: TextColumn::codes(rows),
+            previous_voucher_number: TextColumn::codes(rows),
+            status: TextColumn::codes(rows),
             status_date: DateColumn::with_capacity(rows),
         }
     }
@@ -910,8 +917,10 @@ impl ResidentColumns {
 
 /// The first bytes of a [`ResidentColumns`] segment: a tag, then the format version.
 const SEGMENT_TAG: [u8; 4] = *b"vrsR";
-/// The segment format written by [`ResidentColumns::encode_segment`].
-const SEGMENT_VERSION: u8 = 1;
+/// The segment format written by [`ResidentColumns::encode_segment`]. Version 2: the code
+/// columns (municipality, addressee and voucher numbers, sex, previous municipality and
+/// voucher, status) as views. A store reads a segment of another version as stale.
+const SEGMENT_VERSION: u8 = 2;
 /// Layout bytes of a text column in a segment.
 const CONTIGUOUS: u8 = 0;
 const VIEWS: u8 = 1;
