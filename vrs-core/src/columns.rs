@@ -232,7 +232,8 @@ impl TextColumn {
 
     /// Appends every value of `other`, leaving the column as pushing them one by one would:
     /// contiguous columns in bulk (their bytes, then their offsets moved along), views value by
-    /// value (so that repeated long values still share their bytes).
+    /// value (so that repeated long values still share their bytes), or in bulk when every
+    /// one is inline.
     fn append(&mut self, other: &TextColumn) -> Result<()> {
         let (len, other_len) = (self.len(), other.len());
         match (&mut self.layout, &other.layout) {
@@ -242,6 +243,13 @@ impl TextColumn {
                 base.checked_add(last).ok_or_else(too_long)?;
                 offsets.extend(more.iter().skip(1).map(|&o| o + base));
                 self.bytes.extend_from_slice(&other.bytes);
+                self.validity.append(len, &other.validity, other_len);
+                Ok(())
+            }
+            // Views that are all inline (codes) point into no bytes: taken in bulk, as pushing
+            // them would leave them.
+            (Layout::Views { views, .. }, Layout::Views { views: more, .. }) if other.bytes.is_empty() => {
+                views.extend_from_slice(more);
                 self.validity.append(len, &other.validity, other_len);
                 Ok(())
             }
