@@ -188,6 +188,14 @@ impl TextColumn {
         }
     }
 
+    /// An empty column of views for short values, mostly of at most [`INLINE_TEXT`] bytes
+    /// (codes: a municipality, a voucher number, a sex letter): each lives inside its view,
+    /// so that a consumer takes the views as they are (Arrow's `string_view`) instead of
+    /// building one per value from offsets. Same layout as [`shared`](Self::shared).
+    pub fn codes(rows: usize) -> Self {
+        Self::shared(rows)
+    }
+
     /// Number of values (missing ones included).
     pub fn len(&self) -> usize {
         match &self.layout {
@@ -224,7 +232,8 @@ impl TextColumn {
 
     /// Appends every value of `other`, leaving the column as pushing them one by one would:
     /// contiguous columns in bulk (their bytes, then their offsets moved along), views value by
-    /// value (so that repeated long values still share their bytes).
+    /// value (so that repeated long values still share their bytes), or in bulk when every
+    /// one is inline.
     fn append(&mut self, other: &TextColumn) -> Result<()> {
         let (len, other_len) = (self.len(), other.len());
         match (&mut self.layout, &other.layout) {
@@ -234,6 +243,13 @@ impl TextColumn {
                 base.checked_add(last).ok_or_else(too_long)?;
                 offsets.extend(more.iter().skip(1).map(|&o| o + base));
                 self.bytes.extend_from_slice(&other.bytes);
+                self.validity.append(len, &other.validity, other_len);
+                Ok(())
+            }
+            // Views that are all inline (codes) point into no bytes: taken in bulk, as pushing
+            // them would leave them.
+            (Layout::Views { views, .. }, Layout::Views { views: more, .. }) if other.bytes.is_empty() => {
+                views.extend_from_slice(more);
                 self.validity.append(len, &other.validity, other_len);
                 Ok(())
             }
@@ -274,10 +290,7 @@ impl TextColumn {
                 Ok(())
             }
             Layout::Views { views, .. } if N <= INLINE_TEXT => {
-                let mut b = [0u8; 16];
-                b[..4].copy_from_slice(&(N as u32).to_le_bytes());
-                b[4..4 + N].copy_from_slice(digits);
-                views.push(u128::from_le_bytes(b));
+                views.push(inline_view(digits));
                 self.validity.push_valid();
                 Ok(())
             }
@@ -809,17 +822,19 @@ impl ResidentColumns {
     /// Empty columns with room for `rows` residents.
     pub fn with_capacity(rows: usize) -> Self {
         Self {
-            municipality: TextColumn::with_capacity(rows),
-            addressee_number: TextColumn::with_capacity(rows),
-            voucher_number: TextColumn::with_capacity(rows),
+            // Codes as views (see `TextColumn::codes`); names and addresses contiguous (the
+            // consumer checks their UTF-8 in one pass over the bytes).
+            municipality: TextColumn::codes(rows),
+            addressee_number: TextColumn::codes(rows),
+            voucher_number: TextColumn::codes(rows),
             name: TextColumn::with_capacity(rows),
             name_kana: TextColumn::with_capacity(rows),
             birth_date: DateColumn::with_capacity(rows),
-            sex: TextColumn::with_capacity(rows),
+            sex: TextColumn::codes(rows),
             address: TextColumn::with_capacity(rows),
-            previous_municipality: TextColumn::with_capacity(rows),
-            previous_voucher_number: TextColumn::with_capacity(rows),
-            status: TextColumn::with_capacity(rows),
+            previous_municipality: TextColumn::codes(rows),
+            previous_voucher_number: TextColumn::codes(rows),
+            status: TextColumn::codes(rows),
             status_date: DateColumn::with_capacity(rows),
         }
     }
@@ -910,8 +925,10 @@ impl ResidentColumns {
 
 /// The first bytes of a [`ResidentColumns`] segment: a tag, then the format version.
 const SEGMENT_TAG: [u8; 4] = *b"vrsR";
-/// The segment format written by [`ResidentColumns::encode_segment`].
-const SEGMENT_VERSION: u8 = 1;
+/// The segment format written by [`ResidentColumns::encode_segment`]. Version 2: the code
+/// columns (municipality, addressee and voucher numbers, sex, previous municipality and
+/// voucher, status) as views. A store reads a segment of another version as stale.
+const SEGMENT_VERSION: u8 = 2;
 /// Layout bytes of a text column in a segment.
 const CONTIGUOUS: u8 = 0;
 const VIEWS: u8 = 1;
@@ -1252,26 +1269,27 @@ impl ResidentColumns {
         if n <= rows {
             return Ok(vec![self]);
         }
-        (0..n)
-            .step_by(rows)
-            .map(|start| {
-                let range = start..(start + rows).min(n);
-                Ok(Self {
-                    municipality: self.municipality.slice(range.clone())?,
-                    addressee_number: self.addressee_number.slice(range.clone())?,
-                    voucher_number: self.voucher_number.slice(range.clone())?,
-                    name: self.name.slice(range.clone())?,
-                    name_kana: self.name_kana.slice(range.clone())?,
-                    birth_date: self.birth_date.slice(range.clone()),
-                    sex: self.sex.slice(range.clone())?,
-                    address: self.address.slice(range.clone())?,
-                    previous_municipality: self.previous_municipality.slice(range.clone())?,
-                    previous_voucher_number: self.previous_voucher_number.slice(range.clone())?,
-                    status: self.status.slice(range.clone())?,
-                    status_date: self.status_date.slice(range),
-                })
-            })
-            .collect()
+        (0..n).step_by(rows).map(|start| self.rows(start..(start + rows).min(n))).collect()
+    }
+
+    /// A copy of rows `range` (clamped to the rows there are), built as pushing just those
+    /// residents would build it.
+    pub fn rows(&self, range: std::ops::Range<usize>) -> Result<Self> {
+        let range = range.start.min(self.len())..range.end.min(self.len());
+        Ok(Self {
+            municipality: self.municipality.slice(range.clone())?,
+            addressee_number: self.addressee_number.slice(range.clone())?,
+            voucher_number: self.voucher_number.slice(range.clone())?,
+            name: self.name.slice(range.clone())?,
+            name_kana: self.name_kana.slice(range.clone())?,
+            birth_date: self.birth_date.slice(range.clone()),
+            sex: self.sex.slice(range.clone())?,
+            address: self.address.slice(range.clone())?,
+            previous_municipality: self.previous_municipality.slice(range.clone())?,
+            previous_voucher_number: self.previous_voucher_number.slice(range.clone())?,
+            status: self.status.slice(range.clone())?,
+            status_date: self.status_date.slice(range),
+        })
     }
 
     fn texts(&self) -> [&TextColumn; 10] {

@@ -1490,6 +1490,9 @@ mod tests {
     use vrs_core::testing::{TestSource, code, resident};
 
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     use vrs_core::ids::SiteId;
 
     /// A municipality's resident columns as one-resident batches: the segment scan's and the
@@ -1497,7 +1500,7 @@ mod tests {
     fn resident_columns(db: &Database, m: &str, from_rows: bool) -> Vec<ResidentColumns> {
         let (tx, rx) = async_channel::unbounded();
         if from_rows {
-            columns::scan_resident_rows(&begin_read(db).unwrap(), &code(m), 1 << 16, &tx, false).unwrap();
+            columns::scan_resident_rows(&begin_read(db).unwrap(), &code(m), 1 << 16, 0, &tx, false).unwrap();
         } else {
             scan_resident_columns(db, &code(m), 1 << 16, &tx).unwrap();
         }
@@ -1581,6 +1584,93 @@ mod tests {
         assert_eq!(read_matches_rows(&db, "131016"), n + 1);
         assert!(!segments(&db, "131016").is_empty(), "the first read builds them");
         assert_eq!(read_matches_rows(&db, "131016"), n + 1);
+    }
+
+    /// Replaces stored segment value `n` of `m`.
+    fn put_segment(db: &Database, m: &str, n: u32, value: &[u8]) {
+        let txn = db.begin_write().unwrap();
+        txn.open_table(RESIDENT_COLUMNS).unwrap().insert(segment_key(m.as_bytes().try_into().unwrap(), n).as_slice(), value).unwrap();
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_resident_segment_that_does_not_decode_is_read_from_rows_and_rebuilt() {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).unwrap();
+        init(&db).unwrap();
+        let n = 5 * RESIDENT_SEGMENT_ROWS + 10;
+        let many: Vec<_> = (1..=n).map(|i| resident("131016", &i.to_string(), &format!("{i:010}"))).collect();
+        import_residents(&db, Durability::Immediate, TestSource::new(many, 4096, true)).unwrap();
+        assert_eq!(read_matches_rows(&db, "131016"), n);
+        let built = segments(&db, "131016");
+        assert!(built.len() >= 2, "{} values", built.len());
+        // A damaged value after the first (residents before it were sent from the segments),
+        // the first one's body, a value cut short, and a value of another format.
+        let damaged = |v: &[u8]| {
+            let mut d = v.to_vec();
+            d[v.len() / 2] ^= 0xff;
+            d.truncate(v.len() - 3);
+            d
+        };
+        let mut other_format = built[1].clone();
+        other_format[8 + 4] = 99;
+        for (n, value) in [(1, damaged(&built[1])), (0, damaged(&built[0])), (1, built[1][..9].to_vec()), (1, other_format)] {
+            put_segment(&db, "131016", n, &value);
+            assert_eq!(read_matches_rows(&db, "131016"), 5 * RESIDENT_SEGMENT_ROWS + 10, "value {n}");
+            assert_eq!(segments(&db, "131016"), built, "value {n} rewritten");
+        }
+    }
+
+    /// An in-memory redb file whose writes fail while `fail` is set (a full disk, say).
+    #[derive(Debug)]
+    struct FailingWrites {
+        inner: redb::backends::InMemoryBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl FailingWrites {
+        fn check(&self) -> std::result::Result<(), std::io::Error> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(std::io::Error::other("no space left (test)"));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for FailingWrites {
+        fn len(&self) -> std::result::Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::result::Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::result::Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::result::Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::result::Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[test]
+    fn a_resident_read_whose_cache_write_fails_still_succeeds() {
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend = FailingWrites { inner: redb::backends::InMemoryBackend::new(), fail: Arc::clone(&fail) };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        init(&db).unwrap();
+        let n = 2 * RESIDENT_SEGMENT_ROWS + 10;
+        let many: Vec<_> = (1..=n).map(|i| resident("131016", &i.to_string(), &format!("{i:010}"))).collect();
+        import_residents(&db, Durability::Immediate, TestSource::new(many, 4096, true)).unwrap();
+        fail.store(true, Ordering::SeqCst);
+        // The segments' write fails: the read still hands over every resident.
+        assert_eq!(read_matches_rows(&db, "131016"), n);
+        assert!(segments(&db, "131016").is_empty(), "nothing written");
+        assert_eq!(read_matches_rows(&db, "131016"), n);
     }
 
     #[test]

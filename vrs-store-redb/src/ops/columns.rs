@@ -476,9 +476,8 @@ pub(super) fn resident_imports_key(m: &[u8; M]) -> String {
 pub(super) fn count_resident_imports(txn: &WriteTransaction, municipalities: &BTreeSet<[u8; M]>) -> Result<()> {
     let mut meta = open_write(txn, META)?;
     for m in municipalities {
-        let key = resident_imports_key(m);
-        let n = meta.get(key.as_str()).map_err(storage("reading an import count"))?.map_or(0, |g| g.value());
-        meta.insert(key.as_str(), n + 1).map_err(storage("writing an import count"))?;
+        let n = resident_imports(&meta, m)?;
+        meta.insert(resident_imports_key(m).as_str(), n + 1).map_err(storage("writing an import count"))?;
     }
     Ok(())
 }
@@ -497,7 +496,9 @@ fn built_at(value: &[u8]) -> Option<u64> {
 /// `resident_columns` segments when they are fresh, decoded on several threads from one
 /// read snapshot ([`parallel`]) in key order; otherwise its rows decoded as
 /// [`scan_resident_rows`] does, after which the segments are written from what was decoded
-/// (when the visitor took every batch and no import came in between).
+/// (when the visitor took every batch and no import came in between). A segment value that
+/// does not decode (damaged, or of another format) is not an error: the residents from
+/// where it starts are decoded from the rows, and the segments rebuilt, as for stale ones.
 pub(crate) fn scan_resident_columns(
     db: &Database,
     m: &MunicipalityCode,
@@ -512,49 +513,63 @@ pub(crate) fn scan_resident_columns(
     let first = segments.get(segment_key(&prefix, 0).as_slice()).map_err(storage("reading resident column segments"))?;
     let fresh = first.as_ref().and_then(|v| built_at(v.value())) == Some(imports);
     drop(first);
-    if !fresh {
-        drop(segments);
-        let built = scan_resident_rows(&txn, m, rows, out, true)?;
+    // From the rows when the segments are stale, or from where the first value that does not
+    // decode starts (the residents before it were sent); the segments are then rebuilt.
+    let mut from_rows = (!fresh).then_some(0usize);
+    if fresh {
+        let chunks = Chunks::by_key(&segments, &prefix)?;
+        let mut sent = 0usize;
+        scan_chunks(
+            &segments,
+            &chunks,
+            parallel::workers(),
+            |range| {
+                let mut batches = Vec::new();
+                for entry in range {
+                    let (_, v) = entry.map_err(storage("scanning resident column segments"))?;
+                    // `None`: a value this build cannot read (damaged, or of another format).
+                    let Some(blocks) = v.value().get(8..).and_then(|b| ResidentColumns::decode_segments(b).ok()) else {
+                        return Ok(None);
+                    };
+                    for block in blocks {
+                        batches.extend(block.split(rows)?);
+                    }
+                }
+                Ok(Some(batches))
+            },
+            |batches| {
+                let Some(batches) = batches else {
+                    from_rows = Some(sent);
+                    return Ok(false);
+                };
+                sent += batches.iter().map(ResidentColumns::len).sum::<usize>();
+                // `false` once the visitor stopped the scan.
+                Ok(batches.is_empty() || out.send_blocking(batches).is_ok())
+            },
+        )?;
+    }
+    drop(segments);
+    if let Some(skip) = from_rows {
+        let built = scan_resident_rows(&txn, m, rows, skip, out, true)?;
         drop(txn);
         if let Some(encoded) = built {
             // The cache is not the read's to fail: the residents were sent, and a write that
             // fails (a full disk, say) leaves the segments as they were.
             let _ = write_resident_segments(db, &prefix, imports, encoded);
         }
-        return Ok(());
     }
-    let chunks = Chunks::by_key(&segments, &prefix)?;
-    scan_chunks(
-        &segments,
-        &chunks,
-        parallel::workers(),
-        |range| {
-            let mut batches = Vec::new();
-            for entry in range {
-                let (_, v) = entry.map_err(storage("scanning resident column segments"))?;
-                let blocks = v
-                    .value()
-                    .get(8..)
-                    .ok_or_else(|| Error::Storage { message: "a resident column segment is cut short".into(), source: None })?;
-                for block in ResidentColumns::decode_segments(blocks)? {
-                    batches.extend(block.split(rows)?);
-                }
-            }
-            Ok(batches)
-        },
-        // `false` once the visitor stopped the scan.
-        |batches| Ok(batches.is_empty() || out.send_blocking(batches).is_ok()),
-    )
+    Ok(())
 }
 
 /// Sends a municipality's residents as columns decoded from their rows, chunks of the range
-/// decoded on several threads from the snapshot of `txn`. With `encode`, also returns them
-/// encoded as segments of at most [`RESIDENT_SEGMENT_ROWS`] residents, in key order, when
-/// the visitor took them all.
+/// decoded on several threads from the snapshot of `txn`, but for the first `skip` of them
+/// (sent already). With `encode`, also returns them all encoded as segments of at most
+/// [`RESIDENT_SEGMENT_ROWS`] residents, in key order, when the visitor took them all.
 pub(super) fn scan_resident_rows(
     txn: &redb::ReadTransaction,
     m: &MunicipalityCode,
     rows: usize,
+    skip: usize,
     out: &async_channel::Sender<Vec<ResidentColumns>>,
     encode: bool,
 ) -> Result<Option<Vec<Vec<u8>>>> {
@@ -576,6 +591,7 @@ pub(super) fn scan_resident_rows(
         Ok(())
     };
     let mut complete = true;
+    let mut skipped = 0usize;
     scan_chunks(
         &residents,
         &chunks,
@@ -628,6 +644,22 @@ pub(super) fn scan_resident_rows(
                     Some(s) => s.append(&t)?,
                     None => short = Some(t),
                 }
+            }
+            // The residents sent already are left out.
+            let mut batches = batches;
+            if skipped < skip {
+                let mut kept = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let n = b.len();
+                    let leave = (skip - skipped).min(n);
+                    skipped += leave;
+                    if leave == 0 {
+                        kept.push(b);
+                    } else if leave < n {
+                        kept.push(b.rows(leave..n)?);
+                    }
+                }
+                batches = kept;
             }
             // `false` once the visitor stopped the scan.
             let sent = batches.is_empty() || out.send_blocking(batches).is_ok();
