@@ -127,6 +127,17 @@ struct DoseAt {
 }
 
 impl Pending {
+    /// Room for a batch of `n` registrations (a change set and a dose each), so that a
+    /// large batch does not regrow its indexes as it is decided.
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            sets: Vec::with_capacity(n),
+            doses: HashMap::with_capacity(n),
+            by_voucher: HashMap::with_capacity(n),
+            findings: BTreeMap::new(),
+        }
+    }
+
     fn push(&mut self, cs: ChangeSet) {
         let set = self.sets.len();
         let new = cs.new_doses.iter().enumerate().map(|(index, d)| (d, DoseAt { set, updated: false, index }));
@@ -571,7 +582,7 @@ impl Registry {
         if answers.len() != asked.len() {
             return Err(Error::Storage { message: "the store answered a different number of person contexts".into(), source: None });
         }
-        let mut pending = Pending::default();
+        let mut pending = Pending::with_capacity(regs.len());
         let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
         for (reg, query) in regs.iter().zip(&queries) {
             let context = match query {

@@ -612,6 +612,20 @@ fn main() {
                 cpu_single.as_secs_f64() * 1e6 / singles as f64
             ),
         );
+        if std::env::var("VRS_BENCH_REGISTER_LOOP").is_ok() {
+            // For profiling the batch path alone (attach when this line appears), on persons
+            // past the ones the cap below writes for.
+            println!("register loop (pid {})", std::process::id());
+            let from = first + singles + 2 * batched;
+            let regs = registrations("loop", m, &options, from..(from + 100_000).min(n));
+            rt.block_on(async {
+                for chunk in regs.chunks(500) {
+                    for r in registry.register_batch(&tablet, chunk).await.unwrap() {
+                        r.unwrap();
+                    }
+                }
+            });
+        }
         registration_cap = Some((first + singles + batched, batched, singles, single_rate, t_batch, written_batch, written_single));
     }
 
