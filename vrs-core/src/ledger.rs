@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -401,6 +401,31 @@ impl LedgerBatch {
     /// The doses decoded since the last call, in order; the batch is empty afterwards.
     /// Fails when a stored text is not UTF-8.
     pub fn take(&mut self) -> Result<LedgerDoses> {
+        self.check()?;
+        let capacity = (self.doses.text.capacity(), self.doses.parts.capacity());
+        let taken = std::mem::take(&mut self.doses);
+        self.last_voucher = None;
+        self.doses.text.reserve(capacity.0);
+        self.doses.parts.reserve(capacity.1);
+        Ok(taken)
+    }
+
+    /// The doses decoded since the last [`clear`](Self::clear), in order, checked as
+    /// [`take`](Self::take) checks them but left in the batch: a scan that formats each
+    /// chunk where it decodes it reuses the batch's buffers for the next chunk.
+    pub fn checked(&mut self) -> Result<&LedgerDoses> {
+        self.check()?;
+        Ok(&self.doses)
+    }
+
+    /// Drops the doses decoded so far, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.doses.clear();
+        self.last_voucher = None;
+    }
+
+    /// Fails when a stored text is not UTF-8.
+    fn check(&self) -> Result<()> {
         let not_utf8 = || Error::Storage { message: "a stored dose's text is not UTF-8".into(), source: None };
         let text = &self.doses.text;
         simdutf8::basic::from_utf8(text).map_err(|_| not_utf8())?;
@@ -409,12 +434,7 @@ impl LedgerBatch {
         if !self.doses.parts.iter().all(|p| p.bounds.iter().all(starts)) {
             return Err(not_utf8());
         }
-        let capacity = (self.doses.text.capacity(), self.doses.parts.capacity());
-        let taken = std::mem::take(&mut self.doses);
-        self.last_voucher = None;
-        self.doses.text.reserve(capacity.0);
-        self.doses.parts.reserve(capacity.1);
-        Ok(taken)
+        Ok(())
     }
 }
 
@@ -1296,7 +1316,15 @@ pub struct LedgerFormat {
     /// Dose blocks per row.
     blocks: usize,
     extras: Extras,
+    /// Buffers of rows already written ([`recycle`](Self::recycle)), for the next rows:
+    /// a chunk's rows take about a MiB, which the allocator would otherwise map, fault in
+    /// and free again for each of a million-dose export's chunks.
+    spare: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Row buffers a [`LedgerFormat`] keeps for reuse: about as many as a parallel scan has
+/// chunks in flight.
+const SPARE_ROW_BUFFERS: usize = 16;
 
 /// Rows of a full export formatted from the doses of whole vouchers, encoded as asked,
 /// with what they hold; the export writes them as they are, in voucher order.
@@ -1332,6 +1360,7 @@ impl LedgerFormat {
     /// come out as the export writes them. Pure: a store may call it on any thread.
     pub fn rows(&self, doses: &LedgerDoses) -> Result<LedgerRows> {
         let mut b = self.builder();
+        b.out.bytes = self.spare_buffer();
         // About the bytes a dose takes in a row (a block and its share of the addressee).
         b.out.bytes.reserve(doses.len() * 128);
         let mut start = 0;
@@ -1341,6 +1370,24 @@ impl LedgerFormat {
             start = end;
         }
         b.take()
+    }
+
+    /// Hands the buffer of rows already written back, for the rows formatted next.
+    pub fn recycle(&self, rows: LedgerRows) {
+        self.give_back(rows.bytes);
+    }
+
+    fn give_back(&self, mut bytes: Vec<u8>) {
+        bytes.clear();
+        let mut spare = self.spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.len() < SPARE_ROW_BUFFERS && bytes.capacity() > 0 {
+            spare.push(bytes);
+        }
+    }
+
+    /// An empty buffer, recycled when there is one.
+    fn spare_buffer(&self) -> Vec<u8> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default()
     }
 
     /// A builder that formats batches in voucher order which may cut a voucher's doses
@@ -1446,7 +1493,9 @@ impl LedgerRowBuilder<'_> {
     fn take(&mut self) -> Result<LedgerRows> {
         let mut rows = std::mem::take(&mut self.out);
         if self.format.encoding == OutputEncoding::ShiftJis {
-            rows.bytes = shift_jis(&rows.bytes)?;
+            let encoded = shift_jis(&rows.bytes, self.format.spare_buffer())?;
+            let utf8 = std::mem::replace(&mut rows.bytes, encoded);
+            self.format.give_back(utf8);
         }
         Ok(rows)
     }
@@ -1455,10 +1504,11 @@ impl LedgerRowBuilder<'_> {
 /// Whole UTF-8 text in Shift_JIS; an unmappable character is an error (as [`Encoded`]
 /// says it), never a silent replacement. Shift_JIS needs no state across pieces of text, so
 /// pieces encoded apart join into the encoding of the whole.
-fn shift_jis(text: &[u8]) -> Result<Vec<u8>> {
+fn shift_jis(text: &[u8], mut out: Vec<u8>) -> Result<Vec<u8>> {
     let text = simdutf8::basic::from_utf8(text).map_err(|_| io_error("export text is not UTF-8"))?;
     let mut encoder = encoding_rs::SHIFT_JIS.new_encoder();
-    let mut out = Vec::with_capacity(encoder.max_buffer_length_from_utf8_without_replacement(text.len()).unwrap_or(text.len() * 2));
+    out.clear();
+    out.reserve(encoder.max_buffer_length_from_utf8_without_replacement(text.len()).unwrap_or(text.len() * 2));
     let (result, _) = encoder.encode_from_utf8_to_vec_without_replacement(text, &mut out, true);
     match result {
         encoding_rs::EncoderResult::Unmappable(c) => Err(io_error(format!("character U+{:04X} cannot be written in Shift_JIS", c as u32))),
@@ -1480,13 +1530,15 @@ async fn export_full(
     n: usize,
     extras: Extras,
 ) -> Result<LedgerExport> {
-    let format = Arc::new(LedgerFormat { municipality, encoding: options.encoding, blocks: n, extras });
+    let format = Arc::new(LedgerFormat { municipality, encoding: options.encoding, blocks: n, extras, spare: Mutex::default() });
     let mut w = RowWriter::new(out, options.encoding, n, !options.no_header)?;
     let mut used = std::collections::HashSet::new();
     let cursor = store
         .scan_ledger_rows(municipality, Arc::clone(&format), &mut |rows: LedgerRows| {
             used.extend(rows.used.iter().copied());
-            w.write_rows(&rows)
+            w.write_rows(&rows)?;
+            format.recycle(rows);
+            Ok(())
         })
         .await?;
     for (p, doses) in format.unused(&used) {
@@ -1915,7 +1967,7 @@ mod tests {
             ])
         };
         let all = LedgerDoses::from_records(&doses);
-        let format = |encoding| LedgerFormat { municipality: m, encoding, blocks: 5, extras: extras() };
+        let format = |encoding| LedgerFormat { municipality: m, encoding, blocks: 5, extras: extras(), spare: Mutex::default() };
         // The export's writing side: rows as they come, then the unused extras.
         let write = |format: &LedgerFormat, pieces: Vec<LedgerRows>| {
             let mut out = Vec::new();
@@ -1977,8 +2029,8 @@ mod tests {
 
     #[test]
     fn a_character_shift_jis_lacks_is_an_error() {
-        assert_eq!(shift_jis("佐藤,\"a\"\n".as_bytes()).unwrap(), encoding_rs::SHIFT_JIS.encode("佐藤,\"a\"\n").0.as_ref());
-        let e = shift_jis("佐藤😀".as_bytes()).unwrap_err();
+        assert_eq!(shift_jis("佐藤,\"a\"\n".as_bytes(), vec![b'x'; 3]).unwrap(), encoding_rs::SHIFT_JIS.encode("佐藤,\"a\"\n").0.as_ref());
+        let e = shift_jis("佐藤😀".as_bytes(), vec![b'x']).unwrap_err();
         assert!(e.to_string().contains("U+1F600 cannot be written in Shift_JIS"), "{e}");
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 
 use redb::{
     CursorError, Database, Durability, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
@@ -755,8 +755,47 @@ pub(crate) fn doses_by_voucher(db: &Database, voucher: &[u8; VOUCHER_KEY]) -> Re
 pub(crate) fn doses_by_vouchers(db: &Database, vouchers: &[[u8; VOUCHER_KEY]]) -> Result<Vec<Vec<DoseRecord>>> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    // A ledger export asks for every moved-in resident's previous vouchers at once.
-    parallel::map_split(vouchers, parallel::workers(), |v| voucher_doses(&doses, v))
+    // A ledger export asks for every moved-in resident's previous vouchers at once, and
+    // most of them (other municipalities' vouchers) have no dose in this store. Taken in
+    // key order, one seek finds the first stored key after a voucher's doses: no voucher
+    // between the two has a dose, and none of them needs a seek of its own.
+    let mut order: Vec<usize> = (0..vouchers.len()).collect();
+    order.sort_unstable_by_key(|&i| vouchers[i]);
+    let mut out = vec![Vec::new(); vouchers.len()];
+    // The first stored key after the doses of the voucher sought last (`Some(None)`: no
+    // key after them; `None`: no seek yet).
+    let mut next: Option<Option<Vec<u8>>> = None;
+    let mut last: Option<usize> = None;
+    for i in order {
+        let v = &vouchers[i];
+        if let Some(j) = last
+            && vouchers[j] == *v
+        {
+            out[i] = out[j].clone();
+            continue;
+        }
+        last = Some(i);
+        let none = match &next {
+            Some(None) => true,
+            Some(Some(k)) => k.as_slice() > v.as_slice() && !k.starts_with(v),
+            None => false,
+        };
+        if none {
+            continue;
+        }
+        next = Some(None);
+        for entry in doses.range::<&[u8]>(v.as_slice()..).map_err(storage("scanning a voucher's doses"))? {
+            let (k, value) = entry.map_err(storage("scanning a voucher's doses"))?;
+            if !k.value().starts_with(v) {
+                next = Some(Some(k.value().to_vec()));
+                break;
+            }
+            if is_dose_key(k.value()) {
+                out[i].push(decode("decoding a dose", value.value())?);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn voucher_doses<T: ReadableTable<Bytes, Bytes>>(doses: &T, voucher: &[u8; VOUCHER_KEY]) -> Result<Vec<DoseRecord>> {
@@ -919,20 +958,32 @@ pub(crate) fn scan_ledger_rows(
     out: &async_channel::Sender<Vec<LedgerRows>>,
 ) -> Result<u64> {
     let mut high = 0u64;
+    // Each chunk decodes into a batch left by an earlier chunk, so that the workers reuse
+    // a few batches' buffers rather than allocate (and fault in) a MiB or two per chunk.
+    let batches = Mutex::new(Vec::<LedgerBatch>::new());
+    let spare = || batches.lock().unwrap_or_else(PoisonError::into_inner).pop();
     scan_dose_chunks(
         db,
         m,
         |records| {
-            let mut batch = LedgerBatch::default();
-            // About a chunk of a municipality of a million doses, so that it grows once or twice.
-            batch.reserve(8192, 8192 * 64);
-            for record in records {
-                batch.push_compact(record?.value())?;
-            }
-            // A chunk holds whole vouchers: its rows are final.
-            let doses = batch.take()?;
-            let high = doses.iter().fold(0, |h, d| h.max(d.seq()));
-            Ok((format.rows(&doses)?, high))
+            let mut batch = spare().unwrap_or_else(|| {
+                let mut b = LedgerBatch::default();
+                // About a chunk of a municipality of a million doses, so that it grows once or twice.
+                b.reserve(8192, 8192 * 64);
+                b
+            });
+            batch.clear();
+            let rows = (|| {
+                for record in records {
+                    batch.push_compact(record?.value())?;
+                }
+                // A chunk holds whole vouchers: its rows are final.
+                let doses = batch.checked()?;
+                let high = doses.iter().fold(0, |h, d| h.max(d.seq()));
+                Ok((format.rows(doses)?, high))
+            })();
+            batches.lock().unwrap_or_else(PoisonError::into_inner).push(batch);
+            rows
         },
         |(rows, chunk_high)| {
             high = high.max(chunk_high);

@@ -367,55 +367,6 @@ where
     })
 }
 
-/// Below this many lookups, [`map_split`] stays on one thread: starting another costs
-/// tens of microseconds, more than a few hundred B-tree descents save.
-pub(crate) const LOOKUPS_PER_THREAD: usize = 256;
-
-/// `f` of every item of `items`, in order, the items cut into up to `workers` consecutive
-/// parts read on as many threads (this one among them) that share what `f` borrows (one
-/// read transaction's tables, so one snapshot). For many independent point reads (a
-/// municipality's moved-in residents, their vouchers' doses) that would otherwise run one
-/// after another before a parallel scan can start. The first error (in item order) is
-/// returned.
-pub(crate) fn map_split<Q, R, F>(items: &[Q], workers: usize, f: F) -> Result<Vec<R>>
-where
-    Q: Sync,
-    R: Send,
-    F: Fn(&Q) -> Result<R> + Sync,
-{
-    let parts = workers.clamp(1, items.len().div_ceil(LOOKUPS_PER_THREAD).max(1));
-    let read = |part: &[Q]| part.iter().map(&f).collect::<Result<Vec<R>>>();
-    if parts == 1 {
-        return read(items);
-    }
-    let size = items.len().div_ceil(parts);
-    std::thread::scope(|scope| {
-        let mut pieces = items.chunks(size);
-        let mine = pieces.next().unwrap_or_default();
-        let helpers: Vec<_> = pieces
-            .map(|part| match std::thread::Builder::new().name("vrs-lookups".into()).spawn_scoped(scope, move || read(part)) {
-                Ok(helper) => Ok(helper),
-                // A thread that cannot be started leaves its part to this one.
-                Err(_) => Err(part),
-            })
-            .collect();
-        let mut out = read(mine)?;
-        out.reserve(items.len() - out.len());
-        for helper in helpers {
-            let theirs = match helper {
-                Ok(helper) => match helper.join() {
-                    Ok(theirs) => theirs,
-                    // A panic there is raised here, as it would have been on one thread.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                },
-                Err(part) => read(part),
-            };
-            out.extend(theirs?);
-        }
-        Ok(out)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -626,39 +577,6 @@ mod tests {
         assert!(e.to_string().contains("voucher 500"), "{e}");
         assert!(consumed <= 50, "{consumed} chunks consumed");
         assert!(worked.load(Ordering::Relaxed) < 100);
-    }
-
-    #[test]
-    fn a_split_map_keeps_the_order_and_the_first_error() {
-        let items: Vec<u64> = (0..5000).collect();
-        for workers in [1, 2, 3, 4] {
-            let out = map_split(&items, workers, |i| Ok(i * 2)).unwrap();
-            assert_eq!(out, items.iter().map(|i| i * 2).collect::<Vec<_>>());
-            let threads = std::sync::Mutex::new(std::collections::HashSet::new());
-            map_split(&items, workers, |_| {
-                threads.lock().unwrap().insert(std::thread::current().id());
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(threads.lock().unwrap().len(), workers);
-            let e = map_split(&items, workers, |i| {
-                if *i == 4000 || *i == 4500 {
-                    return Err(Error::Storage { message: format!("item {i} is bad"), source: None });
-                }
-                Ok(())
-            })
-            .unwrap_err();
-            assert!(e.to_string().contains("item 4000"), "{e}");
-        }
-        assert!(map_split(&[] as &[u64], 4, |i| Ok(*i)).unwrap().is_empty());
-        // Few items stay on one thread.
-        let threads = std::sync::Mutex::new(std::collections::HashSet::new());
-        map_split(&items[..10], 4, |_| {
-            threads.lock().unwrap().insert(std::thread::current().id());
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(threads.lock().unwrap().len(), 1);
     }
 
     #[test]
