@@ -101,7 +101,17 @@ def transcode_cp932(src: pathlib.Path, dst: pathlib.Path) -> None:
             o.write(chunk)
 
 
-def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str]) -> bool:
+def best(first: tuple, again, repeat: int) -> tuple:
+    """`first` = (out, wall, cpu) of a timed read; reads `repeat - 1` more times with `again`
+    and keeps the best wall and the best CPU seen (a shared machine only ever adds time)."""
+    out, secs, cpu = first
+    for _ in range(repeat - 1):
+        _, s, c = again()
+        secs, cpu = min(secs, s), min(cpu, c)
+    return out, secs, cpu
+
+
+def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str], repeat: int = 1) -> bool:
     store = work / f"bench-{rows}.redb"
     if not store.exists():
         _, secs = timed(lambda: subprocess.run([str(seeder), str(store), str(rows), MUNICIPALITY], check=True, capture_output=True))
@@ -121,6 +131,7 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str])
         rss0 = status_kib("VmRSS")
         (built, table), secs, cpu = timed_cpu(lambda: (lambda t: (t, pa.table(t)))(read()))
         peak_mib = (status_kib("VmHWM") - rss0) / 1024
+        _, secs, cpu = best((None, secs, cpu), lambda: timed_cpu(lambda: pa.table(read())), repeat)
         data_mib = table.nbytes / 2**20
         assert table.num_rows == rows
         # The conversions alone, from a table already built: string_view is polars' own
@@ -145,12 +156,14 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str])
         transcode_cp932(csv_utf8, csv_sjis)
         del table
         gc.collect()
-        pandas_df, pandas_secs, pandas_cpu = timed_cpu(lambda: pd.read_csv(csv_utf8))
+        pandas_df, pandas_secs, pandas_cpu = best(timed_cpu(lambda: pd.read_csv(csv_utf8)), lambda: timed_cpu(lambda: pd.read_csv(csv_utf8)), repeat)
         assert pandas_df.shape == (rows, len(columns)), "pandas reads the same rows and columns"
         zeros_lost = str(pandas_df["voucher_number"].dtype)
         default_dtypes = dict(pandas_df.dtypes.astype(str))
         del pandas_df
-        _, sjis_secs, sjis_cpu = timed_cpu(lambda: pd.read_csv(csv_sjis, encoding="cp932"))
+        _, sjis_secs, sjis_cpu = best(
+            timed_cpu(lambda: pd.read_csv(csv_sjis, encoding="cp932")), lambda: timed_cpu(lambda: pd.read_csv(csv_sjis, encoding="cp932")), repeat
+        )
         # The same read asking for the Arrow table's types (codes as str, dates parsed): not
         # the issue's baseline, printed beside it so neither side is made weaker or stronger.
         typed_df, typed_secs, typed_cpu = timed_cpu(lambda: pd.read_csv(csv_utf8, **intent))
@@ -158,7 +171,10 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str])
         typed_dtypes = dict(typed_df.dtypes.astype(str))
         del typed_df
         sample_rows = min(rows, SAMPLE)
-        print(f" {kind}: {rows:,} rows, Arrow data {data_mib:,.0f} MiB, CSV {csv_utf8.stat().st_size / 2**20:,.0f} MiB")
+        print(
+            f" {kind}: {rows:,} rows, Arrow data {data_mib:,.0f} MiB, CSV {csv_utf8.stat().st_size / 2**20:,.0f} MiB"
+            + (f" (timed reads: best of {repeat})" if repeat > 1 else "")
+        )
         ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv (UTF-8)", pandas_secs, 1.5)
         print(
             f"  (first read, not the timed one: warms the caches, builds the column cache) {rows / first_secs:,.0f} rows/s, "
@@ -198,6 +214,9 @@ def main() -> None:
     parser.add_argument("--dir", type=pathlib.Path, default=None, help="where to keep stores and CSVs (default: a temp dir)")
     parser.add_argument("--kinds", nargs="+", default=["doses", "residents"], choices=["doses", "residents"])
     parser.add_argument("--seeder", type=pathlib.Path, default=REPO / "target" / "release" / "py_seed")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="time the Arrow read and both pandas reads this many times each, keeping each one's best"
+    )
     args = parser.parse_args()
     work = args.dir or pathlib.Path(tempfile.mkdtemp(prefix="vrs-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -206,7 +225,7 @@ def main() -> None:
     try:
         for rows in args.rows:
             print(f"\n== {rows:,} rows")
-            ok &= bench(rows, work, args.seeder, args.kinds)
+            ok &= bench(rows, work, args.seeder, args.kinds, max(1, args.repeat))
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
