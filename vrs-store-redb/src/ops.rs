@@ -1696,12 +1696,18 @@ mod tests {
 
     /// An in-memory redb file whose writes fail while `fail` is set (a full disk, say).
     #[derive(Debug)]
-    struct FailingWrites {
+    pub(in crate::ops) struct FailingWrites {
         inner: redb::backends::InMemoryBackend,
         fail: Arc<AtomicBool>,
     }
 
     impl FailingWrites {
+        /// An empty file, and the switch that makes its writes fail.
+        pub(in crate::ops) fn new() -> (Self, Arc<AtomicBool>) {
+            let fail = Arc::new(AtomicBool::new(false));
+            (Self { inner: redb::backends::InMemoryBackend::new(), fail: Arc::clone(&fail) }, fail)
+        }
+
         fn check(&self) -> std::result::Result<(), std::io::Error> {
             if self.fail.load(Ordering::SeqCst) {
                 return Err(std::io::Error::other("no space left (test)"));
@@ -1733,8 +1739,7 @@ mod tests {
 
     #[test]
     fn a_resident_read_whose_cache_write_fails_still_succeeds() {
-        let fail = Arc::new(AtomicBool::new(false));
-        let backend = FailingWrites { inner: redb::backends::InMemoryBackend::new(), fail: Arc::clone(&fail) };
+        let (backend, fail) = FailingWrites::new();
         let db = Database::builder().create_with_backend(backend).unwrap();
         init(&db).unwrap();
         let n = 2 * RESIDENT_SEGMENT_ROWS + 10;

@@ -805,6 +805,26 @@ mod tests {
         assert!(after.windows(2).all(|w| w[0].1.as_deref() == Some(w[1].0.as_slice())));
     }
 
+    /// The dose segments are a cache: a read whose segment writes fail (a full disk, say)
+    /// still hands over every dose, whether the write fails during the scan or after it.
+    #[tokio::test]
+    async fn a_dose_read_whose_cache_write_fails_still_succeeds() {
+        let (backend, fail) = crate::ops::tests::FailingWrites::new();
+        let redb = RedbStore::from_database(Database::builder().create_with_backend(backend).unwrap()).unwrap();
+        let db = Arc::clone(&redb.db);
+        let store: DynStore = Arc::new(redb);
+        let doses =
+            (0..300u64).map(|i| dose(&format!("d{i}"), voucher(CHIYODA, &number(i)), 1, "2021-06-01T01:00:00Z", "venue-1")).collect();
+        store.apply(vec![new_doses(doses)]).await.unwrap();
+        fail.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Written every chunk's worth of bytes: the first write, during the scan, fails.
+        check_with(&store, &db, CHIYODA, 1).await;
+        assert!(segments(&db).is_empty(), "nothing written");
+        // Written once at the end of the scan: that write fails.
+        check(&store, &db, CHIYODA).await;
+        assert!(segments(&db).is_empty(), "nothing written");
+    }
+
     fn number(i: u64) -> String {
         format!("{:010}", i * 48_611_003 % 10_000_000_000)
     }
