@@ -1276,9 +1276,11 @@ pub async fn export(
     // Doses registered under a previous municipality's voucher follow the person here.
     // The previous voucher names the same person (転入), whichever resident record the
     // doses were matched to at the previous municipality.
-    let moved_in = store.moved_in_residents(municipality).await?;
+    // Of the vouchers `vouchers_of` lists, only a previous one of another municipality can
+    // hold doses from elsewhere (the one held here is this municipality's).
+    let moved_in = store.moved_in_vouchers(municipality).await?;
     let elsewhere: Vec<Vec<VoucherRef>> =
-        moved_in.iter().map(|r| vouchers_of(r).into_iter().filter(|v| v.municipality != municipality).collect()).collect();
+        moved_in.iter().map(|r| r.previous.filter(|p| p.municipality != municipality).into_iter().collect()).collect();
     let mut found = store.doses_by_vouchers(&elsewhere.concat()).await?.into_iter();
     let mut extras: Extras = HashMap::new();
     for (r, vouchers) in moved_in.iter().zip(&elsewhere) {

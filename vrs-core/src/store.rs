@@ -15,7 +15,7 @@ use crate::columns::{DoseColumns, ResidentColumns};
 use crate::credentials::SecretHash;
 use crate::dose::DoseRecord;
 use crate::finding::Finding;
-use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
+use crate::ids::{AccountId, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherNumber, VoucherRef};
 use crate::import::ImportReport;
 use crate::ledger::{LedgerBatch, LedgerDoses, LedgerFormat, LedgerRows};
 use crate::resident::Resident;
@@ -29,6 +29,26 @@ pub struct DoseSlot {
     pub voucher: VoucherRef,
     /// The dose number.
     pub dose_number: u8,
+}
+
+/// A moved-in resident (転入) as a ledger export needs them: who they are here, the
+/// voucher they hold here and the voucher they held before, without the rest of the
+/// resident record ([`StoreBackend::moved_in_vouchers`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MovedIn {
+    /// The resident (municipality, addressee number).
+    pub person: PersonRef,
+    /// The voucher issued to them here.
+    pub voucher: VoucherNumber,
+    /// The voucher of the municipality they moved in from, when known.
+    pub previous: Option<VoucherRef>,
+}
+
+impl MovedIn {
+    /// What a ledger export needs of a resident.
+    pub fn of(resident: &Resident) -> Self {
+        Self { person: resident.person.clone(), voucher: resident.voucher, previous: resident.previous }
+    }
 }
 
 /// An entry of the audit trail (who did what, when), without personal data.
@@ -228,6 +248,13 @@ pub trait StoreBackend: Send + Sync {
     async fn residents_by_previous_voucher(&self, voucher: VoucherRef) -> Result<Vec<Resident>>;
     /// Residents of a municipality who moved in from elsewhere (have a previous voucher).
     async fn moved_in_residents(&self, municipality: MunicipalityCode) -> Result<Vec<Resident>>;
+    /// [`moved_in_residents`](Self::moved_in_residents) as [`MovedIn`], in the same order:
+    /// what a ledger export needs of them. The default reads the residents; a store may
+    /// keep these few fields where it finds the moved-in residents, so that an export
+    /// need not read and decode each resident record.
+    async fn moved_in_vouchers(&self, municipality: MunicipalityCode) -> Result<Vec<MovedIn>> {
+        Ok(self.moved_in_residents(municipality).await?.iter().map(MovedIn::of).collect())
+    }
     /// Every resident of a municipality, in addressee order.
     async fn scan_residents(&self, municipality: MunicipalityCode, visit: Visit<'_, Resident>) -> Result<()>;
     /// Applies an import atomically: every batch of `source` in one transaction,

@@ -36,7 +36,9 @@ use crate::import::ImportReport;
 use crate::ledger::LedgerDoses;
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
 use crate::stats::{AgeBand, StatsKey, StatsQuery, StatsRow};
-use crate::store::{AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, PersonQuery, ResidentSource, StoreBackend, read_person_context};
+use crate::store::{
+    AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, MovedIn, PersonQuery, ResidentSource, StoreBackend, read_person_context,
+};
 use crate::vaccine::ProductCode;
 use crate::{Error, Result};
 
@@ -466,7 +468,9 @@ pub async fn residents_upsert_replace_and_indexes(store: DynStore) {
     assert_eq!(store.resident_by_voucher(voucher(OSAKA, "0000000001")).await.unwrap(), None);
     assert_eq!(store.residents_by_previous_voucher(from_sapporo).await.unwrap(), vec![r10.clone()]);
     assert_eq!(store.moved_in_residents(code(CHIYODA)).await.unwrap(), vec![r10.clone()]);
+    assert_eq!(store.moved_in_vouchers(code(CHIYODA)).await.unwrap(), vec![MovedIn::of(&r10)]);
     assert!(store.moved_in_residents(code(SAPPORO)).await.unwrap().is_empty());
+    assert!(store.moved_in_vouchers(code(SAPPORO)).await.unwrap().is_empty());
     // Addressee order: 1, 2, 10 (numbers, not text).
     assert_eq!(addressees(&scanned_residents(&store, CHIYODA).await), vec!["1", "2", "10"]);
     assert_eq!(scanned_residents(&store, SAPPORO).await, vec![s5.clone()]);
@@ -492,6 +496,11 @@ pub async fn residents_upsert_replace_and_indexes(store: DynStore) {
     assert!(store.residents_by_previous_voucher(from_sapporo).await.unwrap().is_empty());
     assert_eq!(store.residents_by_previous_voucher(from_osaka).await.unwrap(), vec![r1b.clone()]);
     assert_eq!(store.moved_in_residents(code(CHIYODA)).await.unwrap(), vec![r1b.clone()]);
+    assert_eq!(
+        store.moved_in_vouchers(code(CHIYODA)).await.unwrap(),
+        vec![MovedIn::of(&r1b)],
+        "the index follows the new previous voucher"
+    );
     assert_eq!(scanned_residents(&store, CHIYODA).await, vec![r1b, r2c, r10b]);
 
     // A voucher handed from one resident to another follows the new holder.
@@ -562,7 +571,9 @@ pub async fn import_in_any_order_and_reimport(store: DynStore) {
         assert_eq!(r.addressee().as_str(), i.to_string());
         assert_eq!(store.resident_by_voucher(voucher(CHIYODA, &format!("{:010}", i * 3))).await.unwrap(), None, "old voucher of {i}");
     }
-    assert_eq!(store.moved_in_residents(code(CHIYODA)).await.unwrap().len() as u64, N / 3);
+    let moved_in = store.moved_in_residents(code(CHIYODA)).await.unwrap();
+    assert_eq!(moved_in.len() as u64, N / 3);
+    assert_eq!(store.moved_in_vouchers(code(CHIYODA)).await.unwrap(), moved_in.iter().map(MovedIn::of).collect::<Vec<_>>());
     let moved = store.residents_by_previous_voucher(voucher(SAPPORO, &format!("{:010}", 300))).await.unwrap();
     assert_eq!(addressees(&moved), vec!["300"]);
     assert_eq!(scanned_residents(&store, CHUO).await.len() as u64, N / 2);

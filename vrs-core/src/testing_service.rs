@@ -17,7 +17,7 @@ use crate::ledger::{LedgerOptions, OutputEncoding};
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
 use crate::service::{FixedClock, Registry};
 use crate::stats::{StatsQuery, StatsRow};
-use crate::store::{Applied, AuditEvent, ChangeSet, DoseScan, DynStore, ImportApplied, ResidentSource, StoreBackend, Visit};
+use crate::store::{Applied, AuditEvent, ChangeSet, DoseScan, DynStore, ImportApplied, MovedIn, ResidentSource, StoreBackend, Visit};
 use crate::{Error, Result};
 
 pub const CHIYODA: &str = "131016";
@@ -292,6 +292,9 @@ impl StoreBackend for BeforeApply {
     }
     async fn moved_in_residents(&self, municipality: MunicipalityCode) -> Result<Vec<Resident>> {
         self.inner.moved_in_residents(municipality).await
+    }
+    async fn moved_in_vouchers(&self, municipality: MunicipalityCode) -> Result<Vec<MovedIn>> {
+        self.inner.moved_in_vouchers(municipality).await
     }
     async fn scan_residents(&self, municipality: MunicipalityCode, visit: Visit<'_, Resident>) -> Result<()> {
         self.inner.scan_residents(municipality, visit).await

@@ -59,7 +59,7 @@ use vrs_core::ledger::{LedgerDoses, LedgerFormat, LedgerRows};
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsQuery, StatsRow};
 use vrs_core::store::{
-    Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, PersonContext, PersonQuery, ResidentSource, StoreBackend, Visit,
+    Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, MovedIn, PersonContext, PersonQuery, ResidentSource, StoreBackend, Visit,
 };
 use vrs_core::{Error, Result};
 
@@ -234,6 +234,10 @@ impl StoreBackend for RedbStore {
 
     async fn moved_in_residents(&self, municipality: MunicipalityCode) -> Result<Vec<Resident>> {
         self.run(move |db| ops::moved_in_residents(db, &municipality)).await
+    }
+
+    async fn moved_in_vouchers(&self, municipality: MunicipalityCode) -> Result<Vec<MovedIn>> {
+        self.run(move |db| ops::moved_in_vouchers(db, &municipality)).await
     }
 
     async fn scan_residents(&self, municipality: MunicipalityCode, visit: Visit<'_, Resident>) -> Result<()> {

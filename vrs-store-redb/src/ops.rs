@@ -21,7 +21,7 @@ use vrs_core::reconcile::vouchers_of;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow, restated as restated_deltas, restates_statistics};
 use vrs_core::store::{
-    AuditEvent, ChangeSet, DoseScan, ImportApplied, PersonContext, PersonQuery, ResidentSource, person_vouchers, voucher_resident,
+    AuditEvent, ChangeSet, DoseScan, ImportApplied, MovedIn, PersonContext, PersonQuery, ResidentSource, person_vouchers, voucher_resident,
 };
 use vrs_core::{Error, Result};
 
@@ -156,12 +156,15 @@ fn init_tables(txn: &WriteTransaction) -> Result<()> {
             Ok(())
         }
         Some(SCHEMA_VERSION) => Ok(()),
-        Some(UPGRADABLE_SCHEMA_VERSION) => {
-            // An index of rows the file already holds: rebuilt here, in the transaction
+        Some(old @ UPGRADABLE_SCHEMA_VERSION..SCHEMA_VERSION) => {
+            // Indexes of rows the file already holds: rebuilt here, in the transaction
             // that writes the new version (`resident_columns` starts empty: the first
             // column reads build it).
             drop(meta);
-            rebuild_site_index(txn)?;
+            if old == UPGRADABLE_SCHEMA_VERSION {
+                rebuild_site_index(txn)?;
+            }
+            rebuild_moved_in(txn)?;
             open_write(txn, META)?.insert(META_SCHEMA, SCHEMA_VERSION).map_err(storage("writing the layout version"))?;
             Ok(())
         }
@@ -195,6 +198,31 @@ fn rebuild_site_index(txn: &WriteTransaction) -> Result<()> {
     for k in &keys {
         by_site.insert(k.as_slice(), ()).map_err(storage("writing the upgraded site index"))?;
     }
+    Ok(())
+}
+
+/// The upgrade from layouts 4 and 5: the keys-only `moved_in` index replaced by
+/// `moved_in_vouchers`, its values read from the residents it names. Part of the opening
+/// transaction, as [`rebuild_site_index`] is.
+fn rebuild_moved_in(txn: &WriteTransaction) -> Result<()> {
+    let mut keys = Vec::new();
+    {
+        let old = open_write(txn, OLD_MOVED_IN)?;
+        for entry in old.iter().map_err(storage("reading the moved-in index to upgrade it"))? {
+            keys.push(entry.map_err(storage("reading the moved-in index to upgrade it"))?.0.value().to_vec());
+        }
+    }
+    {
+        let residents = open_write(txn, RESIDENTS)?;
+        let mut moved_in = open_write(txn, MOVED_IN)?;
+        for k in &keys {
+            let value = get_resident(&residents, k)?.as_ref().and_then(moved_in_value);
+            if let Some(v) = value {
+                moved_in.insert(k.as_slice(), &v).map_err(storage("writing the upgraded moved-in index"))?;
+            }
+        }
+    }
+    txn.delete_table(OLD_MOVED_IN).map_err(storage("removing the old moved-in index"))?;
     Ok(())
 }
 
@@ -264,8 +292,7 @@ pub(crate) fn residents_by_previous_voucher(db: &Database, voucher: [u8; VOUCHER
     residents_via(db, PREVIOUS_VOUCHERS, &voucher, VOUCHER_KEY)
 }
 
-/// Residents of a municipality who moved in. A ledger export reads them all before its
-/// scan can start: chunks of the index are read, and their residents decoded, on the
+/// Residents of a municipality who moved in: chunks of the index are read, and their residents decoded, on the
 /// parallel scan from one snapshot ([`parallel`]).
 pub(crate) fn moved_in_residents(db: &Database, m: &MunicipalityCode) -> Result<Vec<Resident>> {
     let txn = begin_read(db)?;
@@ -290,6 +317,19 @@ pub(crate) fn moved_in_residents(db: &Database, m: &MunicipalityCode) -> Result<
             Ok(true)
         },
     )?;
+    Ok(out)
+}
+
+/// What a ledger export needs of a municipality's moved-in residents, in addressee order:
+/// read from the index alone (one short range), before the export's scan can start.
+pub(crate) fn moved_in_vouchers(db: &Database, m: &MunicipalityCode) -> Result<Vec<MovedIn>> {
+    let txn = begin_read(db)?;
+    let index = open_read(&txn, MOVED_IN)?;
+    let mut out = Vec::new();
+    for entry in prefixed(&index, &muni(m))? {
+        let (k, v) = entry.map_err(storage("scanning the moved-in index"))?;
+        out.push(moved_in_entry(k.value(), v.value())?);
+    }
     Ok(out)
 }
 
@@ -419,9 +459,9 @@ fn load_residents(
                     }
                 }
             }
-            if let Some(p) = &r.previous {
+            if let (Some(p), Some(value)) = (&r.previous, moved_in_value(&r)) {
                 previous.insert(previous_key(p, key).as_slice(), ()).map_err(storage("writing a previous-voucher entry"))?;
-                moved_in.insert(key, ()).map_err(storage("writing a moved-in entry"))?;
+                moved_in.insert(key, &value).map_err(storage("writing a moved-in entry"))?;
             }
             Ok(())
         },
@@ -1815,6 +1855,49 @@ mod tests {
         };
         assert_eq!(ids("venue-1"), vec![first.id, second.id], "in the order they were written");
         assert_eq!(ids("venue-10"), vec![elsewhere.id]);
+    }
+
+    #[test]
+    fn a_layout_5_file_is_upgraded_with_its_moved_in_index_built_from_the_residents() {
+        use vrs_core::testing::{moved_in, voucher};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.redb");
+        let residents = vec![
+            moved_in("131016", "1", "0000000001", voucher("011002", "0000000101")),
+            resident("131016", "2", "0000000002"),
+            moved_in("131016", "10", "0000000010", voucher("271004", "0000000110")),
+            moved_in("011002", "7", "0000000007", voucher("131016", "0000000002")),
+        ];
+        let written = {
+            let db = Database::create(&path).unwrap();
+            init(&db).unwrap();
+            import_residents(&db, Durability::Immediate, TestSource::new(residents.clone(), 2, true)).unwrap();
+            let written = (moved_in_vouchers(&db, &code("131016")).unwrap(), moved_in_vouchers(&db, &code("011002")).unwrap());
+            // Layout 5 as it was: `moved_in` with the same keys and no values.
+            let txn = db.begin_write().unwrap();
+            {
+                let keys: Vec<Vec<u8>> = txn.open_table(MOVED_IN).unwrap().iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect();
+                assert_eq!(keys.len(), 3);
+                let mut old = txn.open_table(OLD_MOVED_IN).unwrap();
+                for k in &keys {
+                    old.insert(k.as_slice(), ()).unwrap();
+                }
+                txn.open_table(META).unwrap().insert(META_SCHEMA, 5).unwrap();
+            }
+            assert!(txn.delete_table(MOVED_IN).unwrap());
+            txn.commit().unwrap();
+            written
+        };
+        let from = |rs: &[Resident], m: &str| {
+            rs.iter().filter(|r| r.previous.is_some() && r.person.municipality == code(m)).map(MovedIn::of).collect::<Vec<_>>()
+        };
+        assert_eq!(written, (from(&residents, "131016"), from(&residents, "011002")), "what an import writes");
+        drop(crate::RedbStore::open(&path).unwrap());
+        let db = Database::open(&path).unwrap();
+        assert_eq!(db.begin_read().unwrap().open_table(META).unwrap().get(META_SCHEMA).unwrap().unwrap().value(), SCHEMA_VERSION);
+        assert_eq!((moved_in_vouchers(&db, &code("131016")).unwrap(), moved_in_vouchers(&db, &code("011002")).unwrap()), written);
+        let tables: Vec<String> = db.begin_read().unwrap().list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!tables.iter().any(|t| t == "moved_in"), "the old index is gone: {tables:?}");
     }
 
     #[test]

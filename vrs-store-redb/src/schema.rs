@@ -10,7 +10,7 @@
 //! | `resident_columns` | m(6) · segment number(4, big-endian) | the import count it was built at (8) · [`ResidentColumns`] segments |
 //! | `vouchers` | m(6) · voucher(10) | addressee (length byte · digits) |
 //! | `previous_vouchers` | prev m(6) · prev voucher(10) · m(6) · addressee | () |
-//! | `moved_in` | m(6) · addressee | () |
+//! | `moved_in_vouchers` | m(6) · addressee | voucher(10) · prev m(6) · prev voucher(10) |
 //! | `doses` | m(6) · voucher(10) · dose id(16) | [`DoseRecord`] |
 //! | `doses` (slots) | m(6) · voucher(10) · dose number(1) | dose id(16) |
 //! | `dose_ids` | dose id(16) | m(6) · voucher(10) |
@@ -37,6 +37,12 @@
 //! their shorter key ([`is_dose_key`]): a registration then writes the page it writes its
 //! dose to, not one more page of a table of its own (layout version 4).
 //!
+//! `moved_in_vouchers` lists a municipality's moved-in residents with the vouchers a ledger
+//! export looks up for them (the one held here, the previous one), so that the export reads
+//! one short range instead of getting and decoding each resident (layout version 6: it
+//! replaced `moved_in`, whose value was empty; opening a version 4 or 5 file builds it from
+//! the residents).
+//!
 //! `resident_columns` is a read-side cache of `residents` for reading a municipality's
 //! residents as columns (the Python bindings' Arrow tables): its residents in `residents`
 //! key order, decoded with length checks and bulk copies instead of a decode per resident.
@@ -61,7 +67,9 @@
 use chrono::{Datelike, NaiveDate};
 use redb::TableDefinition;
 use vrs_core::finding::FindingKind;
-use vrs_core::ids::{AddresseeNumber, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherRef};
+use vrs_core::ids::{AddresseeNumber, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherNumber, VoucherRef};
+use vrs_core::resident::Resident;
+use vrs_core::store::MovedIn;
 
 /// Byte-ordered keys of any length.
 pub(crate) type Bytes = &'static [u8];
@@ -70,7 +78,9 @@ pub(crate) const RESIDENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new
 pub(crate) const RESIDENT_COLUMNS: TableDefinition<Bytes, Bytes> = TableDefinition::new("resident_columns");
 pub(crate) const VOUCHERS: TableDefinition<Bytes, Bytes> = TableDefinition::new("vouchers");
 pub(crate) const PREVIOUS_VOUCHERS: TableDefinition<Bytes, ()> = TableDefinition::new("previous_vouchers");
-pub(crate) const MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("moved_in");
+pub(crate) const MOVED_IN: TableDefinition<Bytes, &[u8; MOVED_IN_VALUE]> = TableDefinition::new("moved_in_vouchers");
+/// The moved-in index of layouts 4 and 5 (keys only), which the upgrade to 6 replaces.
+pub(crate) const OLD_MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("moved_in");
 pub(crate) const DOSES: TableDefinition<Bytes, Bytes> = TableDefinition::new("doses");
 pub(crate) const DOSE_IDS: TableDefinition<&[u8; 16], &[u8; VOUCHER_KEY]> = TableDefinition::new("dose_ids");
 pub(crate) const DOSES_BY_SEQ: TableDefinition<Bytes, &[u8; DOSE_KEY]> = TableDefinition::new("doses_by_seq");
@@ -98,9 +108,9 @@ pub(crate) const META_DOSE_MOVES: &str = "dose_moves";
 /// `meta` entry: the last sequence number given to an audit event.
 pub(crate) const META_AUDIT_SEQ: &str = "audit_seq";
 /// The layout version written by this code.
-pub(crate) const SCHEMA_VERSION: u64 = 5;
-/// The older layout this code upgrades when it opens it: version 4, whose `doses_by_site`
-/// keys had no sequence number.
+pub(crate) const SCHEMA_VERSION: u64 = 6;
+/// The oldest layout this code upgrades when it opens it: version 4, whose `doses_by_site`
+/// keys had no sequence number; versions 4 and 5 kept the moved-in index without values.
 pub(crate) const UPGRADABLE_SCHEMA_VERSION: u64 = 4;
 
 /// Most residents per batch of a `resident_columns` segment: a few hundred KiB each, so
@@ -116,6 +126,8 @@ pub(crate) const RESIDENT_SEGMENT_BYTES: usize = (4 << 20) - (64 << 10);
 pub(crate) const M: usize = 6;
 /// Length of a `vouchers` key: municipality and voucher number.
 pub(crate) const VOUCHER_KEY: usize = M + 10;
+/// Length of a `moved_in_vouchers` value: the voucher number held here, the previous voucher key.
+pub(crate) const MOVED_IN_VALUE: usize = 10 + VOUCHER_KEY;
 /// Length of a `doses` key: voucher key and dose id.
 pub(crate) const DOSE_KEY: usize = VOUCHER_KEY + 16;
 /// Length of a slot's key in `doses`: voucher key and dose number.
@@ -163,6 +175,37 @@ pub(crate) fn person_key(p: &PersonRef) -> Vec<u8> {
     k.extend_from_slice(&muni(&p.municipality));
     k.extend_from_slice(addressee_bytes(&a));
     k
+}
+
+/// The `moved_in_vouchers` value of a resident, if they moved in (have a previous voucher).
+pub(crate) fn moved_in_value(r: &Resident) -> Option<[u8; MOVED_IN_VALUE]> {
+    let previous = r.previous.as_ref()?;
+    let mut b = [0u8; MOVED_IN_VALUE];
+    b[..10].copy_from_slice(r.voucher.as_str().as_bytes());
+    b[10..].copy_from_slice(&voucher_key(previous));
+    Some(b)
+}
+
+/// A `moved_in_vouchers` entry read back.
+pub(crate) fn moved_in_entry(key: &[u8], value: &[u8; MOVED_IN_VALUE]) -> vrs_core::Result<MovedIn> {
+    let bad = || vrs_core::Error::Storage { message: "a moved-in index entry does not decode".into(), source: None };
+    fn text(b: &[u8]) -> vrs_core::Result<&str> {
+        std::str::from_utf8(b).map_err(|e| vrs_core::Error::storage("a moved-in index entry is not text", e))
+    }
+    let (m, a) = key.split_at_checked(M).ok_or_else(bad)?;
+    let digits = a.get(1..1 + usize::from(*a.first().ok_or_else(bad)?)).ok_or_else(bad)?;
+    let parsed = (|| {
+        let municipality = MunicipalityCode::parse(text(m)?)?;
+        Ok::<_, vrs_core::Error>(MovedIn {
+            person: PersonRef { municipality, addressee: AddresseeNumber::parse(text(digits)?)? },
+            voucher: VoucherNumber::parse(text(&value[..10])?)?,
+            previous: Some(VoucherRef {
+                municipality: MunicipalityCode::parse(text(&value[10..10 + M])?)?,
+                number: VoucherNumber::parse(text(&value[10 + M..])?)?,
+            }),
+        })
+    })();
+    parsed.map_err(|e| vrs_core::Error::storage("decoding a moved-in index entry", e))
 }
 
 /// The `previous_vouchers` key: the previous voucher, then the person who names it.

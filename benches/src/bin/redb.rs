@@ -70,7 +70,7 @@ type Bytes = &'static [u8];
 const RESIDENTS: TableDefinition<Bytes, Bytes> = TableDefinition::new("residents");
 const VOUCHERS: TableDefinition<Bytes, Bytes> = TableDefinition::new("vouchers");
 const PREVIOUS_VOUCHERS: TableDefinition<Bytes, ()> = TableDefinition::new("previous_vouchers");
-const MOVED_IN: TableDefinition<Bytes, ()> = TableDefinition::new("moved_in");
+const MOVED_IN: TableDefinition<Bytes, &[u8; 26]> = TableDefinition::new("moved_in_vouchers");
 // The tables a registration writes (see vrs-store-redb's schema module).
 const DOSES: TableDefinition<Bytes, Bytes> = TableDefinition::new("doses");
 const DOSE_IDS: TableDefinition<&[u8; 16], &[u8; 16]> = TableDefinition::new("dose_ids");
@@ -103,7 +103,8 @@ fn bare_redb(store_file: &Path, scratch: &Path) -> Duration {
         .collect();
     let mut previous: Vec<Vec<u8>> =
         r.open_table(PREVIOUS_VOUCHERS).unwrap().iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect();
-    let moved: Vec<Vec<u8>> = r.open_table(MOVED_IN).unwrap().iter().unwrap().map(|e| e.unwrap().0.value().to_vec()).collect();
+    let moved: Vec<(Vec<u8>, [u8; 26])> =
+        r.open_table(MOVED_IN).unwrap().iter().unwrap().map(|e| e.unwrap()).map(|(k, v)| (k.value().to_vec(), *v.value())).collect();
     drop(r);
     drop(src);
     // File order of the index keys: a fixed shuffle (voucher numbers are spread at random).
@@ -127,8 +128,8 @@ fn bare_redb(store_file: &Path, scratch: &Path) -> Duration {
                 t.insert(k.as_slice(), ()).unwrap();
             }
             let mut t = w.open_table(MOVED_IN).unwrap();
-            for k in &moved {
-                t.insert(k.as_slice(), ()).unwrap();
+            for (k, v) in &moved {
+                t.insert(k.as_slice(), v).unwrap();
             }
         }
         w.commit().unwrap();
