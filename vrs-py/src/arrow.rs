@@ -328,9 +328,17 @@ fn text_array(column: TextColumn) -> Result<ArrayRef> {
 /// to Arrow's check (a builder per value costs more than the check it saves).
 fn view_array(views: Vec<u128>, bytes: Vec<u8>, validity: Validity) -> Result<StringViewArray> {
     let valid = |row: usize| validity.is_valid(row);
-    // Runs of equal views (and validity); every value inline when `bytes` is empty.
-    let runs = 1 + (1..views.len()).filter(|&row| views.get(row) != views.get(row - 1) || valid(row) != valid(row - 1)).count();
-    if !bytes.is_empty() || runs.saturating_mul(RUN_SHARE) > views.len() {
+    // Runs of equal views (and validity), counted until there are too many (a column of
+    // distinct values is given up after an eighth of it); every value is inline when
+    // `bytes` is empty.
+    let limit = views.len() / RUN_SHARE;
+    let mut runs = 1;
+    let few = bytes.is_empty()
+        && views.windows(2).enumerate().all(|(i, w)| {
+            runs += usize::from(w[0] != w[1] || valid(i) != valid(i + 1));
+            runs <= limit
+        });
+    if !few || runs > limit {
         let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(bytes)] };
         return StringViewArray::try_new(ScalarBuffer::from(views), buffers, nulls(validity)).map_err(arrow_error);
     }
