@@ -124,6 +124,28 @@ def test_reads_in_several_batches_keep_the_store_order(tmp_path, municipality):
     db.close()
 
 
+def test_code_columns_of_runs_and_of_distinct_values_read_back(tmp_path, municipality):
+    """A code column that is a few long runs of one value (the municipality, sex here,
+    missing previous numbers) is built a run at a time; one of distinct values (addressee
+    and voucher numbers) by Arrow's own check. Both read back every value, in order."""
+    rows = [[f"{i:04d}", f"{i:010d}", "接種太郎", "セッシュタロウ", "1950-04-01", "1" if i < 20 else "2"] for i in range(40)]
+    write_residents(tmp_path / "r.csv", rows)
+    db = vrs.open(tmp_path / "store" / "vrs.redb", actor=vrs.Staff(municipality, user="suzuki"), now=NOW)
+    db.import_residents(tmp_path / "r.csv")
+    for _ in range(2):  # rows, then the column cache
+        residents = pa.table(db.residents())
+        assert residents.schema.field("sex").type == pa.string_view()
+        assert residents["municipality"].to_pylist() == [municipality] * 40
+        assert residents["addressee_number"].to_pylist() == [r[0] for r in rows]
+        assert residents["voucher_number"].to_pylist() == [r[1] for r in rows]
+        assert residents["sex"].to_pylist() == ["M"] * 20 + ["F"] * 20
+        assert residents["previous_municipality"].to_pylist() == [None] * 40
+        assert residents["previous_voucher_number"].null_count == 40
+        assert len(set(residents["status"].to_pylist())) == 1 and residents["status"].null_count == 0
+        assert pl.DataFrame(db.residents())["sex"].to_list() == ["M"] * 20 + ["F"] * 20
+    db.close()
+
+
 def test_cache_size_is_for_redb_only():
     with pytest.raises(vrs.InvalidInput):
         vrs.open("postgres://nobody@localhost/none", actor="staff:131016", cache_bytes=1 << 20)
