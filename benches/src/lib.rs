@@ -49,9 +49,21 @@ pub fn proc_status_kib(field: &str) -> u64 {
 /// /proc/self/io); zero where unavailable. A redb commit writes each page it dirtied once,
 /// so the bytes a phase writes count its dirty pages, whatever else runs on the machine.
 pub fn written_bytes() -> u64 {
+    proc_io("wchar:")
+}
+
+/// Bytes this process has taken from read calls so far, all threads together (`rchar` of
+/// /proc/self/io); zero where unavailable. redb reads a page from the file only when its
+/// page cache misses, so the bytes a phase reads count its misses.
+pub fn read_bytes() -> u64 {
+    proc_io("rchar:")
+}
+
+/// One counter of /proc/self/io, named with its colon; zero where unavailable.
+fn proc_io(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/io")
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("wchar:")).and_then(|n| n.trim().parse().ok()))
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field)).and_then(|n| n.trim().parse().ok()))
         .unwrap_or(0)
 }
 

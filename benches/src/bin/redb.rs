@@ -17,7 +17,8 @@ use std::time::Duration;
 use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use vrs_benches::{
-    Scale, cpu_time, note, proc_status_kib, report, report_absolute, reset_peak_rss, seeded_dose, timed, timed_cpu, written_bytes,
+    Scale, cpu_time, note, proc_status_kib, read_bytes, report, report_absolute, reset_peak_rss, seeded_dose, timed, timed_cpu,
+    written_bytes,
 };
 use vrs_core::access::{Actor, Site};
 use vrs_core::dose::{DoseDetails, DoseRecord, DoseRegistration};
@@ -441,6 +442,28 @@ fn bare_registration_batches(db_path: &Path, persons: std::ops::Range<u64>, batc
     (wall, cpu)
 }
 
+/// The floor under the export: a bare redb range scan of the seeded doses (every value
+/// byte read, nothing decoded) on its own thread, beside the csv writer. The export scans
+/// on one thread while it writes on another, so it cannot beat this scan. The store must
+/// be closed.
+fn bare_scan_and_decoders(db: &Path, seeded: u64, t_plain: Duration) {
+    let bare = redb::Database::open(db).unwrap();
+    bare_dose_scan(&bare); // fills redb's read cache, as the export finds it
+    let (scanned, t_bare_scan, cpu_bare_scan) = timed_cpu(|| bare_dose_scan(&bare));
+    assert_eq!(scanned, seeded);
+    let (serde_ns, compact_ns) = ledger_decoders(&bare);
+    note("ledger decoder, stored doses in memory", format!("serde {serde_ns:.0} ns/dose, hand-written {compact_ns:.0} ns/dose (CPU)"));
+    note(
+        "bare redb scan of the doses (cap)",
+        format!(
+            "{:.0} doses/s, CPU {:.0} ms; highest export ratio it leaves (csv writer time / scan time) {:.2}",
+            scanned as f64 / t_bare_scan.as_secs_f64(),
+            cpu_bare_scan.as_secs_f64() * 1000.0,
+            t_plain.as_secs_f64() / t_bare_scan.as_secs_f64().max(f64::EPSILON)
+        ),
+    );
+}
+
 fn main() {
     let scale = Scale::from_env();
     let rt = rt();
@@ -478,7 +501,16 @@ fn main() {
     }
 
     // 3. Ledger export of n doses (n/2 persons × 2 doses) on the imported store.
-    let store: DynStore = Arc::new(RedbStore::open(&db).unwrap());
+    // The store's page cache is sized to the file when it is opened (`default_cache_bytes`);
+    // `VRS_BENCH_CACHE_MIB=m` sets it instead, for every open of the store below.
+    let cache_mib: Option<usize> = std::env::var("VRS_BENCH_CACHE_MIB").ok().and_then(|m| m.parse().ok());
+    let file_mib = |db: &Path| std::fs::metadata(db).map_or(0, |m| m.len()) >> 20;
+    let open_store = |db: &Path, what: &str| -> DynStore {
+        let cache = cache_mib.map_or_else(|| vrs_store_redb::default_cache_bytes(file_mib(db) << 20), |m| m << 20);
+        note(what, format!("file {} MiB, cache {} MiB", file_mib(db), cache >> 20));
+        Arc::new(RedbStore::open_with_cache(db, cache).unwrap())
+    };
+    let store = open_store(&db, "store opened");
     let (seeded, t_seed) = timed(|| seed_doses(&rt, &store, n / 2));
     note("seeded doses (bulk change sets)", format!("{seeded} in {:.1} s", t_seed.as_secs_f64()));
     let clock = Arc::new(FixedClock::new(Utc.with_ymd_and_hms(2021, 7, 1, 0, 0, 0).unwrap()));
@@ -547,29 +579,18 @@ fn main() {
             0.5,
         );
 
-        // The floor under the export: a bare redb range scan of the same doses (every value
-        // byte read, nothing decoded) on its own thread, beside the csv writer. The export
-        // scans on one thread while it writes on another, so it cannot beat this scan.
-        drop(registry);
-        drop(store);
-        let bare = redb::Database::open(&db).unwrap();
-        bare_dose_scan(&bare); // fills redb's read cache, as the export finds it
-        let (scanned, t_bare_scan, cpu_bare_scan) = timed_cpu(|| bare_dose_scan(&bare));
-        assert_eq!(scanned, seeded);
-        let (serde_ns, compact_ns) = ledger_decoders(&bare);
-        note("ledger decoder, stored doses in memory", format!("serde {serde_ns:.0} ns/dose, hand-written {compact_ns:.0} ns/dose (CPU)"));
-        drop(bare);
-        store = Arc::new(RedbStore::open(&db).unwrap());
-        registry = Registry::new(store.clone(), clock.clone());
-        note(
-            "bare redb scan of the doses (cap)",
-            format!(
-                "{:.0} doses/s, CPU {:.0} ms; highest export ratio it leaves (csv writer time / scan time) {:.2}",
-                scanned as f64 / t_bare_scan.as_secs_f64(),
-                cpu_bare_scan.as_secs_f64() * 1000.0,
-                t_plain.as_secs_f64() / t_bare_scan.as_secs_f64().max(f64::EPSILON)
-            ),
-        );
+        // `VRS_BENCH_WARM=1` keeps the store open from the export into the registrations, its
+        // cache as the export left it (a long-running process), and skips the bare scan below,
+        // which needs the file closed. By default the store is reopened, cold, before them.
+        if std::env::var("VRS_BENCH_WARM").is_ok() {
+            note("store kept open into the registrations (VRS_BENCH_WARM)", "bare dose scan skipped");
+        } else {
+            drop(registry);
+            drop(store);
+            bare_scan_and_decoders(&db, seeded, t_plain);
+            store = open_store(&db, "store reopened");
+            registry = Registry::new(store.clone(), clock.clone());
+        }
 
         if std::env::var("VRS_BENCH_EXPORT_LOOP").is_ok() {
             // For profiling the export alone (attach when this line appears).
@@ -601,7 +622,7 @@ fn main() {
         let written_single = written_bytes() - written;
         let batched = scale.pick(1_000, 10_000);
         let regs = registrations("batch", m, &options, first + singles..first + singles + batched);
-        let written = written_bytes();
+        let (written, read) = (written_bytes(), read_bytes());
         let ((), t_batch, cpu_batch) = timed_cpu(|| {
             rt.block_on(async {
                 for chunk in regs.chunks(500) {
@@ -612,6 +633,7 @@ fn main() {
             })
         });
         let written_batch = written_bytes() - written;
+        let read_batch = read_bytes() - read;
         let single_rate = singles as f64 / t_single.as_secs_f64();
         all_ok &= report(
             "register, batches of 500 (doses/s)",
@@ -629,12 +651,17 @@ fn main() {
                 cpu_single.as_secs_f64() * 1e6 / singles as f64
             ),
         );
+        // Counted, not timed: what the batches read from the file, i.e. their page cache misses.
+        note("register, bytes read per batched dose", format!("{:.1} KiB", read_batch as f64 / 1024.0 / batched as f64));
         if std::env::var("VRS_BENCH_REGISTER_LOOP").is_ok() {
             // For profiling the batch path alone (attach when this line appears), on persons
             // past the ones the cap below writes for.
-            println!("register loop (pid {})", std::process::id());
+            // A profiler attached on the first line (within the second's pause) and stopped on
+            // the second sees the loop's work alone.
             let from = first + singles + 2 * batched;
             let regs = registrations("loop", m, &options, from..(from + 100_000).min(n));
+            println!("register loop (pid {}), {} registrations", std::process::id(), regs.len());
+            std::thread::sleep(Duration::from_secs(1));
             rt.block_on(async {
                 for chunk in regs.chunks(500) {
                     for r in registry.register_batch(&tablet, chunk).await.unwrap() {
@@ -642,6 +669,8 @@ fn main() {
                     }
                 }
             });
+            println!("register loop done");
+            std::thread::sleep(Duration::from_secs(1));
         }
         // What the layout allows: bare redb writing the same rows for as many other persons,
         // in batches of 500, on the same file (the store closed first).
