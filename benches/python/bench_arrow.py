@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import pathlib
 import shutil
@@ -37,12 +38,13 @@ MUNICIPALITY = "131016"
 SAMPLE = 1_000_000
 
 
-# Run in a process of its own by `build_peak_mib`: opens the store, reads the table once
-# (filling redb's page cache), frees it and hands the freed memory back to the system,
-# then prints by how much the peak resident memory of a second read exceeds the memory
-# held before it (MiB).
+# Run in a process of its own by `first_read_and_peak`: opens the store, reads the table
+# once (timed: on a fresh redb store this read builds the column cache, and it fills
+# redb's page cache), frees it and hands the freed memory back to the system, then reads
+# it again and prints, as JSON, the first read's wall and CPU seconds and by how much the
+# peak resident memory of the second read exceeds the memory held before it (MiB).
 PEAK_PROBE = """
-import ctypes, gc, pathlib, sys
+import ctypes, gc, json, pathlib, sys, time
 import pyarrow as pa
 import vrs
 
@@ -54,7 +56,9 @@ def kib(field):
 
 db = vrs.open(sys.argv[1], actor=vrs.Staff(sys.argv[2], user="bench"))
 read = getattr(db, sys.argv[3])
+cpu, wall = time.process_time(), time.perf_counter()
 table = pa.table(read())
+first = {"first_secs": time.perf_counter() - wall, "first_cpu": time.process_time() - cpu}
 del table
 gc.collect()
 try:
@@ -67,13 +71,15 @@ except OSError:
     pass
 before = kib("VmRSS")
 table = pa.table(read())
-print((kib("VmHWM") - before) / 1024)
+print(json.dumps(dict(first, peak_mib=(kib("VmHWM") - before) / 1024)))
 """
 
 
-def build_peak_mib(store: pathlib.Path, kind: str) -> float:
-    """Peak memory of building the table, over what the process held before (redb's page
-    cache already filled), measured in a fresh process. Memory freed by an earlier read must
+def first_read_and_peak(store: pathlib.Path, kind: str) -> dict:
+    """The first read of a kind from the store (`first_secs`, `first_cpu`), and the peak
+    memory of building the table again (`peak_mib`), over what the process held before
+    (redb's page cache already filled), measured in a fresh process, which must be the only
+    one with the store open, before this one holds any table. Memory freed by an earlier read must
     go back to the system first, or the build reuses it and the peak shows nothing: glibc
     returns it on `malloc_trim`, vrs-py's allocator (mimalloc) at once with
     MIMALLOC_PURGE_DELAY=0 (it keeps it for reuse otherwise)."""
@@ -81,7 +87,7 @@ def build_peak_mib(store: pathlib.Path, kind: str) -> float:
     probe = subprocess.run(
         [sys.executable, "-c", PEAK_PROBE, str(store), MUNICIPALITY, kind], env=env, check=True, capture_output=True, text=True
     )
-    return float(probe.stdout.strip())
+    return json.loads(probe.stdout)
 
 
 def timed(f):
@@ -140,15 +146,19 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str],
     if not store.exists():
         _, secs = timed(lambda: subprocess.run([str(seeder), str(store), str(rows), MUNICIPALITY], check=True, capture_output=True))
         print(f"  (seeded {rows:,} residents and doses in {secs:.0f} s; not measured)")
-    db = vrs.open(store, actor=vrs.Staff(MUNICIPALITY, user="bench"))
     ok = True
     for kind in kinds:
+        # First, in a process of its own while this one holds no table (at 10M rows the two
+        # would not fit in memory together): the first read, which on redb builds the
+        # store's column segments (a read-side cache the seeder does not build), and the
+        # peak memory of a build. The first read's time is printed on a line of its own
+        # below, so that the timed read is never taken for the cold path.
+        probe = first_read_and_peak(store, kind)
+        first_secs, first_cpu, peak_mib = probe["first_secs"], probe["first_cpu"], probe["peak_mib"]
+        db = vrs.open(store, actor=vrs.Staff(MUNICIPALITY, user="bench"))
         read = getattr(db, kind)
-        # Warms the page cache, as the CSV baselines are warm after being written. On redb
-        # this first read also builds the store's column segments (a read-side
-        # cache the seeder does not build): its time is printed on a line of its own below,
-        # so that the timed read is never taken for the cold path.
-        _, first_secs, first_cpu = timed_cpu(lambda: pa.table(read()))
+        # Warms redb's page cache in this process, as the CSV baselines are warm after being written.
+        pa.table(read())
         gc.collect()
         (built, table), secs, cpu = timed_cpu(lambda: (lambda t: (t, pa.table(t)))(read()))
         _, secs, cpu = best((None, secs, cpu), lambda: timed_cpu(lambda: pa.table(read())), repeat)
@@ -197,7 +207,7 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str],
         )
         ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv (UTF-8)", pandas_secs, 1.5)
         print(
-            f"  (first read, not the timed one: warms the caches, builds the column cache) {rows / first_secs:,.0f} rows/s, "
+            f"  (first read, in a fresh process, not timed below: builds the column cache) {rows / first_secs:,.0f} rows/s, "
             f"{first_secs:.3f} s wall ({pandas_secs / first_secs:.2f}x pandas UTF-8), CPU {first_cpu:.3f} s"
         )
         ok &= line(f"{kind}() -> pyarrow.table", rows, secs, "pandas.read_csv(encoding=cp932)", sjis_secs, 3.0)
@@ -215,9 +225,6 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str],
         print(f"  pyarrow.table(t) of a built table    {pa_secs * 1000:9.1f} ms")
         print(f"  polars.DataFrame(t), string_view     {pl_secs * 1000:9.1f} ms  (as large_string, {sample_rows:,} rows: {pl_large_secs * 1000:,.1f} ms)")
         print(f"  {'.to_pandas() of ' + f'{sample_rows:,} rows':<34} {sample_rows / to_pandas_secs:>12,.0f} rows/s (strings to pandas' own)")
-        db.close()  # the probe's process opens the store (redb: one process at a time)
-        peak_mib = build_peak_mib(store, kind)
-        db = vrs.open(store, actor=vrs.Staff(MUNICIPALITY, user="bench"))
         mem_ok = peak_mib <= 2 * data_mib
         ok &= mem_ok
         print(
@@ -227,7 +234,7 @@ def bench(rows: int, work: pathlib.Path, seeder: pathlib.Path, kinds: list[str],
         print(f"  pandas.read_csv reads voucher_number as {zeros_lost} (the Arrow path keeps the zeros as strings)")
         csv_utf8.unlink()
         csv_sjis.unlink()
-    db.close()
+        db.close()  # the next kind's probe opens the store (redb: one process at a time)
     return ok
 
 
