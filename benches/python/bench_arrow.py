@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import pathlib
 import shutil
 import subprocess
@@ -79,14 +78,10 @@ def first_read_and_peak(store: pathlib.Path, kind: str) -> dict:
     """The first read of a kind from the store (`first_secs`, `first_cpu`), and the peak
     memory of building the table again (`peak_mib`), over what the process held before
     (redb's page cache already filled), measured in a fresh process, which must be the only
-    one with the store open, before this one holds any table. Memory freed by an earlier read must
-    go back to the system first, or the build reuses it and the peak shows nothing: glibc
-    returns it on `malloc_trim`, vrs-py's allocator (mimalloc) at once with
-    MIMALLOC_PURGE_DELAY=0 (it keeps it for reuse otherwise)."""
-    env = dict(os.environ, MIMALLOC_PURGE_DELAY="0")
-    probe = subprocess.run(
-        [sys.executable, "-c", PEAK_PROBE, str(store), MUNICIPALITY, kind], env=env, check=True, capture_output=True, text=True
-    )
+    one with the store open, before this one holds any table. Memory freed by the probe's
+    first read goes back to the system (`malloc_trim`) before the second, or the build would
+    reuse it and the peak would show nothing."""
+    probe = subprocess.run([sys.executable, "-c", PEAK_PROBE, str(store), MUNICIPALITY, kind], check=True, capture_output=True, text=True)
     return json.loads(probe.stdout)
 
 

@@ -14,14 +14,6 @@ mod types;
 
 use pyo3::prelude::*;
 
-/// The module's allocator (as polars' module has its own). An Arrow table is many large
-/// buffers, allocated on the decoding threads and freed later by Python; glibc hands many
-/// of them back to the system and faults them in again on the next read. Six reads of 1M
-/// residents in one process faulted in 1k-70k pages each with glibc (0.17-0.27 s CPU per
-/// read) and 0.1k-22k with mimalloc (0.16-0.21 s); a ledger export cost the same CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Parses the 18-digit OCR line of a voucher (spaces and full-width digits tolerated);
 /// raises `DoseRejected` (an `InvalidInput`) when it is malformed, has a bad check digit or
 /// names no real municipality.
