@@ -17,7 +17,7 @@ use crate::dose::DoseRecord;
 use crate::ids::{DoseId, MunicipalityCode, PersonRef, VoucherNumber, VoucherRef};
 use crate::reconcile::vouchers_of;
 use crate::stats::StatsQuery;
-use crate::store::{DoseScan, StoreBackend};
+use crate::store::{DoseScan, MovedIn, StoreBackend};
 use crate::{Error, Result};
 
 /// Character encoding of an export.
@@ -1276,15 +1276,14 @@ pub async fn export(
     // Doses registered under a previous municipality's voucher follow the person here.
     // The previous voucher names the same person (転入), whichever resident record the
     // doses were matched to at the previous municipality.
-    // Of the vouchers `vouchers_of` lists, only a previous one of another municipality can
-    // hold doses from elsewhere (the one held here is this municipality's).
+    // Only the previous voucher, when another municipality's, can hold doses from
+    // elsewhere (the one held here is this municipality's).
     let moved_in = store.moved_in_vouchers(municipality).await?;
-    let elsewhere: Vec<Vec<VoucherRef>> =
-        moved_in.iter().map(|r| r.previous.filter(|p| p.municipality != municipality).into_iter().collect()).collect();
-    let mut found = store.doses_by_vouchers(&elsewhere.concat()).await?.into_iter();
+    let (from, previous): (Vec<&MovedIn>, Vec<VoucherRef>) =
+        moved_in.iter().filter_map(|r| r.previous.filter(|p| p.municipality != municipality).map(|p| (r, p))).unzip();
+    let found = store.doses_by_vouchers(&previous).await?;
     let mut extras: Extras = HashMap::new();
-    for (r, vouchers) in moved_in.iter().zip(&elsewhere) {
-        let records: Vec<DoseRecord> = found.by_ref().take(vouchers.len()).flatten().collect();
+    for (r, records) in from.into_iter().zip(found) {
         if !records.is_empty() {
             extras.insert(r.voucher, (r.person.clone(), LedgerDoses::from_records(&records)));
         }
