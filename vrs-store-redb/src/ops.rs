@@ -216,7 +216,7 @@ fn rebuild_moved_in(txn: &WriteTransaction) -> Result<()> {
         let residents = open_write(txn, RESIDENTS)?;
         let mut moved_in = open_write(txn, MOVED_IN)?;
         for k in &keys {
-            let value = get_resident(&residents, k)?.as_ref().and_then(moved_in_value);
+            let value = get_resident(&residents, k)?.and_then(|r| r.previous.map(|p| moved_in_value(&r.voucher, &p)));
             if let Some(v) = value {
                 moved_in.insert(k.as_slice(), &v).map_err(storage("writing the upgraded moved-in index"))?;
             }
@@ -459,9 +459,9 @@ fn load_residents(
                     }
                 }
             }
-            if let (Some(p), Some(value)) = (&r.previous, moved_in_value(&r)) {
+            if let Some(p) = &r.previous {
                 previous.insert(previous_key(p, key).as_slice(), ()).map_err(storage("writing a previous-voucher entry"))?;
-                moved_in.insert(key, &value).map_err(storage("writing a moved-in entry"))?;
+                moved_in.insert(key, &moved_in_value(&r.voucher, p)).map_err(storage("writing a moved-in entry"))?;
             }
             Ok(())
         },

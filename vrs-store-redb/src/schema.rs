@@ -68,7 +68,6 @@ use chrono::{Datelike, NaiveDate};
 use redb::TableDefinition;
 use vrs_core::finding::FindingKind;
 use vrs_core::ids::{AddresseeNumber, DoseId, MunicipalityCode, PersonRef, SiteId, VoucherNumber, VoucherRef};
-use vrs_core::resident::Resident;
 use vrs_core::store::MovedIn;
 
 /// Byte-ordered keys of any length.
@@ -177,13 +176,13 @@ pub(crate) fn person_key(p: &PersonRef) -> Vec<u8> {
     k
 }
 
-/// The `moved_in_vouchers` value of a resident, if they moved in (have a previous voucher).
-pub(crate) fn moved_in_value(r: &Resident) -> Option<[u8; MOVED_IN_VALUE]> {
-    let previous = r.previous.as_ref()?;
+/// The `moved_in_vouchers` value of a resident who moved in: the voucher they hold here
+/// and their previous one.
+pub(crate) fn moved_in_value(voucher: &VoucherNumber, previous: &VoucherRef) -> [u8; MOVED_IN_VALUE] {
     let mut b = [0u8; MOVED_IN_VALUE];
-    b[..10].copy_from_slice(r.voucher.as_str().as_bytes());
+    b[..10].copy_from_slice(voucher.as_str().as_bytes());
     b[10..].copy_from_slice(&voucher_key(previous));
-    Some(b)
+    b
 }
 
 /// A `moved_in_vouchers` entry read back.
