@@ -12,9 +12,10 @@
 //! The store decodes its records straight into columns ([`vrs_core::columns`]) whose
 //! vectors already have Arrow's layouts, at most [`BATCH_ROWS`] rows at a time (a redb
 //! store decodes chunks of its range on several threads); a [`Batcher`] hands each column
-//! to Arrow as a buffer on threads of its own while the store decodes the next rows. The
-//! table is the record batches in the store's order. Memory stays close to the size of the
-//! Arrow data itself.
+//! to Arrow as a buffer, on threads of its own (doses) or on the calling thread (residents,
+//! whose table then lives in the heap glibc keeps: see [`Batcher::on_caller`]), while the
+//! store decodes the next rows. The table is the record batches in the store's order.
+//! Memory stays close to the size of the Arrow data itself.
 
 use std::sync::{Arc, mpsc};
 use std::thread;
@@ -281,12 +282,36 @@ fn nulls(validity: Validity) -> Option<NullBuffer> {
     validity.into_flags().map(NullBuffer::from)
 }
 
-fn text_array(column: TextColumn) -> Result<ArrayRef> {
+/// Where the decoded vectors that a batch hands to Arrow as they are (views checked in
+/// place, text bytes, day numbers) should live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Heap {
+    /// Where the store decoded them (its scan threads' heaps).
+    Decoded,
+    /// In the heap of the thread building the batch, copied there: with
+    /// [`Batcher::on_caller`], the caller's heap, which glibc keeps for the next read when
+    /// the table is dropped, while it hands an emptied scan-thread heap back to the system
+    /// (and the next read faults its pages in again, each zeroed by the kernel). A copy
+    /// costs less than those faults.
+    Builder,
+}
+
+impl Heap {
+    fn place<T: Copy>(self, v: Vec<T>) -> Vec<T> {
+        match self {
+            Heap::Decoded => v,
+            Heap::Builder => v.as_slice().to_vec(),
+        }
+    }
+}
+
+fn text_array(column: TextColumn, heap: Heap) -> Result<ArrayRef> {
     let array = match column.into_parts() {
-        TextParts::Views { views, bytes, validity } => view_array(views, bytes, validity)?,
+        TextParts::Views { views, bytes, validity } => view_array(views, bytes, validity, heap)?,
         TextParts::Contiguous { offsets, bytes, validity } if bytes.is_ascii() => {
             // ASCII (ids, codes): Arrow's own check of the whole buffer is quick here, and the
-            // views then point into that buffer: nothing copied.
+            // views then point into that buffer (placed as `heap` says, else not copied).
+            let bytes = heap.place(bytes);
             if offsets.first() != Some(&0) || offsets.windows(2).any(|w| w[0] > w[1]) {
                 return Err(arrow_error("text offsets out of order"));
             }
@@ -326,7 +351,7 @@ fn text_array(column: TextColumn) -> Result<ArrayRef> {
 /// municipality read; a status; a previous municipality, mostly missing): those are built
 /// a run at a time, the run's value checked once and its view repeated. Other columns go
 /// to Arrow's check (a builder per value costs more than the check it saves).
-fn view_array(views: Vec<u128>, bytes: Vec<u8>, validity: Validity) -> Result<StringViewArray> {
+fn view_array(views: Vec<u128>, bytes: Vec<u8>, validity: Validity, heap: Heap) -> Result<StringViewArray> {
     let valid = |row: usize| validity.is_valid(row);
     // Runs of equal views (and validity), counted until there are too many (a column of
     // distinct values is given up after an eighth of it); every value is inline when
@@ -339,8 +364,8 @@ fn view_array(views: Vec<u128>, bytes: Vec<u8>, validity: Validity) -> Result<St
             runs <= limit
         });
     if !few || runs > limit {
-        let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(bytes)] };
-        return StringViewArray::try_new(ScalarBuffer::from(views), buffers, nulls(validity)).map_err(arrow_error);
+        let buffers = if bytes.is_empty() { Vec::new() } else { vec![Buffer::from_vec(heap.place(bytes))] };
+        return StringViewArray::try_new(ScalarBuffer::from(heap.place(views)), buffers, nulls(validity)).map_err(arrow_error);
     }
     let mut builder = StringViewBuilder::with_capacity(views.len());
     let mut row = 0;
@@ -364,9 +389,9 @@ fn view_array(views: Vec<u128>, bytes: Vec<u8>, validity: Validity) -> Result<St
 /// A views column is built a run at a time when it has at most one run per this many rows.
 const RUN_SHARE: usize = 8;
 
-fn date_array(column: DateColumn) -> ArrayRef {
+fn date_array(column: DateColumn, heap: Heap) -> ArrayRef {
     let (days, validity) = column.into_parts();
-    Arc::new(Date32Array::new(ScalarBuffer::from(days), nulls(validity)))
+    Arc::new(Date32Array::new(ScalarBuffer::from(heap.place(days)), nulls(validity)))
 }
 
 fn timestamp_array(micros: Vec<i64>) -> ArrayRef {
@@ -376,24 +401,24 @@ fn timestamp_array(micros: Vec<i64>) -> ArrayRef {
 /// The doses table's record batch of a batch of dose columns (schema [`DoseTable::schema`]).
 pub fn dose_batch(schema: &SchemaRef, c: DoseColumns) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
-        text_array(c.dose_id)?,
-        text_array(c.municipality)?,
-        text_array(c.voucher_number)?,
+        text_array(c.dose_id, Heap::Decoded)?,
+        text_array(c.municipality, Heap::Decoded)?,
+        text_array(c.voucher_number, Heap::Decoded)?,
         Arc::new(UInt8Array::new(ScalarBuffer::from(c.ticket_kind), None)),
         Arc::new(UInt8Array::new(ScalarBuffer::from(c.dose_number), None)),
-        date_array(c.date_given),
+        date_array(c.date_given, Heap::Decoded),
         timestamp_array(c.registered_at),
-        text_array(c.registered_by)?,
-        text_array(c.administering_municipality)?,
-        text_array(c.site_id)?,
-        text_array(c.site_name)?,
-        text_array(c.doctor)?,
-        text_array(c.product)?,
-        text_array(c.maker)?,
-        text_array(c.lot)?,
-        date_array(c.lot_expiry),
-        text_array(c.resident_municipality)?,
-        text_array(c.addressee_number)?,
+        text_array(c.registered_by, Heap::Decoded)?,
+        text_array(c.administering_municipality, Heap::Decoded)?,
+        text_array(c.site_id, Heap::Decoded)?,
+        text_array(c.site_name, Heap::Decoded)?,
+        text_array(c.doctor, Heap::Decoded)?,
+        text_array(c.product, Heap::Decoded)?,
+        text_array(c.maker, Heap::Decoded)?,
+        text_array(c.lot, Heap::Decoded)?,
+        date_array(c.lot_expiry, Heap::Decoded),
+        text_array(c.resident_municipality, Heap::Decoded)?,
+        text_array(c.addressee_number, Heap::Decoded)?,
         Arc::new(BooleanArray::from(c.voided)),
         Arc::new(UInt32Array::new(ScalarBuffer::from(c.version), None)),
         timestamp_array(c.updated_at),
@@ -406,18 +431,18 @@ pub fn dose_batch(schema: &SchemaRef, c: DoseColumns) -> Result<RecordBatch> {
 /// [`ResidentTable::schema`]).
 pub fn resident_batch(schema: &SchemaRef, c: ResidentColumns) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
-        text_array(c.municipality)?,
-        text_array(c.addressee_number)?,
-        text_array(c.voucher_number)?,
-        text_array(c.name)?,
-        text_array(c.name_kana)?,
-        date_array(c.birth_date),
-        text_array(c.sex)?,
-        text_array(c.address)?,
-        text_array(c.previous_municipality)?,
-        text_array(c.previous_voucher_number)?,
-        text_array(c.status)?,
-        date_array(c.status_date),
+        text_array(c.municipality, Heap::Builder)?,
+        text_array(c.addressee_number, Heap::Builder)?,
+        text_array(c.voucher_number, Heap::Builder)?,
+        text_array(c.name, Heap::Builder)?,
+        text_array(c.name_kana, Heap::Builder)?,
+        date_array(c.birth_date, Heap::Builder),
+        text_array(c.sex, Heap::Builder)?,
+        text_array(c.address, Heap::Builder)?,
+        text_array(c.previous_municipality, Heap::Builder)?,
+        text_array(c.previous_voucher_number, Heap::Builder)?,
+        text_array(c.status, Heap::Builder)?,
+        date_array(c.status_date, Heap::Builder),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
 }
@@ -425,20 +450,34 @@ pub fn resident_batch(schema: &SchemaRef, c: ResidentColumns) -> Result<RecordBa
 /// Record batches with the position of their columns in the scan.
 type Numbered = Vec<(usize, RecordBatch)>;
 
+/// Builds the record batch of a batch of columns.
+type Build<T> = fn(&SchemaRef, T) -> Result<RecordBatch>;
+
+/// A [`Batcher`] building on the caller's thread: the schema, `build`, and what it built so
+/// far (or its first error).
+struct OnCaller<T> {
+    schema: SchemaRef,
+    build: Build<T>,
+    built: Result<Vec<RecordBatch>>,
+}
+
 /// Builds record batches on a few threads of their own as a scan hands over its columns,
 /// so that wrapping them for Arrow (checking text, views) runs beside the scan and on
-/// every core instead of on the one thread that receives them. Batches come back in the
-/// order they were pushed.
+/// every core instead of on the one thread that receives them; or, made with
+/// [`on_caller`](Self::on_caller), on that thread. Batches come back in the order they
+/// were pushed.
 pub struct Batcher<T> {
     senders: Vec<mpsc::Sender<(usize, T)>>,
     threads: Vec<thread::JoinHandle<Result<Numbered>>>,
     pushed: usize,
+    /// Without threads ([`Batcher::on_caller`]).
+    here: Option<OnCaller<T>>,
 }
 
 impl<T: Send + 'static> Batcher<T> {
     /// Starts the threads (the machine's parallelism, 1 to 4), each building batches of
     /// `schema` with `build`.
-    pub fn new(schema: &SchemaRef, build: fn(&SchemaRef, T) -> Result<RecordBatch>) -> Result<Self> {
+    pub fn new(schema: &SchemaRef, build: Build<T>) -> Result<Self> {
         let n = thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
         let (mut senders, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for _ in 0..n {
@@ -450,19 +489,48 @@ impl<T: Send + 'static> Batcher<T> {
             senders.push(tx);
             threads.push(spawned);
         }
-        Ok(Self { senders, threads, pushed: 0 })
+        Ok(Self { senders, threads, pushed: 0, here: None })
+    }
+
+    /// Builds each batch on the thread that pushes it, as it is pushed, so that the table's
+    /// buffers are allocated in that thread's heap. glibc hands a thread's own heap (an
+    /// arena of 64 MiB mappings) back to the system as soon as it is empty, which dropping
+    /// a table of millions of rows does; the next read then faults every page of its table
+    /// in again, each zeroed by the kernel: at 10M residents 0.6M faults and ~1.1 s of
+    /// system CPU per read, more than a third of its CPU. The caller's heap (Python's main
+    /// thread: glibc's main arena) keeps freed memory for the next read, or for pandas.
+    /// The build then runs on one thread beside the scan's, not on every core.
+    pub fn on_caller(schema: &SchemaRef, build: Build<T>) -> Self {
+        Self {
+            senders: Vec::new(),
+            threads: Vec::new(),
+            pushed: 0,
+            here: Some(OnCaller { schema: schema.clone(), build, built: Ok(Vec::new()) }),
+        }
     }
 
     /// Hands over the next columns (in turn to each thread).
     pub fn push(&mut self, columns: T) {
         let i = self.pushed;
         self.pushed += 1;
+        if let Some(OnCaller { schema, build, built }) = &mut self.here {
+            if let Ok(batches) = built {
+                match build(schema, columns) {
+                    Ok(b) => batches.push(b),
+                    Err(e) => *built = Err(e),
+                }
+            }
+            return;
+        }
         // A thread that stopped on an error has dropped its receiver: `finish` reports it.
         let _ = self.senders[i % self.senders.len()].send((i, columns));
     }
 
     /// Waits for every batch and returns them in the order pushed.
     pub fn finish(self) -> Result<Vec<RecordBatch>> {
+        if let Some(OnCaller { built, .. }) = self.here {
+            return built;
+        }
         drop(self.senders);
         let mut batches = Vec::with_capacity(self.pushed);
         for t in self.threads {

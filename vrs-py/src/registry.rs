@@ -549,7 +549,9 @@ impl PyRegistry {
         let actor = &self.actor;
         block_on(py, async move {
             let schema = Arc::new(ResidentTable::schema());
-            let mut batcher = Batcher::new(&schema, resident_batch)?;
+            // Built here, so that the table's buffers come from this thread's heap, which
+            // glibc keeps for the next read (see `Batcher::on_caller`).
+            let mut batcher = Batcher::on_caller(&schema, resident_batch);
             let scanned = registry
                 .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
                     batcher.push(c);
