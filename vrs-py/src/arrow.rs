@@ -12,9 +12,9 @@
 //! The store decodes its records straight into columns ([`vrs_core::columns`]) whose
 //! vectors already have Arrow's layouts, at most [`BATCH_ROWS`] rows at a time (a redb
 //! store decodes chunks of its range on several threads); a [`Batcher`] hands each column
-//! to Arrow as a buffer, on threads of its own (doses) or on the calling thread (residents,
-//! whose table then lives in the heap glibc keeps: see [`Batcher::on_caller`]), while the
-//! store decodes the next rows. The table is the record batches in the store's order.
+//! to Arrow as a buffer, on threads of its own (past its first 2M rows, a residents table
+//! on the calling thread, so that it lives in the heap glibc keeps: see
+//! [`Batcher::on_caller_after`]), while the store decodes the next rows. The table is the record batches in the store's order.
 //! Memory stays close to the size of the Arrow data itself.
 
 use std::sync::{Arc, mpsc};
@@ -39,6 +39,10 @@ use crate::errors::{StorageError, arrow as arrow_error};
 
 /// Rows per record batch.
 pub const BATCH_ROWS: usize = 1 << 16;
+
+/// Rows of a residents table built on threads of their own before the rest is built on
+/// the calling thread (see [`Batcher::on_caller_after`]): 2M, about 0.5 GB of table.
+pub const CALLER_AFTER_ROWS: usize = 1 << 21;
 
 /// The time zone of timestamp columns.
 pub const TIME_ZONE: &str = "Asia/Tokyo";
@@ -289,10 +293,10 @@ enum Heap {
     /// Where the store decoded them (its scan threads' heaps).
     Decoded,
     /// In the heap of the thread building the batch, copied there: with
-    /// [`Batcher::on_caller`], the caller's heap, which glibc keeps for the next read when
-    /// the table is dropped, while it hands an emptied scan-thread heap back to the system
-    /// (and the next read faults its pages in again, each zeroed by the kernel). A copy
-    /// costs less than those faults.
+    /// [`Batcher::on_caller_after`], the caller's heap, which glibc keeps for the next read
+    /// when the table is dropped, while it hands an emptied scan-thread heap back to the
+    /// system (and the next read faults its pages in again, each zeroed by the kernel). A
+    /// copy costs less than those faults.
     Builder,
 }
 
@@ -430,19 +434,29 @@ pub fn dose_batch(schema: &SchemaRef, c: DoseColumns) -> Result<RecordBatch> {
 /// The residents table's record batch of a batch of resident columns (schema
 /// [`ResidentTable::schema`]).
 pub fn resident_batch(schema: &SchemaRef, c: ResidentColumns) -> Result<RecordBatch> {
+    resident_batch_in(schema, c, Heap::Decoded)
+}
+
+/// [`resident_batch`] for the caller's thread ([`Batcher::on_caller_after`]): the decoded
+/// vectors Arrow takes as they are are copied into its heap first.
+pub fn resident_batch_here(schema: &SchemaRef, c: ResidentColumns) -> Result<RecordBatch> {
+    resident_batch_in(schema, c, Heap::Builder)
+}
+
+fn resident_batch_in(schema: &SchemaRef, c: ResidentColumns, heap: Heap) -> Result<RecordBatch> {
     let columns: Vec<ArrayRef> = vec![
-        text_array(c.municipality, Heap::Builder)?,
-        text_array(c.addressee_number, Heap::Builder)?,
-        text_array(c.voucher_number, Heap::Builder)?,
-        text_array(c.name, Heap::Builder)?,
-        text_array(c.name_kana, Heap::Builder)?,
-        date_array(c.birth_date, Heap::Builder),
-        text_array(c.sex, Heap::Builder)?,
-        text_array(c.address, Heap::Builder)?,
-        text_array(c.previous_municipality, Heap::Builder)?,
-        text_array(c.previous_voucher_number, Heap::Builder)?,
-        text_array(c.status, Heap::Builder)?,
-        date_array(c.status_date, Heap::Builder),
+        text_array(c.municipality, heap)?,
+        text_array(c.addressee_number, heap)?,
+        text_array(c.voucher_number, heap)?,
+        text_array(c.name, heap)?,
+        text_array(c.name_kana, heap)?,
+        date_array(c.birth_date, heap),
+        text_array(c.sex, heap)?,
+        text_array(c.address, heap)?,
+        text_array(c.previous_municipality, heap)?,
+        text_array(c.previous_voucher_number, heap)?,
+        text_array(c.status, heap)?,
+        date_array(c.status_date, heap),
     ];
     RecordBatch::try_new(schema.clone(), columns).map_err(arrow_error)
 }
@@ -453,25 +467,29 @@ type Numbered = Vec<(usize, RecordBatch)>;
 /// Builds the record batch of a batch of columns.
 type Build<T> = fn(&SchemaRef, T) -> Result<RecordBatch>;
 
-/// A [`Batcher`] building on the caller's thread: the schema, `build`, and what it built so
-/// far (or its first error).
-struct OnCaller<T> {
-    schema: SchemaRef,
+/// When a [`Batcher`] builds on the caller's thread ([`Batcher::on_caller_after`]).
+struct Switch<T> {
+    /// Builds a batch on the caller's thread.
     build: Build<T>,
-    built: Result<Vec<RecordBatch>>,
+    /// The rows of a batch of columns.
+    len: fn(&T) -> usize,
+    /// Rows still to hand to the threads before the caller builds the rest.
+    rows_left: usize,
 }
 
 /// Builds record batches on a few threads of their own as a scan hands over its columns,
 /// so that wrapping them for Arrow (checking text, views) runs beside the scan and on
-/// every core instead of on the one thread that receives them; or, made with
-/// [`on_caller`](Self::on_caller), on that thread. Batches come back in the order they
-/// were pushed.
+/// every core instead of on the one thread that receives them; past a number of rows, if
+/// made with [`on_caller_after`](Self::on_caller_after), on that thread. Batches come back
+/// in the order they were pushed.
 pub struct Batcher<T> {
+    schema: SchemaRef,
     senders: Vec<mpsc::Sender<(usize, T)>>,
     threads: Vec<thread::JoinHandle<Result<Numbered>>>,
     pushed: usize,
-    /// Without threads ([`Batcher::on_caller`]).
-    here: Option<OnCaller<T>>,
+    /// The batches built on the caller's thread, or the first error building one.
+    here: Result<Numbered>,
+    switch: Option<Switch<T>>,
 }
 
 impl<T: Send + 'static> Batcher<T> {
@@ -489,38 +507,41 @@ impl<T: Send + 'static> Batcher<T> {
             senders.push(tx);
             threads.push(spawned);
         }
-        Ok(Self { senders, threads, pushed: 0, here: None })
+        Ok(Self { schema: schema.clone(), senders, threads, pushed: 0, here: Ok(Vec::new()), switch: None })
     }
 
-    /// Builds each batch on the thread that pushes it, as it is pushed, so that the table's
-    /// buffers are allocated in that thread's heap. glibc hands a thread's own heap (an
-    /// arena of 64 MiB mappings) back to the system as soon as it is empty, which dropping
-    /// a table of millions of rows does; the next read then faults every page of its table
-    /// in again, each zeroed by the kernel: at 10M residents 0.6M faults and ~1.1 s of
-    /// system CPU per read, more than a third of its CPU. The caller's heap (Python's main
-    /// thread: glibc's main arena) keeps freed memory for the next read, or for pandas.
-    /// The build then runs on one thread beside the scan's, not on every core.
-    pub fn on_caller(schema: &SchemaRef, build: Build<T>) -> Self {
-        Self {
-            senders: Vec::new(),
-            threads: Vec::new(),
-            pushed: 0,
-            here: Some(OnCaller { schema: schema.clone(), build, built: Ok(Vec::new()) }),
-        }
+    /// Hands the threads the batches of the first `rows` rows (at least; `len` counts a
+    /// batch's rows) and builds the rest, with `build_here`, on the thread that pushes
+    /// them, as they are pushed, so that their buffers are allocated in that thread's heap.
+    ///
+    /// Why: glibc hands a thread's own heap (an arena of 64 MiB mappings) back to the
+    /// system as soon as it is empty, which dropping a table of millions of rows does; the
+    /// next read then faults every page of its table in again, each zeroed by the kernel
+    /// (10M residents: 0.6M faults and 1.0-1.4 s of system CPU per read, a third of its
+    /// CPU). The caller's heap (Python's main thread: glibc's main arena) keeps freed
+    /// memory for the next read, or for pandas. But the caller builds on one core: a small
+    /// table, whose faults cost less, is built faster on every core.
+    pub fn on_caller_after(mut self, rows: usize, len: fn(&T) -> usize, build_here: Build<T>) -> Self {
+        self.switch = Some(Switch { build: build_here, len, rows_left: rows });
+        self
     }
 
-    /// Hands over the next columns (in turn to each thread).
+    /// Hands over the next columns (in turn to each thread, or built here: see
+    /// [`on_caller_after`](Self::on_caller_after)).
     pub fn push(&mut self, columns: T) {
         let i = self.pushed;
         self.pushed += 1;
-        if let Some(OnCaller { schema, build, built }) = &mut self.here {
-            if let Ok(batches) = built {
-                match build(schema, columns) {
-                    Ok(b) => batches.push(b),
-                    Err(e) => *built = Err(e),
+        if let Some(switch) = &mut self.switch {
+            if switch.rows_left == 0 {
+                if let Ok(built) = &mut self.here {
+                    match (switch.build)(&self.schema, columns) {
+                        Ok(b) => built.push((i, b)),
+                        Err(e) => self.here = Err(e),
+                    }
                 }
+                return;
             }
-            return;
+            switch.rows_left = switch.rows_left.saturating_sub((switch.len)(&columns));
         }
         // A thread that stopped on an error has dropped its receiver: `finish` reports it.
         let _ = self.senders[i % self.senders.len()].send((i, columns));
@@ -528,14 +549,12 @@ impl<T: Send + 'static> Batcher<T> {
 
     /// Waits for every batch and returns them in the order pushed.
     pub fn finish(self) -> Result<Vec<RecordBatch>> {
-        if let Some(OnCaller { built, .. }) = self.here {
-            return built;
-        }
         drop(self.senders);
         let mut batches = Vec::with_capacity(self.pushed);
         for t in self.threads {
             batches.extend(t.join().map_err(|_| arrow_error("a thread building record batches panicked"))??);
         }
+        batches.extend(self.here?);
         batches.sort_unstable_by_key(|(i, _)| *i);
         if batches.len() != self.pushed {
             return Err(arrow_error("a record batch went missing"));

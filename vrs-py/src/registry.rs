@@ -14,6 +14,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use pyo3::prelude::*;
 use pyo3::types::{PyDate, PyDict, PyString};
 use vrs_core::access::{Actor, Site as CoreSite, StatsScope};
+use vrs_core::columns::ResidentColumns;
 use vrs_core::dose::{DoseCorrection, DoseRegistration};
 use vrs_core::ids::{AccountId, AddresseeNumber, DoseId, IdempotencyKey, MunicipalityCode, PersonRef, SiteId};
 use vrs_core::import::{ImportOptions, ImportProgress, InputEncoding, ResidentCsvSource};
@@ -26,7 +27,10 @@ use vrs_core::{Error, Result};
 use vrs_store_postgres::{PostgresStore, redact_url};
 use vrs_store_redb::RedbStore;
 
-use crate::arrow::{BATCH_ROWS, Batcher, DoseTable, ResidentTable, Table, dose_batch, resident_batch, stats_table, table};
+use crate::arrow::{
+    BATCH_ROWS, Batcher, CALLER_AFTER_ROWS, DoseTable, ResidentTable, Table, dose_batch, resident_batch, resident_batch_here, stats_table,
+    table,
+};
 use crate::errors::{InvalidInput, StorageError, VrsError, panicked, to_py};
 use crate::types::{
     Account, Dose, DoseChange, FhirImport, Finding, ImportReport, LedgerExport, Reconciliation, Registration, actor_to_py, extract_actor,
@@ -542,16 +546,20 @@ impl PyRegistry {
     /// several times as long as the reads after it).
     ///
     /// Raises `PermissionDenied` for anyone but the municipality's staff.
-    #[pyo3(signature = (municipality = None))]
-    fn residents(&self, py: Python<'_>, municipality: Option<&str>) -> PyResult<Table> {
+    ///
+    /// `_caller_after_rows` (tests only) moves the point past which the table is built on
+    /// the calling thread (see `Batcher::on_caller_after`).
+    #[pyo3(signature = (municipality = None, *, _caller_after_rows = CALLER_AFTER_ROWS))]
+    fn residents(&self, py: Python<'_>, municipality: Option<&str>, _caller_after_rows: usize) -> PyResult<Table> {
         let registry = self.registry()?;
         let m = self.municipality(municipality)?;
         let actor = &self.actor;
         block_on(py, async move {
             let schema = Arc::new(ResidentTable::schema());
-            // Built here, so that the table's buffers come from this thread's heap, which
-            // glibc keeps for the next read (see `Batcher::on_caller`).
-            let mut batcher = Batcher::on_caller(&schema, resident_batch);
+            // Past the first rows, built here, so that the table's buffers come from this
+            // thread's heap, which glibc keeps for the next read (see `on_caller_after`).
+            let mut batcher =
+                Batcher::new(&schema, resident_batch)?.on_caller_after(_caller_after_rows, ResidentColumns::len, resident_batch_here);
             let scanned = registry
                 .scan_resident_columns(actor, m, BATCH_ROWS, &mut |c| {
                     batcher.push(c);

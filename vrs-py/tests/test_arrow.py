@@ -146,6 +146,27 @@ def test_code_columns_of_runs_and_of_distinct_values_read_back(tmp_path, municip
     db.close()
 
 
+def test_residents_built_on_the_calling_thread_past_a_point_read_the_same(tmp_path, municipality):
+    """A large residents table is built on threads for its first rows and on the calling
+    thread after them, its decoded vectors copied there: wherever the switch falls
+    (before any batch, between batches, never), the table reads the same, in order."""
+    n = 20_000  # several batches of the column cache's 8192 rows
+    rows = [[str(i), f"{i:010d}", "接種太郎" if i % 3 else "山田　花子", "セッシュタロウ", "1950-04-01", "1" if i % 2 else "2"] for i in range(1, n + 1)]
+    write_residents(tmp_path / "r.csv", rows)
+    db = vrs.open(tmp_path / "store" / "vrs.redb", actor=vrs.Staff(municipality, user="suzuki"), now=NOW)
+    db.import_residents(tmp_path / "r.csv")
+    for _ in range(2):  # rows, then the column cache
+        tables = {after: pa.table(db.residents(_caller_after_rows=after)) for after in (0, 1, 8192, 10**9)}
+        threads = tables[10**9]
+        assert threads["addressee_number"].to_pylist() == sorted((r[0] for r in rows), key=lambda a: (len(a), a))
+        assert threads["name"].to_pylist()[:3] == ["接種太郎", "接種太郎", "山田　花子"]
+        for after, t in tables.items():
+            assert t.num_rows == n, after
+            assert t.equals(threads), after
+        assert pa.table(db.residents()).equals(threads)
+    db.close()
+
+
 def test_cache_size_is_for_redb_only():
     with pytest.raises(vrs.InvalidInput):
         vrs.open("postgres://nobody@localhost/none", actor="staff:131016", cache_bytes=1 << 20)
