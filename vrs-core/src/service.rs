@@ -104,6 +104,18 @@ pub struct ImportOutcome {
     pub reconciled: ReconcileReport,
 }
 
+/// Whether a batch's reads look up the dose stored under each registration's
+/// idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Read the dose stored under each key: a replay returns the first result.
+    Keys,
+    /// Assume every key new and skip that read (a random descent of the id index per
+    /// entry); only valid when a taken key is noticed afterwards (see
+    /// [`Registry::register_batch`]).
+    KeysAssumedNew,
+}
+
 /// What a batch decided so far: its change sets, and the doses and findings in them,
 /// seen by the batch's later decisions. The records stay in the change sets (the batch
 /// writes them as they are); the indexes say where.
@@ -354,13 +366,20 @@ impl Registry {
     // ---- registration ----------------------------------------------------------------
 
     /// The queries whose contexts decide `regs`, each with the OCR line it was parsed from
-    /// (none for an unreadable OCR line, which is refused before anything is read).
-    fn registration_queries(regs: &[DoseRegistration]) -> Vec<Option<(OcrLine, PersonQuery)>> {
+    /// and the dose id of its key (none for an unreadable OCR line, which is refused before
+    /// anything is read). With [`Lookup::KeysAssumedNew`] the queries do not ask for the
+    /// dose stored under the id.
+    fn registration_queries(regs: &[DoseRegistration], lookup: Lookup) -> Vec<Option<(OcrLine, DoseId, PersonQuery)>> {
         regs.iter()
             .map(|r| {
-                crate::reconcile::parse_ocr(&r.ocr_line)
-                    .ok()
-                    .map(|ocr| (ocr, PersonQuery { voucher: ocr.voucher, dose: Some(DoseId::for_key(&r.idempotency_key)) }))
+                crate::reconcile::parse_ocr(&r.ocr_line).ok().map(|ocr| {
+                    let id = DoseId::for_key(&r.idempotency_key);
+                    let dose = match lookup {
+                        Lookup::Keys => Some(id),
+                        Lookup::KeysAssumedNew => None,
+                    };
+                    (ocr, id, PersonQuery { voucher: ocr.voucher, dose })
+                })
             })
             .collect()
     }
@@ -536,10 +555,23 @@ impl Registry {
     /// the commit meets a conflict (another writer touched one of the batch's persons in
     /// between), the batch is read and decided again; only if it keeps conflicting are its
     /// entries registered one by one.
+    ///
+    /// The first decision assumes every idempotency key is new (a batch's keys almost
+    /// always are) and does not read the doses stored under them. A key already used is
+    /// then noticed by the store, whose commit refuses a new dose under a taken id (a
+    /// conflict), or, for an entry refused, by reading its id; either way the batch is
+    /// read and decided again with its keys looked up, and gives what that full read gives.
     pub async fn register_batch(&self, actor: &Actor, regs: &[DoseRegistration]) -> Result<Vec<Result<RegistrationOutcome>>> {
         let (account, who) = self.site_account(actor).await?;
-        for _ in 0..MAX_ATTEMPTS {
-            let (pending, results) = self.decide_batch(&account, &who, regs).await?;
+        // One attempt assuming new keys, then up to MAX_ATTEMPTS with the keys looked up.
+        let attempts = std::iter::once(Lookup::KeysAssumedNew).chain(std::iter::repeat_n(Lookup::Keys, MAX_ATTEMPTS));
+        for lookup in attempts {
+            let (pending, results) = self.decide_batch(&account, &who, regs, lookup).await?;
+            if lookup == Lookup::KeysAssumedNew && self.refused_a_stored_key(regs, &results).await? {
+                // A refused entry may be the replay of a dose stored earlier, which returns
+                // the first result instead: decided again with the keys looked up.
+                continue;
+            }
             if pending.sets.is_empty() {
                 return Ok(results);
             }
@@ -575,9 +607,10 @@ impl Registry {
         account: &TabletAccount,
         who: &str,
         regs: &[DoseRegistration],
+        lookup: Lookup,
     ) -> Result<(Pending, Vec<Result<RegistrationOutcome>>)> {
-        let queries = Self::registration_queries(regs);
-        let asked: Vec<PersonQuery> = queries.iter().flatten().map(|(_, q)| *q).collect();
+        let queries = Self::registration_queries(regs, lookup);
+        let asked: Vec<PersonQuery> = queries.iter().flatten().map(|(_, _, q)| *q).collect();
         let mut answers = self.store.person_contexts(&asked).await?.into_iter();
         if answers.len() != asked.len() {
             return Err(Error::Storage { message: "the store answered a different number of person contexts".into(), source: None });
@@ -587,7 +620,7 @@ impl Registry {
         for (reg, query) in regs.iter().zip(&queries) {
             let context = match query {
                 // Every query took an answer, in order.
-                Some((ocr, q)) => answers.next().and_then(|c| Some((*ocr, q.dose?, c))),
+                Some((ocr, id, _)) => answers.next().map(|c| (*ocr, *id, c)),
                 None => None,
             };
             match self.decide_registration(&pending, account, who, reg, context).await {
@@ -601,6 +634,21 @@ impl Registry {
             }
         }
         Ok((pending, results))
+    }
+
+    /// Whether an entry refused after a decision that assumed new keys (an unreadable OCR
+    /// line aside, which is refused whatever its key) has its key's dose stored: a replay,
+    /// whose answer is the first result, not the refusal.
+    async fn refused_a_stored_key(&self, regs: &[DoseRegistration], results: &[Result<RegistrationOutcome>]) -> Result<bool> {
+        for (reg, result) in regs.iter().zip(results) {
+            if result.is_err()
+                && crate::reconcile::parse_ocr(&reg.ocr_line).is_ok()
+                && self.store.dose(DoseId::for_key(&reg.idempotency_key)).await?.is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// A dose just stored unmatched may have raced the upload holding its voucher:

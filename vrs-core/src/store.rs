@@ -163,7 +163,9 @@ pub enum DoseScan {
 pub struct PersonQuery {
     /// The voucher read.
     pub voucher: VoucherRef,
-    /// The id a registration would store its dose under.
+    /// The id a registration would store its dose under, whose stored dose is wanted;
+    /// `None` asks for the voucher's person alone (a batch's first decision assumes its
+    /// keys new: [`Registry::register_batch`](crate::service::Registry::register_batch)).
     pub dose: Option<DoseId>,
 }
 

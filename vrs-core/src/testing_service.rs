@@ -716,6 +716,32 @@ pub async fn batch_registration(store: DynStore) {
     let again = registry.register_batch(&venue, &regs).await.unwrap();
     assert!(again.iter().filter_map(|r| r.as_ref().ok()).all(|o| o.replayed));
     assert_eq!(total(&registry, CHIYODA).await, 4);
+    // Stored keys among new entries: a replay returns the first result even when its
+    // entry would now be refused (an unknown product), a key stored for another voucher is
+    // a conflict, and the new entries beside them are stored. (Apart, so that the conflict
+    // of one does not send the other to be decided again.)
+    let with_replay = vec![
+        registration("b7", 1, CHIYODA, "0000000042", "2021-06-01", "pfizer", "FA5765"),
+        registration("b3", 1, CHIYODA, "0000000002", "2021-06-01", "no-such-product", "FA5765"),
+    ];
+    let with_replay = registry.register_batch(&venue, &with_replay).await.unwrap();
+    let replay = with_replay[1].as_ref().unwrap();
+    assert!(replay.replayed, "{replay:?}");
+    assert_eq!(replay.dose.id, results[2].as_ref().unwrap().dose.id);
+    let with_conflict = vec![
+        registration("b8", 1, CHIYODA, "0000000043", "2021-06-01", "pfizer", "FA5765"),
+        registration("b1", 1, CHIYODA, "0000000003", "2021-06-01", "pfizer", "FA5765"),
+    ];
+    let with_conflict = registry.register_batch(&venue, &with_conflict).await.unwrap();
+    assert!(matches!(with_conflict[1], Err(Error::Conflict { .. })), "{:?}", with_conflict[1]);
+    for new in [&with_replay[0], &with_conflict[0]] {
+        let new = new.as_ref().unwrap();
+        assert!(!new.replayed);
+        assert!(registry.store().dose(new.dose.id).await.unwrap().is_some());
+    }
+    let voucher = |n: &str| VoucherRef { municipality: code(CHIYODA), number: VoucherNumber::parse(n).unwrap() };
+    assert_eq!(registry.store().doses_by_voucher(voucher("0000000002")).await.unwrap().len(), 2);
+    assert!(registry.store().doses_by_voucher(voucher("0000000003")).await.unwrap().is_empty());
 }
 
 /// The statistics counters equal a recount from the stored doses.
