@@ -141,6 +141,12 @@ impl MunicipalityCode {
         std::str::from_utf8(&self.0).unwrap_or("000000")
     }
 
+    /// The six ASCII digits, as bytes of a known length (a writer copies them without a
+    /// UTF-8 check or a call).
+    pub(crate) fn digits(&self) -> &[u8; 6] {
+        &self.0
+    }
+
     /// The prefecture number, 1–47.
     pub fn prefecture(&self) -> u8 {
         (self.0[0] - b'0') * 10 + (self.0[1] - b'0')
@@ -188,6 +194,12 @@ impl VoucherNumber {
     /// The number as ten ASCII digits.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).unwrap_or("0000000000")
+    }
+
+    /// The ten ASCII digits, as bytes of a known length (a writer copies them without a
+    /// UTF-8 check or a call).
+    pub(crate) fn digits(&self) -> &[u8; 10] {
+        &self.0
     }
 }
 serde_via_number!(VoucherNumber, u64, serialize_u64, from_number);
