@@ -70,8 +70,11 @@ struct Parts {
     administering_municipality: MunicipalityCode,
     matched: Option<MunicipalityCode>,
     /// Where this dose's matched addressee number, site name, doctor, maker and lot
-    /// start and end in the batch's text, one after another.
+    /// start and end in the batch's text, one after another, each after the first
+    /// preceded by a comma: the four columns of a row's block are one piece of the text.
     bounds: [u32; 6],
+    /// Whether one of the site name, doctor, maker and lot is quoted in a row.
+    quoted: bool,
 }
 
 /// One dose of a [`LedgerDoses`] batch as the ledger export reads it: the newest
@@ -84,11 +87,13 @@ pub struct LedgerDose<'a> {
 
 impl<'a> LedgerDose<'a> {
     fn bytes(&self, i: usize) -> &'a [u8] {
-        self.text.get(self.parts.bounds[i] as usize..self.parts.bounds[i + 1] as usize).unwrap_or_default()
+        // Each text after the addressee starts after its comma.
+        let start = self.parts.bounds[i] as usize + usize::from(i > 0);
+        self.text.get(start..self.parts.bounds[i + 1] as usize).unwrap_or_default()
     }
 
-    /// The site name, doctor, maker and lot, one after another in the batch's text.
-    fn texts(&self) -> &'a [u8] {
+    /// `,site name,doctor,maker,lot`: the end of a row's block when none is quoted.
+    fn columns(&self) -> &'a [u8] {
         self.text.get(self.parts.bounds[1] as usize..self.parts.bounds[5] as usize).unwrap_or_default()
     }
 
@@ -227,8 +232,8 @@ impl LedgerDoses {
     /// Appends a copy of `d` (from any batch).
     fn push_copy(&mut self, d: LedgerDose<'_>) {
         let texts = [d.bytes(0), d.bytes(1), d.bytes(2), d.bytes(3), d.bytes(4)];
-        let bounds = push_texts(&mut self.text, &texts);
-        self.parts.push(Parts { bounds, ..d.parts.clone() });
+        let (bounds, quoted) = push_texts(&mut self.text, &texts);
+        self.parts.push(Parts { bounds, quoted, ..d.parts.clone() });
     }
 
     /// Moves every dose out (the batch is empty afterwards and keeps its buffers).
@@ -238,15 +243,29 @@ impl LedgerDoses {
     }
 }
 
-/// Appends `texts` to `text`, returning where each starts and the last ends.
-fn push_texts(text: &mut Vec<u8>, texts: &[&[u8]; 5]) -> [u32; 6] {
-    let mut bounds = [0u32; 6];
-    for (i, t) in texts.iter().enumerate() {
-        bounds[i] = u32::try_from(text.len()).unwrap_or(u32::MAX);
-        text.extend_from_slice(t);
+/// Appends `texts` to `text`, each after the first behind a comma (see [`Parts::bounds`]),
+/// returning where each starts (its comma) and the last ends, and whether a text after
+/// the first is quoted in a row.
+#[inline(always)]
+fn push_texts(text: &mut Vec<u8>, texts: &[&[u8]; 5]) -> ([u32; 6], bool) {
+    let mut bounds = [0usize; 6];
+    bounds[0] = text.len();
+    text.extend_from_slice(texts[0]);
+    for i in 1..5 {
+        bounds[i] = text.len();
+        // A stand-in that no csv field is quoted for, so that the four texts are tested
+        // in one piece (as fast as one text) before it becomes the comma.
+        text.push(b'0');
+        text.extend_from_slice(texts[i]);
     }
-    bounds[5] = u32::try_from(text.len()).unwrap_or(u32::MAX);
-    bounds
+    bounds[5] = text.len();
+    let quoted = needs_quotes(text.get(bounds[1]..).unwrap_or_default());
+    for &comma in &bounds[1..5] {
+        if let Some(b) = text.get_mut(comma) {
+            *b = b',';
+        }
+    }
+    (bounds.map(|b| u32::try_from(b).unwrap_or(u32::MAX)), quoted)
 }
 
 /// The last municipality code a field decoded, so that a column repeating one value (as
@@ -309,7 +328,7 @@ impl LedgerBatch {
     /// the same errors (never a panic) for bytes that are not a record, at a fraction of
     /// the cost. Bytes after the record are not read.
     pub fn push_compact(&mut self, bytes: &[u8]) -> Result<()> {
-        let fields = compact::record(&mut compact::Reader::new(bytes))?;
+        let fields = compact::record(&mut compact::Reader::new(bytes)).map_err(|e| *e)?;
         self.push_fields(fields)
     }
 
@@ -335,10 +354,10 @@ impl LedgerBatch {
         let [site_name, doctor, maker, lot] = f.versions;
         let texts = [addressee.as_deref().unwrap_or_default(), site_name, doctor, maker, lot];
         let text = &mut self.doses.text;
-        if text.len() + texts.iter().map(|t| t.len()).sum::<usize>() > u32::MAX as usize {
+        if text.len() + 4 + texts.iter().map(|t| t.len()).sum::<usize>() > u32::MAX as usize {
             return Err(Error::Storage { message: "a ledger batch's texts outgrew 4 GiB".into(), source: None });
         }
-        let bounds = push_texts(text, &texts);
+        let (bounds, quoted) = push_texts(text, &texts);
         self.doses.parts.push(Parts {
             id: f.id,
             voucher,
@@ -350,6 +369,7 @@ impl LedgerBatch {
             administering_municipality,
             matched,
             bounds,
+            quoted,
         });
         self.last_voucher = Some(f.voucher.1);
         Ok(())
@@ -366,7 +386,7 @@ impl LedgerBatch {
             det.maker.as_bytes(),
             det.lot.as_bytes(),
         ];
-        let bounds = push_texts(&mut self.doses.text, &texts);
+        let (bounds, quoted) = push_texts(&mut self.doses.text, &texts);
         self.doses.parts.push(Parts {
             id: d.id,
             voucher: d.voucher,
@@ -378,6 +398,7 @@ impl LedgerBatch {
             administering_municipality: det.administering_municipality,
             matched: d.matched.as_ref().map(|p| p.municipality),
             bounds,
+            quoted,
         });
     }
 
@@ -429,9 +450,11 @@ impl LedgerBatch {
         let not_utf8 = || Error::Storage { message: "a stored dose's text is not UTF-8".into(), source: None };
         let text = &self.doses.text;
         simdutf8::basic::from_utf8(text).map_err(|_| not_utf8())?;
-        // Each field on its own: none starts with a continuation byte.
-        let starts = |b: &u32| text.get(*b as usize).is_none_or(|c| (*c as i8) >= -0x40);
-        if !self.doses.parts.iter().all(|p| p.bounds.iter().all(starts)) {
+        // Each field on its own: none starts with a continuation byte. The texts after a
+        // dose's addressee start after an ASCII comma, which no character ends inside, and
+        // its last text ends where the next dose's addressee starts (or the text ends).
+        let starts = |b: u32| text.get(b as usize).is_none_or(|c| (*c as i8) >= -0x40);
+        if !self.doses.parts.iter().all(|p| starts(p.bounds[0])) {
             return Err(not_utf8());
         }
         Ok(())
@@ -478,8 +501,13 @@ fn valid_day(days: i32) -> bool {
 /// sequences length-first. `repr`'s tests hold it to the serde path.
 mod compact {
     use super::{Fields, valid_day, valid_instant};
+    use crate::Error;
     use crate::ids::DoseId;
-    use crate::{Error, Result};
+
+    /// What each read answers, its error boxed: an [`Error`] is many words, and a `Result`
+    /// holding one is moved through memory (a call of `memcpy`) at each read, failed or
+    /// not; boxed, most reads' results are two words, returned in registers.
+    pub(super) type Result<T> = std::result::Result<T, Box<Error>>;
 
     pub(super) struct Reader<'a> {
         bytes: &'a [u8],
@@ -493,8 +521,8 @@ mod compact {
 
         #[cold]
         #[inline(never)]
-        fn bad(&self, what: &str) -> Error {
-            Error::Storage { message: format!("decoding a stored dose: {what} at byte {}", self.at), source: None }
+        fn bad(&self, what: &str) -> Box<Error> {
+            Box::new(Error::Storage { message: format!("decoding a stored dose: {what} at byte {}", self.at), source: None })
         }
 
         #[inline(always)]
@@ -508,20 +536,38 @@ mod compact {
             }
         }
 
-        /// A varint of at most `max` bytes whose last byte is at most `last`.
+        /// A varint of at most `MAX` bytes whose last byte is at most `LAST`.
         #[inline(always)]
-        fn varint(&mut self, max: usize, last: u8) -> Result<u64> {
+        fn varint<const MAX: usize, const LAST: u8>(&mut self) -> Result<u64> {
             // Most are one byte (lengths, small numbers): no loop for them.
             match self.bytes.get(self.at) {
                 Some(&b) if b < 0x80 => {
                     self.at += 1;
                     Ok(u64::from(b))
                 }
-                _ => self.long_varint(max, last),
+                _ => self.long_varint::<MAX, LAST>(),
             }
         }
 
-        fn long_varint(&mut self, max: usize, last: u8) -> Result<u64> {
+        fn long_varint<const MAX: usize, const LAST: u8>(&mut self) -> Result<u64> {
+            // Away from the record's end (all but its last few fields), the bytes the varint
+            // may take are an array of `MAX`: the loop, of a length known here, unrolls,
+            // with no test of the record's end per byte.
+            if let Some(w) = self.bytes.get(self.at..self.at + MAX).and_then(|w| <&[u8; MAX]>::try_from(w).ok()) {
+                let mut out = 0u64;
+                for (i, &b) in w.iter().enumerate() {
+                    out |= u64::from(b & 0x7f) << (7 * i);
+                    if b < 0x80 {
+                        if i == MAX - 1 && b > LAST {
+                            return Err(self.bad("varint out of range"));
+                        }
+                        self.at += i + 1;
+                        return Ok(out);
+                    }
+                }
+                return Err(self.bad("varint too long"));
+            }
+            let (max, last) = (MAX, LAST);
             let rest = self.bytes.get(self.at..).unwrap_or_default();
             let mut out = 0u64;
             for (i, &b) in rest.iter().take(max).enumerate() {
@@ -540,12 +586,12 @@ mod compact {
         #[inline(always)]
         fn u32(&mut self) -> Result<u32> {
             // Five bytes hold 35 bits: the last may carry 4.
-            self.varint(5, 0x0f).map(|v| v as u32)
+            self.varint::<5, 0x0f>().map(|v| v as u32)
         }
 
         #[inline(always)]
         fn u64(&mut self) -> Result<u64> {
-            self.varint(10, 0x01)
+            self.varint::<10, 0x01>()
         }
 
         #[inline(always)]
@@ -1087,16 +1133,21 @@ impl DayDigits {
     /// answers `false`.
     #[inline]
     fn put(&mut self, out: &mut Vec<u8>, days: i64) -> bool {
+        self.digits(days).map(|d| out.extend_from_slice(&d)).is_some()
+    }
+
+    /// [`ymd`] of `days` (a day number from 1970-01-01).
+    #[inline]
+    fn digits(&mut self, days: i64) -> Option<[u8; 8]> {
         let slot = &mut self.0[days.rem_euclid(REMEMBERED_DAYS as i64) as usize];
-        let digits = match *slot {
+        match *slot {
             Some((day, digits)) if day == days => digits,
             _ => {
                 let digits = ymd(days);
                 *slot = Some((days, digits));
                 digits
             }
-        };
-        digits.map(|d| out.extend_from_slice(&d)).is_some()
+        }
     }
 }
 
@@ -1128,6 +1179,31 @@ fn put_timestamp(out: &mut Vec<u8>, memo: &mut DayDigits, (secs, nanos): (i64, u
         push_ledger_timestamp(&mut s, DateTime::from_timestamp(secs, nanos).unwrap_or_default());
         out.extend_from_slice(s.as_bytes());
     }
+}
+
+/// `,登録日時,接種日,券番号,接種自治体コード` of a dose, the first four columns of its
+/// block, as one piece of known length (written with one copy rather than nine), when
+/// both dates take [`DayDigits`]' digits; `None` otherwise (chrono then writes them).
+#[inline]
+fn block_head(dates: &mut DayDigits, p: &Parts) -> Option<[u8; 42]> {
+    let (secs, nanos) = p.registered;
+    // As `put_timestamp` does.
+    let local = secs.saturating_add(9 * 3600);
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let registered = dates.digits(local.div_euclid(86_400))?;
+    let given = dates.digits(i64::from(p.date_given) - i64::from(crate::columns::EPOCH_DAYS_FROM_CE))?;
+    let second = local.rem_euclid(86_400) as usize;
+    let mut head = [b','; 42];
+    head[1..9].copy_from_slice(&registered);
+    head[9..11].copy_from_slice(&PAIRS[second / 3600 % 100]);
+    head[11..13].copy_from_slice(&PAIRS[second / 60 % 60]);
+    head[13..15].copy_from_slice(&PAIRS[second % 60]);
+    head[16..24].copy_from_slice(&given);
+    head[25..35].copy_from_slice(p.voucher.number.digits());
+    head[36..42].copy_from_slice(p.administering_municipality.digits());
+    Some(head)
 }
 
 /// Appends one person's row to `buf`, answering how many doses it holds, or `None` (and
@@ -1166,25 +1242,27 @@ fn push_row<'d>(
             return Err(io_error("a chosen dose went missing"));
         };
         let p = d.parts;
-        buf.push(b',');
-        put_timestamp(buf, dates, p.registered);
-        buf.push(b',');
-        put_date(buf, dates, p.date_given);
-        buf.push(b',');
-        buf.extend_from_slice(p.voucher.number.as_str().as_bytes());
-        buf.push(b',');
-        buf.extend_from_slice(p.administering_municipality.as_str().as_bytes());
-        // Site name, doctor, maker, lot: one test for the four, which are rarely quoted.
-        if needs_quotes(d.texts()) {
+        if let Some(head) = block_head(dates, p) {
+            buf.extend_from_slice(&head);
+        } else {
+            buf.push(b',');
+            put_timestamp(buf, dates, p.registered);
+            buf.push(b',');
+            put_date(buf, dates, p.date_given);
+            buf.push(b',');
+            buf.extend_from_slice(p.voucher.number.digits());
+            buf.push(b',');
+            buf.extend_from_slice(p.administering_municipality.digits());
+        }
+        // Site name, doctor, maker, lot: tested once, when decoded; rarely quoted, and then
+        // the four are one copy of the batch's text.
+        if p.quoted {
             for text in 1..5 {
                 buf.push(b',');
                 push_csv_field(buf, d.bytes(text));
             }
         } else {
-            for text in 1..5 {
-                buf.push(b',');
-                buf.extend_from_slice(d.bytes(text));
-            }
+            buf.extend_from_slice(d.columns());
         }
         n += 1;
     }
@@ -1846,7 +1924,36 @@ mod tests {
                 put_date(&mut ours, &mut memo, days);
                 proptest::prop_assert_eq!(String::from_utf8(ours).unwrap(), theirs.clone());
             }
+            if let Some(at) = DateTime::from_timestamp(secs, nanos) {
+                let head = block_head_text(&mut memo, (secs, nanos), days);
+                proptest::prop_assert!(head.is_none_or(|h| h == head_by_chrono(at, days)));
+            }
         }
+    }
+
+    /// [`block_head`] of a dose registered at `registered`, given on day `days`, as text.
+    fn block_head_text(memo: &mut DayDigits, registered: (i64, u32), days: i32) -> Option<String> {
+        let parts = Parts {
+            id: DoseId::from_bytes([7; 16]),
+            voucher: VoucherRef { municipality: code("131016"), number: VoucherNumber::parse("0123456789").unwrap() },
+            registered,
+            seq: 1,
+            voided: false,
+            dose_number: 1,
+            date_given: days,
+            administering_municipality: code("011002"),
+            matched: None,
+            bounds: [0; 6],
+            quoted: false,
+        };
+        block_head(memo, &parts).map(|h| String::from_utf8(h.to_vec()).unwrap())
+    }
+
+    /// The block head [`block_head_text`] asks for, written by chrono.
+    fn head_by_chrono(at: DateTime<Utc>, days: i32) -> String {
+        let mut date = String::new();
+        push_ledger_date(&mut date, NaiveDate::from_num_days_from_ce_opt(days).unwrap());
+        format!(",{},{date},0123456789,011002", ledger_timestamp(at))
     }
 
     #[test]
@@ -1879,7 +1986,15 @@ mod tests {
             let mut theirs = String::new();
             push_ledger_date(&mut theirs, e.date_naive());
             assert_eq!(String::from_utf8(ours).unwrap(), theirs, "{e:?}");
+            // The block head, where it takes the remembered digits, writes what chrono writes.
+            let days = e.date_naive().num_days_from_ce();
+            let head = block_head_text(&mut dates, (e.timestamp(), e.timestamp_subsec_nanos()), days);
+            assert!(head.is_none_or(|h| h == head_by_chrono(e, days)), "{e:?}");
         }
+        // And it takes them for a dose of these years.
+        let e = DateTime::parse_from_rfc3339("2021-06-30T15:04:05Z").unwrap().with_timezone(&Utc);
+        let head = block_head_text(&mut dates, (e.timestamp(), 0), e.date_naive().num_days_from_ce());
+        assert_eq!(head.as_deref(), Some(",20210701000405,20210630,0123456789,011002"));
     }
 
     /// What the csv crate's default writer makes of `records`.

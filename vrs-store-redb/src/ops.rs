@@ -25,7 +25,7 @@ use vrs_core::store::{
 };
 use vrs_core::{Error, Result};
 
-use crate::parallel::{self, Chunks, scan_chunks};
+use crate::parallel::{self, Chunks, scan_chunks, scan_chunks_indexed};
 use crate::schema::*;
 
 mod columns;
@@ -941,20 +941,45 @@ pub(crate) fn scan_dose_chunks<T: Send>(
 ) -> Result<()> {
     let txn = begin_read(db)?;
     let doses = open_read(&txn, DOSES)?;
-    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?;
-    scan_chunks(
+    // Open chunks: the keys are read here anyway, and tested against the chunk's end for
+    // less than redb would (see `key_below`).
+    let chunks = Chunks::by_digits(&doses, &muni(m), VOUCHER_KEY - M, parallel::CHUNKS)?.open();
+    scan_chunks_indexed(
         &doses,
         &chunks,
         parallel::workers(),
-        |range| {
-            let mut records = range.filter_map(|entry| match entry {
-                Ok((k, v)) => is_dose_key(k.value()).then_some(Ok(v)),
-                Err(e) => Some(Err(storage("scanning doses by voucher")(e))),
-            });
+        |i, range| {
+            let below = key_below(chunks.chunk_end(i));
+            let mut records = range
+                .map_while(|entry| match entry {
+                    Ok((k, v)) => {
+                        let k = k.value();
+                        below(k).then(|| is_dose_key(k).then_some(Ok(v)))
+                    }
+                    Err(e) => Some(Some(Err(storage("scanning doses by voucher")(e)))),
+                })
+                .flatten();
             work(&mut records)
         },
         consume,
     )
+}
+
+/// Whether a key is below `end` (exclusive; `None`: no bound). An end of at most 16 bytes
+/// is tested against a key of at least 16 (every `doses` key) as two 16-byte big-endian
+/// numbers, one comparison without a call: the key's first 16 bytes are below the end
+/// padded with zeros exactly when the key is below the end.
+fn key_below(end: Option<&[u8]>) -> impl Fn(&[u8]) -> bool + '_ {
+    let padded = end.filter(|e| e.len() <= 16).map(|e| {
+        let mut p = [0u8; 16];
+        p[..e.len()].copy_from_slice(e);
+        u128::from_be_bytes(p)
+    });
+    move |key: &[u8]| match (end, padded, key.first_chunk::<16>()) {
+        (None, ..) => true,
+        (Some(_), Some(p), Some(k)) => u128::from_be_bytes(*k) < p,
+        (Some(e), ..) => key < e,
+    }
 }
 
 /// Sends a municipality's doses in voucher order as the ledger reads them, decoded
@@ -1608,6 +1633,32 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use vrs_core::ids::SiteId;
+
+    #[test]
+    fn key_below_answers_as_the_byte_order_does() {
+        // Ends and keys around each other: equal, one byte off at each place, prefixes of
+        // each other, bytes 0x00 and 0xff (the padding and its neighbour), all lengths 0 to 33.
+        let base: Vec<u8> = (0u8..33).map(|i| b'0' + i % 10).collect();
+        let mut texts: Vec<Vec<u8>> = Vec::new();
+        for len in 0..=base.len() {
+            let t = base[..len].to_vec();
+            texts.push(t.clone());
+            for at in 0..len {
+                for b in [0x00, 0x01, t[at] - 1, t[at] + 1, 0xfe, 0xff] {
+                    let mut u = t.clone();
+                    u[at] = b;
+                    texts.push(u);
+                }
+            }
+        }
+        for end in &texts {
+            let below = key_below(Some(end));
+            for key in &texts {
+                assert_eq!(below(key), key.as_slice() < end.as_slice(), "key {key:?} end {end:?}");
+            }
+        }
+        assert!(key_below(None)(&base));
+    }
 
     /// A municipality's resident columns as one-resident batches: the segment scan's and the
     /// row decode's, comparable whatever their batches.

@@ -47,6 +47,8 @@ pub(crate) fn workers() -> usize {
 pub(crate) struct Chunks {
     starts: Vec<Vec<u8>>,
     end: Option<Vec<u8>>,
+    /// Whether each chunk's range is handed to the work without its end ([`open`](Self::open)).
+    open: bool,
 }
 
 impl Chunks {
@@ -67,7 +69,7 @@ impl Chunks {
         let cut = storage("cutting a range into chunks");
         let digits = |k: redb::AccessGuard<'_, Bytes>| decimal(k.value().get(prefix.len()..prefix.len() + width));
         let Some((first, _)) = range.next().transpose().map_err(cut)? else {
-            return Ok(Self { starts: Vec::new(), end });
+            return Ok(Self { starts: Vec::new(), end, open: false });
         };
         let first = digits(first);
         let last = match range.next_back().transpose().map_err(storage("cutting a range into chunks"))? {
@@ -76,7 +78,7 @@ impl Chunks {
         };
         let mut starts = vec![prefix.to_vec()];
         cut_between(&mut starts, prefix, first, last, width, n);
-        Ok(Self { starts, end })
+        Ok(Self { starts, end, open: false })
     }
 
     /// Cuts the keys of `table` from `start` (inclusive) to `end` (exclusive; `None`: no
@@ -105,12 +107,12 @@ impl Chunks {
             let last = range.next_back().transpose().map_err(cut())?.map_or(first, |(k, _)| digits(k));
             cut_between(&mut starts, prefix, first, last, width, n);
         }
-        Ok(Self { starts, end: end.map(<[u8]>::to_vec) })
+        Ok(Self { starts, end: end.map(<[u8]>::to_vec), open: false })
     }
 
     /// Chunks starting at `starts` (ascending), the last one running to `end`.
     pub(crate) fn from_starts(starts: Vec<Vec<u8>>, end: Option<Vec<u8>>) -> Self {
-        Self { starts, end }
+        Self { starts, end, open: false }
     }
 
     /// Where each chunk starts, in order.
@@ -138,7 +140,7 @@ impl Chunks {
         .map_err(cut())?;
         let length = |k: redb::AccessGuard<'_, Bytes>| k.value().get(m.len()).copied();
         let Some(first) = range.next().transpose().map_err(cut())?.and_then(|(k, _)| length(k)) else {
-            return Ok(Self { starts: Vec::new(), end });
+            return Ok(Self { starts: Vec::new(), end, open: false });
         };
         let last = range.next_back().transpose().map_err(cut())?.and_then(|(k, _)| length(k)).unwrap_or(first);
         let mut starts = Vec::new();
@@ -148,7 +150,7 @@ impl Chunks {
             let run = Self::by_digits(table, &prefix, usize::from(len), n)?;
             starts.extend(run.starts);
         }
-        Ok(Self { starts, end })
+        Ok(Self { starts, end, open: false })
     }
 
     /// One chunk per key of `table` that starts with `prefix`, for tables whose every
@@ -163,7 +165,20 @@ impl Chunks {
         let starts = range
             .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("cutting a range into chunks")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { starts, end })
+        Ok(Self { starts, end, open: false })
+    }
+
+    /// The same chunks, each handed to the work as a range without an end: the work stops
+    /// at [`chunk_end`](Self::chunk_end) itself. redb compares every key of a range with
+    /// its end (a call of `memcmp`); a work that reads the keys anyway can test them for
+    /// less.
+    pub(crate) fn open(self) -> Self {
+        Self { open: true, ..self }
+    }
+
+    /// Where chunk `i` ends (exclusive; `None`: no bound).
+    pub(crate) fn chunk_end(&self, i: usize) -> Option<&[u8]> {
+        self.starts.get(i + 1).or(self.end.as_ref()).map(Vec::as_slice)
     }
 
     /// How many chunks.
@@ -171,12 +186,11 @@ impl Chunks {
         self.starts.len()
     }
 
-    /// The keys of chunk `i` in `table`, in order.
+    /// The keys of chunk `i` in `table`, in order (and the keys after it, when [`open`](Self::open)).
     fn range<V: Value + 'static>(&self, table: &ReadOnlyTable<Bytes, V>, i: usize) -> Result<redb::Range<'static, Bytes, V>> {
         let start = self.starts.get(i).map(Vec::as_slice).unwrap_or_default();
-        let end = self.starts.get(i + 1).or(self.end.as_ref());
-        match end {
-            Some(end) => table.range::<&[u8]>(start..end.as_slice()),
+        match self.chunk_end(i).filter(|_| !self.open) {
+            Some(end) => table.range::<&[u8]>(start..end),
             None => table.range::<&[u8]>(start..),
         }
         .map_err(storage("scanning a chunk of a range"))
