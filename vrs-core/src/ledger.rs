@@ -1167,13 +1167,8 @@ fn put_date(out: &mut Vec<u8>, memo: &mut DayDigits, days_from_ce: i32) {
 /// Appends 接種履歴登録日時 of an instant (seconds since 1970 and nanoseconds): the text of
 /// [`push_ledger_timestamp`] (Japan time), without building a date and time first.
 fn put_timestamp(out: &mut Vec<u8>, memo: &mut DayDigits, (secs, nanos): (i64, u32)) {
-    let local = secs.saturating_add(9 * 3600);
-    // Leap seconds (nanoseconds past 1e9) take chrono's formatter, as they do there.
-    if nanos < 1_000_000_000 && memo.put(out, local.div_euclid(86_400)) {
-        let second = local.rem_euclid(86_400) as usize;
-        for pair in [second / 3600, second / 60 % 60, second % 60] {
-            out.extend_from_slice(&PAIRS[pair % 100]);
-        }
+    if let Some(digits) = timestamp_digits(memo, (secs, nanos)) {
+        out.extend_from_slice(&digits);
     } else {
         let mut s = String::new();
         push_ledger_timestamp(&mut s, DateTime::from_timestamp(secs, nanos).unwrap_or_default());
@@ -1181,25 +1176,34 @@ fn put_timestamp(out: &mut Vec<u8>, memo: &mut DayDigits, (secs, nanos): (i64, u
     }
 }
 
+/// The 14 digits [`put_timestamp`] writes for an instant, when its day takes
+/// [`DayDigits`]' digits; `None` otherwise, and for leap seconds (nanoseconds past 1e9),
+/// which take chrono's formatter, as they do there.
+#[inline]
+fn timestamp_digits(memo: &mut DayDigits, (secs, nanos): (i64, u32)) -> Option<[u8; 14]> {
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    let local = secs.saturating_add(9 * 3600);
+    let day = memo.digits(local.div_euclid(86_400))?;
+    let second = local.rem_euclid(86_400) as usize;
+    let mut digits = [0u8; 14];
+    digits[..8].copy_from_slice(&day);
+    digits[8..10].copy_from_slice(&PAIRS[second / 3600 % 100]);
+    digits[10..12].copy_from_slice(&PAIRS[second / 60 % 60]);
+    digits[12..].copy_from_slice(&PAIRS[second % 60]);
+    Some(digits)
+}
+
 /// `,登録日時,接種日,券番号,接種自治体コード` of a dose, the first four columns of its
 /// block, as one piece of known length (written with one copy rather than nine), when
 /// both dates take [`DayDigits`]' digits; `None` otherwise (chrono then writes them).
 #[inline]
 fn block_head(dates: &mut DayDigits, p: &Parts) -> Option<[u8; 42]> {
-    let (secs, nanos) = p.registered;
-    // As `put_timestamp` does.
-    let local = secs.saturating_add(9 * 3600);
-    if nanos >= 1_000_000_000 {
-        return None;
-    }
-    let registered = dates.digits(local.div_euclid(86_400))?;
+    let registered = timestamp_digits(dates, p.registered)?;
     let given = dates.digits(i64::from(p.date_given) - i64::from(crate::columns::EPOCH_DAYS_FROM_CE))?;
-    let second = local.rem_euclid(86_400) as usize;
     let mut head = [b','; 42];
-    head[1..9].copy_from_slice(&registered);
-    head[9..11].copy_from_slice(&PAIRS[second / 3600 % 100]);
-    head[11..13].copy_from_slice(&PAIRS[second / 60 % 60]);
-    head[13..15].copy_from_slice(&PAIRS[second % 60]);
+    head[1..15].copy_from_slice(&registered);
     head[16..24].copy_from_slice(&given);
     head[25..35].copy_from_slice(p.voucher.number.digits());
     head[36..42].copy_from_slice(p.administering_municipality.digits());
