@@ -540,7 +540,8 @@ impl Registry {
             match self.store.apply(vec![cs]).await {
                 Ok(applied) => {
                     let mut outcome = outcome;
-                    outcome.dose.seq = applied.seq;
+                    // The call wrote this one dose: the call's highest number is its number.
+                    outcome.dose.seq = applied.seq_of(outcome.dose.id).unwrap_or(applied.seq);
                     return self.match_if_uploaded_meanwhile(account, outcome).await;
                 }
                 Err(e) if e.is_conflict() => last = Some(e),
@@ -576,11 +577,20 @@ impl Registry {
                 return Ok(results);
             }
             match self.store.apply(pending.sets).await {
-                Ok(_) => {
+                Ok(applied) => {
+                    // Decided before the commit, the batch's doses (and the replays of a key
+                    // repeated within it) learn their numbers from it; a stored key's
+                    // replay already carries its stored number.
+                    let seqs = applied.seqs_by_dose();
                     let mut out = Vec::with_capacity(results.len());
                     for result in results {
                         out.push(match result {
-                            Ok(outcome) => self.match_if_uploaded_meanwhile(&account, outcome).await,
+                            Ok(mut outcome) => {
+                                if let Some(&seq) = seqs.get(&outcome.dose.id) {
+                                    outcome.dose.seq = seq;
+                                }
+                                self.match_if_uploaded_meanwhile(&account, outcome).await
+                            }
                             Err(e) => Err(e),
                         });
                     }
@@ -750,7 +760,7 @@ impl Registry {
             let findings = Self::open_findings_of(&cs.findings, &view.findings, id);
             match self.store.apply(vec![cs]).await {
                 Ok(applied) => {
-                    record.seq = applied.seq;
+                    record.seq = applied.seq_of(id).unwrap_or(applied.seq);
                     return Ok(ChangeOutcome { dose: record, findings });
                 }
                 Err(e) if e.is_conflict() => last = Some(e),
