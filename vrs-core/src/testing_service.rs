@@ -419,6 +419,7 @@ pub async fn registrations_racing_their_upload_are_matched(store: DynStore) {
         assert!(!kinds(&out.findings).contains(&FindingKind::Unmatched), "{:?}", out.findings);
         let dose = registry.dose(&staff(CHIYODA), out.dose.id).await.unwrap();
         assert_eq!(dose.matched.as_ref().map(|p| p.addressee.as_str()), Some(addressee));
+        assert_eq!(out.dose.seq, dose.seq, "{addressee}: the number of the match, which wrote the dose last");
     }
     assert!(registry.unmatched(&staff(CHIYODA), code(CHIYODA)).await.unwrap().is_empty());
     let open = registry.findings(&staff(CHIYODA), code(CHIYODA), true).await.unwrap();
