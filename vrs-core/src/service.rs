@@ -540,7 +540,8 @@ impl Registry {
             match self.store.apply(vec![cs]).await {
                 Ok(applied) => {
                     let mut outcome = outcome;
-                    outcome.dose.seq = applied.seq;
+                    // The call wrote this one dose: the call's highest number is its number.
+                    outcome.dose.seq = applied.seq_of(outcome.dose.id).unwrap_or(applied.seq);
                     return self.match_if_uploaded_meanwhile(account, outcome).await;
                 }
                 Err(e) if e.is_conflict() => last = Some(e),
@@ -566,8 +567,9 @@ impl Registry {
         // One attempt assuming new keys, then up to MAX_ATTEMPTS with the keys looked up.
         let attempts = std::iter::once(Lookup::KeysAssumedNew).chain(std::iter::repeat_n(Lookup::Keys, MAX_ATTEMPTS));
         for lookup in attempts {
-            let (pending, results) = self.decide_batch(&account, &who, regs, lookup).await?;
-            if lookup == Lookup::KeysAssumedNew && self.refused_a_stored_key(regs, &results).await? {
+            let queries = Self::registration_queries(regs, lookup);
+            let (pending, results) = self.decide_batch(&account, &who, regs, &queries).await?;
+            if lookup == Lookup::KeysAssumedNew && self.refused_a_stored_key(&queries, &results).await? {
                 // A refused entry may be the replay of a dose stored earlier, which returns
                 // the first result instead: decided again with the keys looked up.
                 continue;
@@ -576,11 +578,20 @@ impl Registry {
                 return Ok(results);
             }
             match self.store.apply(pending.sets).await {
-                Ok(_) => {
+                Ok(applied) => {
+                    // Decided before the commit, the batch's doses (and the replays of a key
+                    // repeated within it) learn their numbers from it; a stored key's
+                    // replay already carries its stored number.
+                    let seqs = applied.seqs_by_dose();
                     let mut out = Vec::with_capacity(results.len());
                     for result in results {
                         out.push(match result {
-                            Ok(outcome) => self.match_if_uploaded_meanwhile(&account, outcome).await,
+                            Ok(mut outcome) => {
+                                if let Some(&seq) = seqs.get(&outcome.dose.id) {
+                                    outcome.dose.seq = seq;
+                                }
+                                self.match_if_uploaded_meanwhile(&account, outcome).await
+                            }
                             Err(e) => Err(e),
                         });
                     }
@@ -599,17 +610,17 @@ impl Registry {
         Ok(out)
     }
 
-    /// Decides every entry of a batch against one read of the persons involved: nothing
-    /// is written before the batch's one commit, so each entry sees what it would have read
-    /// on its own, and the entries before it through the pending change sets.
+    /// Decides every entry of a batch against one read of the persons involved (the
+    /// entries' [`registration_queries`](Self::registration_queries)): nothing is written
+    /// before the batch's one commit, so each entry sees what it would have read on its
+    /// own, and the entries before it through the pending change sets.
     async fn decide_batch(
         &self,
         account: &TabletAccount,
         who: &str,
         regs: &[DoseRegistration],
-        lookup: Lookup,
+        queries: &[Option<(OcrLine, DoseId, PersonQuery)>],
     ) -> Result<(Pending, Vec<Result<RegistrationOutcome>>)> {
-        let queries = Self::registration_queries(regs, lookup);
         let asked: Vec<PersonQuery> = queries.iter().flatten().map(|(_, _, q)| *q).collect();
         let mut answers = self.store.person_contexts(&asked).await?.into_iter();
         if answers.len() != asked.len() {
@@ -617,7 +628,7 @@ impl Registry {
         }
         let mut pending = Pending::with_capacity(regs.len());
         let mut results: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(regs.len());
-        for (reg, query) in regs.iter().zip(&queries) {
+        for (reg, query) in regs.iter().zip(queries) {
             let context = match query {
                 // Every query took an answer, in order.
                 Some((ocr, id, _)) => answers.next().map(|c| (*ocr, *id, c)),
@@ -637,13 +648,16 @@ impl Registry {
     }
 
     /// Whether an entry refused after a decision that assumed new keys (an unreadable OCR
-    /// line aside, which is refused whatever its key) has its key's dose stored: a replay,
-    /// whose answer is the first result, not the refusal.
-    async fn refused_a_stored_key(&self, regs: &[DoseRegistration], results: &[Result<RegistrationOutcome>]) -> Result<bool> {
-        for (reg, result) in regs.iter().zip(results) {
-            if result.is_err()
-                && crate::reconcile::parse_ocr(&reg.ocr_line).is_ok()
-                && self.store.dose(DoseId::for_key(&reg.idempotency_key)).await?.is_some()
+    /// line aside, which is refused whatever its key: it has no query) has its key's dose
+    /// stored: a replay, whose answer is the first result, not the refusal.
+    async fn refused_a_stored_key(
+        &self,
+        queries: &[Option<(OcrLine, DoseId, PersonQuery)>],
+        results: &[Result<RegistrationOutcome>],
+    ) -> Result<bool> {
+        for (query, result) in queries.iter().zip(results) {
+            if let (Some((_, id, _)), Err(_)) = (query, result)
+                && self.store.dose(*id).await?.is_some()
             {
                 return Ok(true);
             }
@@ -750,7 +764,7 @@ impl Registry {
             let findings = Self::open_findings_of(&cs.findings, &view.findings, id);
             match self.store.apply(vec![cs]).await {
                 Ok(applied) => {
-                    record.seq = applied.seq;
+                    record.seq = applied.seq_of(id).unwrap_or(applied.seq);
                     return Ok(ChangeOutcome { dose: record, findings });
                 }
                 Err(e) if e.is_conflict() => last = Some(e),

@@ -3,6 +3,7 @@
 //! [`Error::Conflict`](crate::Error::Conflict) when a uniqueness it guards was taken
 //! meanwhile, and the service re-reads and decides again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -109,10 +110,34 @@ impl ChangeSet {
 }
 
 /// What a store reports after applying change sets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
-    /// The change sequence number given to the dose records written (the highest, for a batch).
+    /// The highest change sequence number the call gave (the highest given before, when
+    /// it wrote no dose record).
     pub seq: u64,
+    /// Each dose record the call wrote (new or updated) with the number it is stored
+    /// under, in no promised order: a store may draw its numbers in any order (PostgreSQL
+    /// draws them per row of one statement), so a dose's number says nothing of its place
+    /// in the call. A dose written more than once by the call may appear once per write;
+    /// the greatest of its numbers is the one stored.
+    pub doses: Vec<(DoseId, u64)>,
+}
+
+impl Applied {
+    /// The number `id` is stored under after the call, when the call wrote it.
+    pub fn seq_of(&self, id: DoseId) -> Option<u64> {
+        self.doses.iter().filter(|(d, _)| *d == id).map(|&(_, seq)| seq).max()
+    }
+
+    /// [`doses`](Self::doses) by dose (the stored number of each), for looking up many.
+    pub fn seqs_by_dose(&self) -> HashMap<DoseId, u64> {
+        let mut by_dose = HashMap::with_capacity(self.doses.len());
+        for &(id, seq) in &self.doses {
+            let stored = by_dose.entry(id).or_insert(seq);
+            *stored = (*stored).max(seq);
+        }
+        by_dose
+    }
 }
 
 /// A stream of residents for an import, produced by the core's parser. The store pulls

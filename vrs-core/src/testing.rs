@@ -37,7 +37,7 @@ use crate::ledger::LedgerDoses;
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
 use crate::stats::{AgeBand, StatsKey, StatsQuery, StatsRow};
 use crate::store::{
-    AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, MovedIn, PersonQuery, ResidentSource, StoreBackend, read_person_context,
+    Applied, AuditEvent, ChangeSet, DoseScan, DoseSlot, DynStore, MovedIn, PersonQuery, ResidentSource, StoreBackend, read_person_context,
 };
 use crate::vaccine::ProductCode;
 use crate::{Error, Result};
@@ -66,6 +66,7 @@ macro_rules! store_conformance_tests {
                 revision_guard,
                 slot_claims,
                 seq_increases_and_changed_since_returns_each_change_once,
+                applied_reports_each_dose_number,
                 by_voucher_scan_order,
                 unmatched_index_follows_matched,
                 doses_by_site_use_the_jst_date,
@@ -95,6 +96,7 @@ macro_rules! store_conformance_tests {
                 access_is_enforced,
                 refused_import_applies_nothing,
                 batch_registration,
+                batch_outcomes_carry_the_stored_seq,
                 statistics_equal_a_recount,
                 reupload_restating_residents_moves_their_statistics,
                 tablet_secrets_sign_in_and_revocation,
@@ -786,6 +788,72 @@ pub async fn seq_increases_and_changed_since_returns_each_change_once(store: Dyn
     let d = dose("d", voucher(OSAKA, "0000000001"), 1, "2021-06-01T03:00:00Z", "osaka-1");
     let s5 = store.apply(vec![new_doses(vec![d])]).await.unwrap().seq;
     assert!(s5 > s4);
+}
+
+/// `apply` reports the number each dose record it wrote is stored under: many new doses
+/// at once, a dose written twice in one call (the greatest of its numbers is the stored
+/// one), slot operations that take a store's slower path, a single write, and no write.
+pub async fn applied_reports_each_dose_number(store: DynStore) {
+    let before =
+        store.apply(vec![new_doses(vec![dose("x", voucher(CHUO, "0000000001"), 1, "2021-06-01T01:00:00Z", "venue-1")])]).await.unwrap();
+    assert_eq!(before.doses, vec![(dose_id("x"), before.seq)]);
+    let stored = |id: DoseId| {
+        let store = store.clone();
+        async move { store.dose(id).await.unwrap().unwrap().seq }
+    };
+    let reported = async |applied: &Applied, ids: &[DoseId]| {
+        let mut listed: Vec<DoseId> = applied.doses.iter().map(|(id, _)| *id).collect();
+        listed.sort();
+        listed.dedup();
+        let mut expected = ids.to_vec();
+        expected.sort();
+        assert_eq!(listed, expected, "{applied:?}");
+        let by_dose = applied.seqs_by_dose();
+        for &id in ids {
+            let seq = stored(id).await;
+            assert_eq!(applied.seq_of(id), Some(seq), "{applied:?}");
+            assert_eq!(by_dose.get(&id), Some(&seq));
+        }
+        assert_eq!(applied.doses.iter().map(|&(_, seq)| seq).max(), Some(applied.seq));
+    };
+
+    // Many new doses, with a slot claimed, released and claimed again in the call.
+    let doses: Vec<DoseRecord> =
+        (1..=5).map(|i| dose(&format!("n{i}"), voucher(CHIYODA, &format!("000000000{i}")), 1, "2021-06-01T01:00:00Z", "venue-1")).collect();
+    let ids: Vec<DoseId> = doses.iter().map(|d| d.id).collect();
+    let slot = DoseSlot { voucher: doses[0].voucher, dose_number: 1 };
+    let many = store
+        .apply(vec![
+            ChangeSet { new_doses: doses[..3].to_vec(), claim_slots: vec![(slot, ids[0])], ..ChangeSet::default() },
+            ChangeSet { release_slots: vec![(slot, ids[0])], ..ChangeSet::default() },
+            ChangeSet { new_doses: doses[3..].to_vec(), claim_slots: vec![(slot, ids[1])], ..ChangeSet::default() },
+        ])
+        .await
+        .unwrap();
+    reported(&many, &ids).await;
+    let mut numbers: Vec<u64> = many.doses.iter().map(|&(_, seq)| seq).collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    assert_eq!(numbers.len(), 5, "one number per dose: {many:?}");
+    assert!(numbers.iter().all(|&n| n > before.seq), "{many:?}");
+
+    // A new dose beside one updated twice in the call.
+    let n1 = store.dose(ids[0]).await.unwrap().unwrap();
+    let once = next_revision(&n1, |d| d.versions[0].details.doctor = "鈴木二郎".into());
+    let twice = next_revision(&once, |d| d.matched = Some(person(CHIYODA, "1")));
+    let late = dose("late", voucher(CHIYODA, "0000000009"), 1, "2021-06-01T02:00:00Z", "venue-1");
+    let mixed = store.apply(vec![updated_doses(vec![once]), new_doses(vec![late.clone()]), updated_doses(vec![twice])]).await.unwrap();
+    reported(&mixed, &[ids[0], late.id]).await;
+    assert!(mixed.doses.iter().all(|&(_, seq)| seq > many.seq), "{mixed:?}");
+    assert_eq!(store.dose(ids[0]).await.unwrap().unwrap().revision, 3);
+
+    // One write; then none.
+    let n2 = store.dose(ids[1]).await.unwrap().unwrap();
+    let one = store.apply(vec![updated_doses(vec![next_revision(&n2, |d| d.matched = Some(person(CHIYODA, "2")))])]).await.unwrap();
+    reported(&one, &[ids[1]]).await;
+    assert!(one.seq > mixed.seq);
+    let none = store.apply(vec![ChangeSet { audit: vec![event(CHIYODA, "note", "")], ..ChangeSet::default() }]).await.unwrap();
+    assert_eq!(none, Applied { seq: one.seq, doses: Vec::new() });
 }
 
 /// `ByVoucher` yields a municipality's doses ordered by voucher number, then id, and

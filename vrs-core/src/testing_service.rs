@@ -15,7 +15,7 @@ use crate::ids::{AccountId, AddresseeNumber, DoseId, IdempotencyKey, Municipalit
 use crate::import::ImportReport;
 use crate::ledger::{LedgerOptions, OutputEncoding};
 use crate::resident::{PersonalText, Resident, ResidentStatus, Sex};
-use crate::service::{FixedClock, Registry};
+use crate::service::{FixedClock, RegistrationOutcome, Registry};
 use crate::stats::{StatsQuery, StatsRow};
 use crate::store::{Applied, AuditEvent, ChangeSet, DoseScan, DynStore, ImportApplied, MovedIn, ResidentSource, StoreBackend, Visit};
 use crate::{Error, Result};
@@ -419,6 +419,7 @@ pub async fn registrations_racing_their_upload_are_matched(store: DynStore) {
         assert!(!kinds(&out.findings).contains(&FindingKind::Unmatched), "{:?}", out.findings);
         let dose = registry.dose(&staff(CHIYODA), out.dose.id).await.unwrap();
         assert_eq!(dose.matched.as_ref().map(|p| p.addressee.as_str()), Some(addressee));
+        assert_eq!(out.dose.seq, dose.seq, "{addressee}: the number of the match, which wrote the dose last");
     }
     assert!(registry.unmatched(&staff(CHIYODA), code(CHIYODA)).await.unwrap().is_empty());
     let open = registry.findings(&staff(CHIYODA), code(CHIYODA), true).await.unwrap();
@@ -742,6 +743,76 @@ pub async fn batch_registration(store: DynStore) {
     let voucher = |n: &str| VoucherRef { municipality: code(CHIYODA), number: VoucherNumber::parse(n).unwrap() };
     assert_eq!(registry.store().doses_by_voucher(voucher("0000000002")).await.unwrap().len(), 2);
     assert!(registry.store().doses_by_voucher(voucher("0000000003")).await.unwrap().is_empty());
+}
+
+/// Every outcome of a batch carries the change sequence number its dose is stored under,
+/// as a single registration's does: new doses (on the path that assumes new keys and on
+/// the one that looks them up), a key repeated within the batch, and a stored key replayed.
+/// Clients keep these numbers as export cursors and to order a tablet's sync replies.
+pub async fn batch_outcomes_carry_the_stored_seq(store: DynStore) {
+    let (registry, _) = setup(store).await;
+    let venue = site_actor("venue");
+    let stored_seq = |id: DoseId| {
+        let store = registry.store().clone();
+        async move { store.dose(id).await.unwrap().unwrap().seq }
+    };
+    let single = registry.register(&venue, &registration("q0", 1, CHIYODA, "0000000044", "2021-06-01", "pfizer", "FA5765")).await.unwrap();
+    let before = single.dose.seq;
+    assert!(before > 0);
+    assert_eq!(before, stored_seq(single.dose.id).await);
+
+    // New keys only (the first decision commits), with a key repeated within the batch, an
+    // unmatched dose and a refused entry.
+    let first = vec![
+        registration("q1", 1, CHIYODA, "0000000001", "2021-06-01", "pfizer", "FA5765"),
+        registration("q2", 1, CHIYODA, "0000000002", "2021-06-01", "pfizer", "FA5765"),
+        registration("q3", 1, CHIYODA, "0000000099", "2021-06-01", "pfizer", "FA5765"),
+        registration("q4", 1, "131017", "0000000002", "2021-06-01", "pfizer", "FA5765"),
+        registration("q1", 1, CHIYODA, "0000000001", "2021-06-01", "pfizer", "FA5765"),
+        registration("q5", 2, CHIYODA, "0000000001", "2021-06-22", "pfizer", "FA5766"),
+    ];
+    let first = registry.register_batch(&venue, &first).await.unwrap();
+    assert!(matches!(first[3], Err(Error::DoseRejected { .. })), "{:?}", first[3]);
+    let mut seen = vec![before];
+    for (i, outcome) in first.iter().enumerate().filter(|(i, _)| *i != 3) {
+        let outcome = outcome.as_ref().unwrap();
+        assert_eq!(outcome.replayed, i == 4, "{outcome:?}");
+        assert_eq!(outcome.dose.seq, stored_seq(outcome.dose.id).await, "entry {i}: {outcome:?}");
+        if !outcome.replayed {
+            assert!(outcome.dose.seq > before, "entry {i}: {} after {before}", outcome.dose.seq);
+            seen.push(outcome.dose.seq);
+        }
+    }
+    assert_eq!(first[4].as_ref().unwrap().dose.seq, first[0].as_ref().unwrap().dose.seq);
+    let high = *seen.iter().max().unwrap();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "numbers given twice: {first:?}");
+
+    // A stored key among new ones (the batch is decided again with its keys looked up).
+    let second = vec![
+        registration("q6", 1, CHIYODA, "0000000042", "2021-06-01", "pfizer", "FA5765"),
+        registration("q2", 1, CHIYODA, "0000000002", "2021-06-01", "pfizer", "FA5765"),
+        registration("q0", 1, CHIYODA, "0000000044", "2021-06-01", "no-such-product", "FA5765"),
+        registration("q7", 1, CHIYODA, "0000000043", "2021-06-01", "pfizer", "FA5765"),
+    ];
+    let second = registry.register_batch(&venue, &second).await.unwrap();
+    let outcomes: Vec<&RegistrationOutcome> = second.iter().map(|r| r.as_ref().unwrap()).collect();
+    assert!(outcomes[1].replayed && outcomes[2].replayed, "{outcomes:?}");
+    assert_eq!(outcomes[1].dose.seq, first[1].as_ref().unwrap().dose.seq);
+    assert_eq!(outcomes[2].dose.seq, before);
+    for o in [outcomes[0], outcomes[3]] {
+        assert!(!o.replayed);
+        assert!(o.dose.seq > high, "{} after {high}", o.dose.seq);
+        assert_eq!(o.dose.seq, stored_seq(o.dose.id).await, "{o:?}");
+    }
+    assert_ne!(outcomes[0].dose.seq, outcomes[3].dose.seq);
+
+    // A correction reports the number of its write too.
+    let fix = DoseCorrection { lot: Some("FA9999".into()), ..DoseCorrection::default() };
+    let corrected = registry.correct(&staff(CHIYODA), outcomes[0].dose.id, &fix, "lot misread").await.unwrap();
+    assert!(corrected.dose.seq > outcomes[3].dose.seq.max(outcomes[0].dose.seq));
+    assert_eq!(corrected.dose.seq, stored_seq(corrected.dose.id).await);
 }
 
 /// The statistics counters equal a recount from the stored doses.

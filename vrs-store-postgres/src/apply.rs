@@ -26,7 +26,7 @@ use vrs_core::dose::DoseRecord;
 use vrs_core::finding::{Finding, FindingKind};
 use vrs_core::ids::DoseId;
 use vrs_core::stats::StatsKey;
-use vrs_core::store::{AuditEvent, ChangeSet, DoseSlot};
+use vrs_core::store::{Applied, AuditEvent, ChangeSet, DoseSlot};
 use vrs_core::{Error, Result};
 
 use crate::codec::{age_band_code, kind_code, municipality_number, sex_code};
@@ -52,6 +52,17 @@ struct DoseWrite {
     /// the `pos`-th sequence number taken.
     pos: i32,
     op: DoseOp,
+}
+
+/// Which sequence numbers a statement reports.
+#[derive(Clone, Copy)]
+enum Numbers {
+    /// None: it writes no dose.
+    None,
+    /// The one number it draws (a single registration or change: no array to build).
+    One,
+    /// The highest, and every number by the position of its write.
+    Each,
 }
 
 /// Slot operations that can go in one statement: one kind, no slot twice.
@@ -205,12 +216,18 @@ impl Stmt {
         self.ctes.is_empty()
     }
 
-    /// The statement: every CTE, then one row with the highest sequence number taken
-    /// (`NULL` when none) after every guard passed.
-    fn finish(self, has_seq: bool) -> (String, PgArguments) {
-        let seq = if has_seq { "(SELECT max(seq) FROM sq)" } else { "NULL::int8" };
+    /// The statement: every CTE, then one row after every guard passed with the highest
+    /// sequence number taken (`NULL` when none) and, for `Numbers::Each`, every number
+    /// taken in the order of the writes' positions.
+    fn finish(self, numbers: Numbers) -> (String, PgArguments) {
+        let seq = match numbers {
+            Numbers::None => "NULL::int8 AS seq, NULL::int8[] AS seqs",
+            // One write: its number is the highest.
+            Numbers::One => "(SELECT max(seq) FROM sq) AS seq, NULL::int8[] AS seqs",
+            Numbers::Each => "(SELECT max(seq) FROM sq) AS seq, (SELECT array_agg(seq ORDER BY pos) FROM sq) AS seqs",
+        };
         let checks = if self.checks.is_empty() { "true".to_owned() } else { self.checks.join(" AND ") };
-        let sql = format!("WITH {} SELECT {seq} AS seq, {checks} AS ok", self.ctes.join(",\n"));
+        let sql = format!("WITH {} SELECT {seq}, {checks} AS ok", self.ctes.join(",\n"));
         (sql, self.args)
     }
 }
@@ -375,10 +392,14 @@ fn add_slots(stmt: &mut Stmt, batch: &SlotBatch, name: &str) -> Result<()> {
 }
 
 /// Builds the statement of everything but the slot batches it is not given.
-fn statement(net: &Net, slots: &[SlotBatch]) -> Result<(Stmt, bool)> {
+fn statement(net: &Net, slots: &[SlotBatch]) -> Result<(Stmt, Numbers)> {
     let mut stmt = Stmt::new();
-    let has_seq = net.writes > 0;
-    if has_seq {
+    let numbers = match net.writes {
+        0 => Numbers::None,
+        1 => Numbers::One,
+        _ => Numbers::Each,
+    };
+    if net.writes > 0 {
         let owners: BTreeSet<i32> = net.doses.iter().map(|w| municipality_number(&w.record.owner())).collect();
         let owners = rows(&mut stmt, "o", &["m"], vec![Col::I32(owners.into_iter().collect())])?;
         stmt.cte(format!("lk AS (SELECT count(pg_advisory_xact_lock_shared({LOCK_SPACE}, o.m)) AS n FROM {owners})"));
@@ -567,7 +588,7 @@ fn statement(net: &Net, slots: &[SlotBatch]) -> Result<(Stmt, bool)> {
         // Rows come out of unnest in order, so the audit sequence follows the call's order.
         stmt.cte(format!("ev AS (INSERT INTO audit (municipality, record) SELECT u.municipality, u.record::jsonb FROM {input})"));
     }
-    Ok((stmt, has_seq))
+    Ok((stmt, numbers))
 }
 
 /// The highest sequence number given so far (0 before the first).
@@ -577,62 +598,98 @@ async fn last_seq(c: &mut Lease<'_>) -> Result<u64> {
     Ok(u64::try_from(seq).unwrap_or(0))
 }
 
+/// The numbers a statement reports (see [`Stmt::finish`]).
+#[derive(Default)]
+struct Taken {
+    seq: Option<i64>,
+    seqs: Option<Vec<i64>>,
+}
+
+impl Taken {
+    fn read(row: &sqlx::postgres::PgRow) -> sqlx::Result<Self> {
+        Ok(Self { seq: row.try_get("seq")?, seqs: row.try_get("seqs")? })
+    }
+}
+
 /// Runs the statement, then each slot batch after it, in one transaction.
-async fn in_transaction(conn: &mut PgConnection, stmt: Option<(String, PgArguments)>, batches: &[SlotBatch]) -> sqlx::Result<Option<i64>> {
+async fn in_transaction(conn: &mut PgConnection, stmt: Option<(String, PgArguments)>, batches: &[SlotBatch]) -> sqlx::Result<Taken> {
     let mut tx = conn.begin().await?;
-    let mut seq = None;
+    let mut taken = Taken::default();
     if let Some((sql, args)) = stmt {
-        seq = sqlx::query_with(&sql, args).fetch_one(&mut *tx).await?.try_get::<Option<i64>, _>("seq")?;
+        taken = Taken::read(&sqlx::query_with(&sql, args).fetch_one(&mut *tx).await?)?;
     }
     for batch in batches {
         let mut s = Stmt::new();
         add_slots(&mut s, batch, "sl").map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        let (sql, args) = s.finish(false);
+        let (sql, args) = s.finish(Numbers::None);
         sqlx::query_with(&sql, args).fetch_one(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(seq)
+    Ok(taken)
 }
 
 /// Adds statistics counter changes inside a transaction the caller holds (an import
 /// moving restated residents' doses), through the same counter upsert as [`apply`].
 pub(crate) async fn add_counters(tx: &mut PgConnection, counters: Vec<(StatsKey, i64)>) -> Result<()> {
     let net = Net::fold(vec![ChangeSet { counters, ..ChangeSet::default() }])?;
-    let (stmt, has_seq) = statement(&net, &[])?;
+    let (stmt, numbers) = statement(&net, &[])?;
     if stmt.is_empty() {
         return Ok(());
     }
-    let (sql, args) = stmt.finish(has_seq);
+    let (sql, args) = stmt.finish(numbers);
     sqlx::query_with(&sql, args).fetch_one(&mut *tx).await.map_err(db("moving statistics counters"))?;
     Ok(())
 }
 
-/// Applies change sets all or nothing; returns the highest sequence number given (or the
-/// last one given before, when no dose was written).
-pub(crate) async fn apply(conns: &Conns, changes: Vec<ChangeSet>) -> Result<u64> {
+/// Applies change sets all or nothing; reports the highest sequence number given (or the
+/// last one given before, when no dose was written) and the number of each dose written.
+pub(crate) async fn apply(conns: &Conns, changes: Vec<ChangeSet>) -> Result<Applied> {
     let mut net = Net::fold(changes)?;
     let one_statement = net.slots_fit_one_statement();
     let slots = std::mem::take(&mut net.slots);
     let (inline, separate): (&[SlotBatch], &[SlotBatch]) = if one_statement { (&slots, &[]) } else { (&[], &slots) };
-    let (stmt, has_seq) = statement(&net, inline)?;
+    let (stmt, numbers) = statement(&net, inline)?;
     let mut c = conns.get().await?;
     if stmt.is_empty() && separate.is_empty() {
-        return last_seq(&mut c).await;
+        return Ok(Applied { seq: last_seq(&mut c).await?, doses: Vec::new() });
     }
-    let seq = if separate.is_empty() {
+    let taken = if separate.is_empty() {
         // One statement: its own transaction, one round trip.
-        let (sql, args) = stmt.finish(has_seq);
+        let (sql, args) = stmt.finish(numbers);
         let row = sqlx::query_with(&sql, args).fetch_one(&mut *c).await;
-        c.check(row.and_then(|r| r.try_get::<Option<i64>, _>("seq"))).map_err(db("applying a change set"))?
+        c.check(row.and_then(|r| Taken::read(&r))).map_err(db("applying a change set"))?
     } else {
         // Slot operations that touch a slot twice go one statement each, in order, in one
         // transaction with the rest.
-        let stmt = (!stmt.is_empty()).then(|| stmt.finish(has_seq));
+        let stmt = (!stmt.is_empty()).then(|| stmt.finish(numbers));
         let applied = in_transaction(&mut c, stmt, separate).await;
         c.check(applied).map_err(db("applying a change set"))?
     };
-    match seq {
-        Some(s) => u64::try_from(s).map_err(|_| storage_message(format!("sequence number {s} is negative"))),
-        None => last_seq(&mut c).await,
-    }
+    let number = |s: i64| u64::try_from(s).map_err(|_| storage_message(format!("sequence number {s} is negative")));
+    let Some(seq) = taken.seq else {
+        return Ok(Applied { seq: last_seq(&mut c).await?, doses: Vec::new() });
+    };
+    let seq = number(seq)?;
+    // Each dose's number is the one drawn for the position of its last write: the numbers
+    // need not ascend with the positions.
+    let doses = match (numbers, taken.seqs) {
+        (Numbers::One, _) => net.doses.iter().map(|w| (w.record.id, seq)).collect(),
+        (Numbers::Each, Some(seqs)) if usize::try_from(net.writes).is_ok_and(|n| n == seqs.len()) => {
+            let mut doses = Vec::with_capacity(net.doses.len());
+            for w in &net.doses {
+                let drawn = usize::try_from(w.pos - 1).ok().and_then(|i| seqs.get(i));
+                let Some(&s) = drawn else { return Err(storage_message(format!("no sequence number for dose write {}", w.pos))) };
+                doses.push((w.record.id, number(s)?));
+            }
+            doses
+        }
+        (_, seqs) => {
+            return Err(storage_message(format!(
+                "the server reported {} sequence numbers for {} dose writes",
+                seqs.map_or(0, |s| s.len()),
+                net.writes
+            )));
+        }
+    };
+    Ok(Applied { seq, doses })
 }

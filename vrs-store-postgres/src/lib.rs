@@ -672,8 +672,7 @@ impl StoreBackend for PostgresStore {
     }
 
     async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied> {
-        let seq = apply::apply(&self.conns, changes).await?;
-        Ok(Applied { seq })
+        apply::apply(&self.conns, changes).await
     }
 }
 

@@ -341,8 +341,7 @@ impl StoreBackend for RedbStore {
 
     async fn apply(&self, changes: Vec<ChangeSet>) -> Result<Applied> {
         let durability = self.durability;
-        let seq = self.run(move |db| ops::apply(db, durability, changes)).await?;
-        Ok(Applied { seq })
+        self.run(move |db| ops::apply(db, durability, changes)).await
     }
 }
 

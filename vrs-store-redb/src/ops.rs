@@ -21,7 +21,8 @@ use vrs_core::reconcile::vouchers_of;
 use vrs_core::resident::Resident;
 use vrs_core::stats::{StatsKey, StatsQuery, StatsRow, restated as restated_deltas, restates_statistics};
 use vrs_core::store::{
-    AuditEvent, ChangeSet, DoseScan, ImportApplied, MovedIn, PersonContext, PersonQuery, ResidentSource, person_vouchers, voucher_resident,
+    Applied, AuditEvent, ChangeSet, DoseScan, ImportApplied, MovedIn, PersonContext, PersonQuery, ResidentSource, person_vouchers,
+    voucher_resident,
 };
 use vrs_core::{Error, Result};
 
@@ -1306,6 +1307,8 @@ struct Writer<'t> {
     audit: Table<'t, Bytes, Bytes>,
     /// The last dose sequence number given.
     seq: u64,
+    /// Each dose write with the number it took, for the caller.
+    written: Vec<(DoseId, u64)>,
     /// The last audit sequence number given.
     audit_seq: u64,
     /// Counter changes summed over every change set, encoded and written once per key at
@@ -1335,20 +1338,20 @@ struct Writer<'t> {
 }
 
 /// Applies change sets in one write transaction (durable unless the store was opened for a
-/// bulk load); nothing is written when a guard fails. Returns the highest sequence number
-/// given (or the last one given before, when no dose was written).
-pub(crate) fn apply(db: &Database, durability: Durability, changes: Vec<ChangeSet>) -> Result<u64> {
+/// bulk load); nothing is written when a guard fails. Reports the highest sequence number
+/// given (or the last one given before, when no dose was written) and each dose write's.
+pub(crate) fn apply(db: &Database, durability: Durability, changes: Vec<ChangeSet>) -> Result<Applied> {
     let txn = begin_write_with(db, durability)?;
     match apply_in(&txn, changes) {
-        Ok(seq) => {
+        Ok(applied) => {
             commit(txn)?;
-            Ok(seq)
+            Ok(applied)
         }
         Err(e) => abort(txn, e),
     }
 }
 
-fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
+fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<Applied> {
     let mut meta = open_write(txn, META)?;
     let seq = meta.get(META_DOSE_SEQ).map_err(storage("reading the sequence number"))?.map(|g| g.value()).unwrap_or(0);
     let audit_seq = meta.get(META_AUDIT_SEQ).map_err(storage("reading the audit sequence number"))?.map(|g| g.value()).unwrap_or(0);
@@ -1366,6 +1369,7 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
         counters: open_write(txn, COUNTERS)?,
         audit: open_write(txn, AUDIT)?,
         seq,
+        written: Vec::new(),
         audit_seq,
         counter_deltas: BTreeMap::new(),
         moved: false,
@@ -1393,7 +1397,7 @@ fn apply_in(txn: &WriteTransaction, changes: Vec<ChangeSet>) -> Result<u64> {
     if w.audit_seq != audit_seq {
         meta.insert(META_AUDIT_SEQ, w.audit_seq).map_err(storage("writing the audit sequence number"))?;
     }
-    Ok(w.seq)
+    Ok(Applied { seq: w.seq, doses: w.written })
 }
 
 impl Writer<'_> {
@@ -1475,6 +1479,7 @@ impl Writer<'_> {
         self.seq = self.seq.checked_add(1).ok_or_else(|| exhausted("dose"))?;
         dose.seq = self.seq;
         let id = dose.id;
+        self.written.push((id, self.seq));
         let site = site_key(&dose.details().site, dose.registered_on_jst(), dose.seq, &id);
         if stored.is_none() {
             self.new_rows.push((key, encode("encoding a dose", &*dose)?));

@@ -69,7 +69,7 @@ impl Chunks {
         let cut = storage("cutting a range into chunks");
         let digits = |k: redb::AccessGuard<'_, Bytes>| decimal(k.value().get(prefix.len()..prefix.len() + width));
         let Some((first, _)) = range.next().transpose().map_err(cut)? else {
-            return Ok(Self { starts: Vec::new(), end, open: false });
+            return Ok(Self::from_starts(Vec::new(), end));
         };
         let first = digits(first);
         let last = match range.next_back().transpose().map_err(storage("cutting a range into chunks"))? {
@@ -78,7 +78,7 @@ impl Chunks {
         };
         let mut starts = vec![prefix.to_vec()];
         cut_between(&mut starts, prefix, first, last, width, n);
-        Ok(Self { starts, end, open: false })
+        Ok(Self::from_starts(starts, end))
     }
 
     /// Cuts the keys of `table` from `start` (inclusive) to `end` (exclusive; `None`: no
@@ -107,10 +107,12 @@ impl Chunks {
             let last = range.next_back().transpose().map_err(cut())?.map_or(first, |(k, _)| digits(k));
             cut_between(&mut starts, prefix, first, last, width, n);
         }
-        Ok(Self { starts, end: end.map(<[u8]>::to_vec), open: false })
+        Ok(Self::from_starts(starts, end.map(<[u8]>::to_vec)))
     }
 
-    /// Chunks starting at `starts` (ascending), the last one running to `end`.
+    /// Chunks starting at `starts` (ascending), the last one running to `end`, each handed
+    /// to the work with its end (every constructor comes here; only [`open`](Self::open)
+    /// drops the ends).
     pub(crate) fn from_starts(starts: Vec<Vec<u8>>, end: Option<Vec<u8>>) -> Self {
         Self { starts, end, open: false }
     }
@@ -140,7 +142,7 @@ impl Chunks {
         .map_err(cut())?;
         let length = |k: redb::AccessGuard<'_, Bytes>| k.value().get(m.len()).copied();
         let Some(first) = range.next().transpose().map_err(cut())?.and_then(|(k, _)| length(k)) else {
-            return Ok(Self { starts: Vec::new(), end, open: false });
+            return Ok(Self::from_starts(Vec::new(), end));
         };
         let last = range.next_back().transpose().map_err(cut())?.and_then(|(k, _)| length(k)).unwrap_or(first);
         let mut starts = Vec::new();
@@ -150,7 +152,7 @@ impl Chunks {
             let run = Self::by_digits(table, &prefix, usize::from(len), n)?;
             starts.extend(run.starts);
         }
-        Ok(Self { starts, end, open: false })
+        Ok(Self::from_starts(starts, end))
     }
 
     /// One chunk per key of `table` that starts with `prefix`, for tables whose every
@@ -165,7 +167,7 @@ impl Chunks {
         let starts = range
             .map(|e| e.map(|(k, _)| k.value().to_vec()).map_err(storage("cutting a range into chunks")))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { starts, end, open: false })
+        Ok(Self::from_starts(starts, end))
     }
 
     /// The same chunks, each handed to the work as a range without an end: the work stops
