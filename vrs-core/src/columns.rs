@@ -1108,25 +1108,33 @@ impl TextColumn {
                 Layout::Contiguous { offsets }
             }
             Layout::Views { views, .. } => {
-                // Past its value, an inline view is zero (Arrow checks it too): checked for
-                // every view in one pass without a branch (most are inline codes), a mask
-                // by length; a long view's mask is zero, and those are checked after.
-                let (padded, any_long) = views.iter().fold((0, false), |(padded, any_long), &v| {
-                    let len = (v as u32) as usize;
-                    (padded | v & PADDING[len.min(INLINE_TEXT + 1)], any_long | (len > INLINE_TEXT))
-                });
                 let outside = || corrupt(&format!("{what}: a view outside the bytes or not matching them"));
-                if padded != 0 {
-                    return Err(outside());
-                }
                 let mut long = Vec::new();
-                let longs: &[u128] = if any_long { &views } else { &[] };
-                for &v in longs.iter().filter(|&&v| (v as u32) as usize > INLINE_TEXT) {
-                    let fits = (v >> 64) as u32 == 0 && long_bytes(&bytes, v).is_some_and(|b| b[..4] == v.to_le_bytes()[4..8]);
+                if bytes.is_empty() {
+                    // Codes (most of a residents read's views): every value inline, zero past
+                    // its bytes (Arrow checks it too). One pass without a branch, a mask by
+                    // length; a long view (its mask is zero) points past the empty bytes.
+                    let (padded, any_long) = views.iter().fold((0, false), |(padded, any_long), &v| {
+                        let len = (v as u32) as usize;
+                        (padded | v & PADDING[len.min(INLINE_TEXT + 1)], any_long | (len > INLINE_TEXT))
+                    });
+                    if padded != 0 || any_long {
+                        return Err(outside());
+                    }
+                }
+                for &v in if bytes.is_empty() { &[] } else { views.as_slice() } {
+                    let len = (v as u32) as usize;
+                    let fits = if len <= INLINE_TEXT {
+                        v & PADDING[len] == 0
+                    } else {
+                        (v >> 64) as u32 == 0 && long_bytes(&bytes, v).is_some_and(|b| b[..4] == v.to_le_bytes()[4..8]) && {
+                            long.push(v);
+                            true
+                        }
+                    };
                     if !fits {
                         return Err(outside());
                     }
-                    long.push(v);
                 }
                 // The latest long values stored, as pushing them left them: a column
                 // decoded and then pushed to shares bytes as the encoded one would.
