@@ -952,6 +952,18 @@ fn put_len(out: &mut Vec<u8>, n: usize) -> Result<()> {
     Ok(())
 }
 
+/// The bits past an inline value of each length (0 to [`INLINE_TEXT`] bytes) in its view;
+/// none for a long value (the last entry).
+const PADDING: [u128; INLINE_TEXT + 2] = {
+    let mut masks = [0; INLINE_TEXT + 2];
+    let mut len = 0;
+    while len < INLINE_TEXT {
+        masks[len] = u128::MAX << (32 + 8 * len);
+        len += 1;
+    }
+    masks
+};
+
 /// Reads a segment front to back; every read checks the length left.
 struct SegmentReader<'a>(&'a [u8]);
 
@@ -1096,12 +1108,24 @@ impl TextColumn {
                 Layout::Contiguous { offsets }
             }
             Layout::Views { views, .. } => {
+                let outside = || corrupt(&format!("{what}: a view outside the bytes or not matching them"));
                 let mut long = Vec::new();
-                for &v in &views {
+                if bytes.is_empty() {
+                    // Codes (most of a residents read's views): every value inline, zero past
+                    // its bytes (Arrow checks it too). One pass without a branch, a mask by
+                    // length; a long view (its mask is zero) points past the empty bytes.
+                    let (padded, any_long) = views.iter().fold((0, false), |(padded, any_long), &v| {
+                        let len = (v as u32) as usize;
+                        (padded | v & PADDING[len.min(INLINE_TEXT + 1)], any_long | (len > INLINE_TEXT))
+                    });
+                    if padded != 0 || any_long {
+                        return Err(outside());
+                    }
+                }
+                for &v in if bytes.is_empty() { &[] } else { views.as_slice() } {
                     let len = (v as u32) as usize;
                     let fits = if len <= INLINE_TEXT {
-                        // Past the value, an inline view is zero (Arrow checks it too).
-                        len == INLINE_TEXT || v >> (32 + 8 * len as u32) == 0
+                        v & PADDING[len] == 0
                     } else {
                         (v >> 64) as u32 == 0 && long_bytes(&bytes, v).is_some_and(|b| b[..4] == v.to_le_bytes()[4..8]) && {
                             long.push(v);
@@ -1109,7 +1133,7 @@ impl TextColumn {
                         }
                     };
                     if !fits {
-                        return Err(corrupt(&format!("{what}: a view outside the bytes or not matching them")));
+                        return Err(outside());
                     }
                 }
                 // The latest long values stored, as pushing them left them: a column
@@ -1723,6 +1747,21 @@ mod tests {
         longer.push(0);
         assert!(ResidentColumns::decode_segment(&longer).is_err());
         assert_eq!(ResidentColumns::decode_segment(&bytes).unwrap(), pushed(&residents(&texts)));
+    }
+
+    #[test]
+    fn an_inline_view_with_bytes_past_its_value_is_an_error() {
+        let texts = [("山田 太郎".to_string(), Some("東京都千代田区千代田1-1".to_string()), true)];
+        let bytes = segment(&pushed(&residents(&texts)));
+        // The municipality's view (a 6-byte code) follows the tag, version, row count and
+        // its layout byte; bytes 10..16 of the view lie past the value.
+        let view = SEGMENT_TAG.len() + 1 + 4 + 1;
+        assert_eq!(bytes[view], 6);
+        for at in 10..16 {
+            let mut damaged = bytes.clone();
+            damaged[view + at] = b'1';
+            assert!(matches!(ResidentColumns::decode_segment(&damaged), Err(Error::Storage { .. })), "byte {at}");
+        }
     }
 
     #[test]

@@ -160,6 +160,10 @@ def test_residents_built_on_the_calling_thread_past_a_point_read_the_same(tmp_pa
         threads = tables[10**9]
         assert threads["addressee_number"].to_pylist() == sorted((r[0] for r in rows), key=lambda a: (len(a), a))
         assert threads["name"].to_pylist()[:3] == ["接種太郎", "接種太郎", "山田　花子"]
+        # Every name (inline or not) is its resident's, cut where its offsets say.
+        imported = {r[0]: (r[2], r[3]) for r in rows}
+        read = zip(threads["name"].to_pylist(), threads["name_kana"].to_pylist())
+        assert list(read) == [imported[a] for a in threads["addressee_number"].to_pylist()]
         for after, t in tables.items():
             assert t.num_rows == n, after
             assert t.equals(threads), after
