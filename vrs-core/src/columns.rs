@@ -1121,19 +1121,20 @@ impl TextColumn {
                     if padded != 0 || any_long {
                         return Err(outside());
                     }
-                }
-                for &v in if bytes.is_empty() { &[] } else { views.as_slice() } {
-                    let len = (v as u32) as usize;
-                    let fits = if len <= INLINE_TEXT {
-                        v & PADDING[len] == 0
-                    } else {
-                        (v >> 64) as u32 == 0 && long_bytes(&bytes, v).is_some_and(|b| b[..4] == v.to_le_bytes()[4..8]) && {
-                            long.push(v);
-                            true
+                } else {
+                    for &v in &views {
+                        let len = (v as u32) as usize;
+                        let fits = if len <= INLINE_TEXT {
+                            v & PADDING[len] == 0
+                        } else {
+                            (v >> 64) as u32 == 0 && long_bytes(&bytes, v).is_some_and(|b| b[..4] == v.to_le_bytes()[4..8]) && {
+                                long.push(v);
+                                true
+                            }
+                        };
+                        if !fits {
+                            return Err(outside());
                         }
-                    };
-                    if !fits {
-                        return Err(outside());
                     }
                 }
                 // The latest long values stored, as pushing them left them: a column
