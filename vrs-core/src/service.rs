@@ -583,17 +583,22 @@ impl Registry {
                     // repeated within it) learn their numbers from it; a stored key's
                     // replay already carries its stored number.
                     let seqs = applied.seqs_by_dose();
-                    let mut out = Vec::with_capacity(results.len());
+                    let mut out: Vec<Result<RegistrationOutcome>> = Vec::with_capacity(results.len());
                     for result in results {
-                        out.push(match result {
+                        let next = match result {
                             Ok(mut outcome) => {
                                 if let Some(&seq) = seqs.get(&outcome.dose.id) {
                                     outcome.dose.seq = seq;
                                 }
-                                self.match_if_uploaded_meanwhile(&account, outcome).await
+                                if outcome.replayed {
+                                    Ok(Self::replay_of_earlier_entry(&out, outcome))
+                                } else {
+                                    self.match_if_uploaded_meanwhile(&account, outcome).await
+                                }
                             }
                             Err(e) => Err(e),
-                        });
+                        };
+                        out.push(next);
                     }
                     return Ok(out);
                 }
@@ -663,6 +668,18 @@ impl Registry {
             }
         }
         Ok(false)
+    }
+
+    /// The replay of a key first registered earlier in the same batch answers what that
+    /// entry finally answered: a racing upload may have matched its dose after the batch
+    /// was decided. A replay of a key stored before the batch is left as read.
+    fn replay_of_earlier_entry(earlier: &[Result<RegistrationOutcome>], replay: RegistrationOutcome) -> RegistrationOutcome {
+        // Rare (a tablet sending one entry twice in a batch): a scan beats keeping an index.
+        let first = earlier.iter().filter_map(|r| r.as_ref().ok()).find(|o| !o.replayed && o.dose.id == replay.dose.id);
+        match first {
+            Some(first) => RegistrationOutcome { replayed: true, ..first.clone() },
+            None => replay,
+        }
     }
 
     /// A dose just stored unmatched may have raced the upload holding its voucher:

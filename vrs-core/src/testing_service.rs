@@ -409,12 +409,18 @@ pub async fn registrations_racing_their_upload_are_matched(store: DynStore) {
             &[
                 registration("late-2", 1, CHIYODA, "0000000078", "2021-06-01", "pfizer", "FA5765"),
                 registration("late-3", 2, CHIYODA, "0000000078", "2021-06-30", "pfizer", "FA5765"),
+                // The first entry again (a tablet sending it twice): its replay answers what
+                // the first entry finally answers, matched by the racing upload.
+                registration("late-2", 1, CHIYODA, "0000000078", "2021-06-01", "pfizer", "FA5765"),
             ],
         )
         .await
         .unwrap();
     assert!(uploads.lock().unwrap().is_empty(), "both uploads ran between a decision and its commit");
-    for (out, addressee) in [(&single, "77"), (batch[0].as_ref().unwrap(), "78"), (batch[1].as_ref().unwrap(), "78")] {
+    let replay = batch[2].as_ref().unwrap();
+    assert!(replay.replayed, "{replay:?}");
+    assert_eq!(replay.dose, batch[0].as_ref().unwrap().dose);
+    for (out, addressee) in [(&single, "77"), (batch[0].as_ref().unwrap(), "78"), (batch[1].as_ref().unwrap(), "78"), (replay, "78")] {
         assert!(out.matched, "{addressee}: {:?}", out.findings);
         assert!(!kinds(&out.findings).contains(&FindingKind::Unmatched), "{:?}", out.findings);
         let dose = registry.dose(&staff(CHIYODA), out.dose.id).await.unwrap();
