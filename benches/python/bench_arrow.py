@@ -240,7 +240,10 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["doses", "residents"], choices=["doses", "residents"])
     parser.add_argument("--seeder", type=pathlib.Path, default=REPO / "target" / "release" / "py_seed")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="time the Arrow read and both pandas reads this many times each, keeping each one's best"
+        "--repeat",
+        type=int,
+        default=3,
+        help="time the Arrow read and both pandas reads this many times each, keeping each one's best",
     )
     args = parser.parse_args()
     work = args.dir or pathlib.Path(tempfile.mkdtemp(prefix="vrs-bench-"))

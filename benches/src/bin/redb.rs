@@ -6,7 +6,7 @@
 //! `VRS_BENCH_SCALE=smoke` runs in seconds (the test script does); the default `full`
 //! uses the sizes (1,000,000 residents and doses). `VRS_BENCH_REPEAT=k` measures the
 //! export and the registrations k times against their baselines, alternating, keeping the
-//! best of each; `VRS_BENCH_ONLY`, `VRS_BENCH_WARM` and the `*_LOOP` switches are for
+//! best of each (3 at full scale, 1 at smoke scale, unless set); `VRS_BENCH_ONLY`, `VRS_BENCH_WARM` and the `*_LOOP` switches are for
 //! profiling (see where they are read).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -469,9 +469,10 @@ fn bare_scan_and_decoders(db: &Path, seeded: u64, t_plain: Duration) {
 
 /// `VRS_BENCH_REPEAT=k`: the export and the registrations are measured k times, each
 /// side alternating with its baseline, and each keeps its best wall and CPU time (a shared
-/// machine only ever adds time). 1 by default.
-fn repeat() -> u64 {
-    std::env::var("VRS_BENCH_REPEAT").ok().and_then(|r| r.parse().ok()).filter(|&k| k > 0).unwrap_or(1)
+/// machine only ever adds time). By default 3 at full scale, where one run of either side
+/// swings by up to 2× on a shared machine, and 1 at smoke scale.
+fn repeat(scale: Scale) -> u64 {
+    std::env::var("VRS_BENCH_REPEAT").ok().and_then(|r| r.parse().ok()).filter(|&k| k > 0).unwrap_or(scale.pick(1, 3))
 }
 
 fn main() {
@@ -536,7 +537,7 @@ fn main() {
         let cpu = cpu_time();
         let mut t_plain = plain_csv(&rows_in_memory, &dir.path().join("plain.csv"));
         let mut cpu_plain = cpu_time().saturating_sub(cpu);
-        let repeat = repeat();
+        let repeat = repeat(scale);
         for _ in 1..repeat {
             let cpu = cpu_time();
             let (_, t) = export(&rt, &registry, OutputEncoding::Utf8, &ledger);
@@ -619,7 +620,7 @@ fn main() {
         let singles = scale.pick(100, 1_000);
         let batched = scale.pick(1_000, 10_000);
         let first = n / 2; // persons without doses yet
-        let repeat = repeat();
+        let repeat = repeat(scale);
         // Each round registers for persons of its own: `singles` one commit at a time, then
         // `batched` in batches of 500. Best wall and CPU time of each kept, as for the export.
         let (mut t_single, mut cpu_single, mut t_batch, mut cpu_batch) = (Duration::MAX, Duration::MAX, Duration::MAX, Duration::MAX);
