@@ -838,17 +838,25 @@ pub async fn statistics_equal_a_recount(store: DynStore) {
 
 /// Recounts a municipality's stored doses from scratch (each in the group its resident of
 /// today puts it in) and asserts the statistics counters say the same; returns the doses.
+/// The municipality must hold every stored dose (the counters compared are national).
 async fn assert_counters_equal_a_recount(registry: &Registry, m: &str) -> Vec<DoseRecord> {
+    assert_counters_equal_a_recount_of(registry, &[m]).await
+}
+
+/// [`assert_counters_equal_a_recount`] for doses stored under several municipalities.
+async fn assert_counters_equal_a_recount_of(registry: &Registry, municipalities: &[&str]) -> Vec<DoseRecord> {
     let mut recount: std::collections::BTreeMap<crate::stats::StatsKey, u64> = Default::default();
     let mut doses = Vec::new();
-    registry
-        .store()
-        .scan_doses(code(m), DoseScan::ByVoucher, &mut |d: DoseRecord| {
-            doses.push(d);
-            Ok(())
-        })
-        .await
-        .unwrap();
+    for m in municipalities {
+        registry
+            .store()
+            .scan_doses(code(m), DoseScan::ByVoucher, &mut |d: DoseRecord| {
+                doses.push(d);
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
     for d in &doses {
         let r = match &d.matched {
             Some(p) => registry.store().resident(p).await.unwrap(),
@@ -911,6 +919,27 @@ pub async fn reupload_restating_residents_moves_their_statistics(store: DynStore
     registry.import_residents(&staff(CHIYODA), code(CHIYODA), VecSource::new(again, true)).await.unwrap();
     assert_counters_equal_a_recount(&registry, CHIYODA).await;
     assert_eq!(groups(&registry).await, new_groups);
+
+    // Two residents of 新宿区 restated by one upload, one of whom moved in (a dose under
+    // 千代田区's voucher, one under 新宿区's): each one's doses move with it, whichever
+    // voucher they were registered under, and no dose moves with the other.
+    let clinic = site_actor("clinic");
+    registry.register(&venue, &registration("r6", 1, CHIYODA, "0000000077", "2021-06-01", "pfizer", "FA5765")).await.unwrap();
+    let mut moved = resident(SHINJUKU, "500", "0000000500", "1960-01-01");
+    moved.previous = Some(VoucherRef { municipality: code(CHIYODA), number: VoucherNumber::parse("0000000077").unwrap() });
+    let mut neighbour = resident(SHINJUKU, "501", "0000000501", "1945-01-01");
+    let both = vec![moved.clone(), neighbour.clone()];
+    registry.import_residents(&staff(SHINJUKU), code(SHINJUKU), VecSource::new(both, true)).await.unwrap();
+    registry.register(&clinic, &registration("r7", 2, SHINJUKU, "0000000500", "2021-06-22", "pfizer", "FA5766")).await.unwrap();
+    registry.register(&clinic, &registration("r8", 1, SHINJUKU, "0000000501", "2021-06-22", "pfizer", "FA5766")).await.unwrap();
+    let before = assert_counters_equal_a_recount_of(&registry, &[CHIYODA, SHINJUKU]).await;
+    assert_eq!(before.iter().filter(|d| d.matched.as_ref().is_some_and(|p| p.municipality == code(SHINJUKU))).count(), 3);
+    moved.birth_date = date("2000-01-01");
+    moved.sex = Sex::Male;
+    neighbour.birth_date = date("1975-05-05");
+    registry.import_residents(&staff(SHINJUKU), code(SHINJUKU), VecSource::new(vec![moved, neighbour], true)).await.unwrap();
+    let after = assert_counters_equal_a_recount_of(&registry, &[CHIYODA, SHINJUKU]).await;
+    assert_eq!(after.len(), before.len());
 }
 
 /// Change-log exports chained by their cursors while registrations, corrections and voids
