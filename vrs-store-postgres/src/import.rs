@@ -351,26 +351,51 @@ async fn restated_residents(tx: &mut PgConnection, duplicates: bool) -> Result<V
 /// Moves the doses of `restated` residents to their new statistics groups, in the
 /// import's transaction. The doses that count under a resident are those matched to the
 /// person under the vouchers it named before the upload; doses waiting under a new voucher
-/// are matched (and counted) after the import.
+/// are matched (and counted) after the import. The doses are read by one statement per
+/// [`RESTATED_PER_READ`] residents, not one per voucher: an upload correcting the birth
+/// dates of 100k matched residents would otherwise send 100k+ statements inside the import.
 async fn restate_counters(tx: &mut PgConnection, restated: &[(Resident, Resident)]) -> Result<()> {
     let mut changes = Vec::new();
-    for (old, new) in restated {
-        let mut doses = Vec::new();
-        for v in vouchers_of(old) {
-            let rows = sqlx::query("SELECT record, seq FROM doses WHERE municipality = $1 AND voucher = $2")
-                .bind(v.municipality.as_str())
-                .bind(v.number.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db("reading the doses of a resident whose sex or birth date changes"))?;
-            for row in &rows {
-                doses.push(codec::dose(row)?);
+    for (chunk_at, chunk) in restated.chunks(RESTATED_PER_READ).enumerate() {
+        let first = chunk_at * RESTATED_PER_READ;
+        // Each voucher with the position of its resident in `restated`.
+        let (mut municipalities, mut vouchers, mut owners) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (old, _)) in chunk.iter().enumerate() {
+            for v in vouchers_of(old) {
+                municipalities.push(v.municipality.as_str().to_owned());
+                vouchers.push(v.number.as_str().to_owned());
+                owners.push(i64::try_from(first + i).map_err(|_| storage_message("too many restated residents"))?);
             }
         }
-        changes.extend(restated_deltas(old, new, &doses));
+        let rows = sqlx::query(
+            "SELECT v.owner, d.record, d.seq FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(municipality, voucher, owner) \
+             JOIN doses AS d ON d.municipality = v.municipality AND d.voucher = v.voucher ORDER BY v.owner",
+        )
+        .bind(&municipalities)
+        .bind(&vouchers)
+        .bind(&owners)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db("reading the doses of residents whose sex or birth date changes"))?;
+        let mut doses = Vec::new();
+        let mut rows = rows.iter().peekable();
+        for (i, (old, new)) in chunk.iter().enumerate() {
+            let owner = i64::try_from(first + i).unwrap_or(i64::MAX);
+            doses.clear();
+            while let Some(row) = rows.next_if(|row| row.try_get::<i64, _>("owner").is_ok_and(|o| o == owner)) {
+                doses.push(codec::dose(row)?);
+            }
+            changes.extend(restated_deltas(old, new, &doses));
+        }
+        if rows.next().is_some() {
+            return Err(storage_message("the server answered doses for no restated resident"));
+        }
     }
     apply::add_counters(tx, changes).await
 }
+
+/// Restated residents whose doses one statement reads: bounds the rows held at once.
+const RESTATED_PER_READ: usize = 10_000;
 
 #[cfg(test)]
 mod tests {
