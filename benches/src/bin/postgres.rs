@@ -8,14 +8,18 @@
 //!    dose row with 16 clients (target ≥ 0.35×, p99 ≤ 10 ms), then every client retries
 //!    registrations it made: nothing is stored twice;
 //! 3. the same statistics query at a small and a 100× larger number of stored doses
-//!    (target: the larger at most 1.5× the smaller: counters, not scans).
+//!    (target: the larger at most 1.5× the smaller: counters, not scans);
+//! 4. a re-upload changing the sex of every resident, each with a dose (their doses move
+//!    to other statistics groups) vs the same re-upload once more, with nothing to move
+//!    (no target: what the restatement costs per dose).
 //!
 //! Needs `DATABASE_URL` (scripts/test starts a throwaway server) and the PostgreSQL client
 //! programs (`VRS_PG_BIN`, else /usr/lib/postgresql/15/bin, else `PATH`). Works in the
-//! schemas `vrs_bench` and `vrs_bench_base` of that database, which it drops first and
-//! last (`VRS_BENCH_KEEP=1` keeps them at the end).
+//! schemas `vrs_bench`, `vrs_bench_base` and `vrs_bench_restate` of that database, which it
+//! drops first and last (`VRS_BENCH_KEEP=1` keeps them at the end).
 //! `VRS_BENCH_SCALE=smoke` runs in seconds; `full` (the default) uses the issue's sizes:
-//! 1,000,000 residents, 30 s of registration, 100,000 vs 10,000,000 doses.
+//! 1,000,000 residents, 30 s of registration, 100,000 vs 10,000,000 doses, 100,000 restated
+//! residents.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -591,13 +595,81 @@ async fn timed_async<T>(f: impl std::future::Future<Output = T>) -> (T, Duration
     (out, start.elapsed())
 }
 
+// ---------------------------------------------------------------------------------------
+// 4. Restatement
+
+const RESTATE_SCHEMA: &str = "vrs_bench_restate";
+
+/// A copy of the residents file `csv` with every resident's sex swapped (1 ↔ 2): a re-upload
+/// of it restates every matched resident's doses.
+fn with_sex_swapped(csv: &Path, out: &Path) {
+    let mut reader = csv::Reader::from_path(csv).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let sex = headers.iter().position(|h| h == "sex").unwrap();
+    let mut writer = csv::Writer::from_path(out).unwrap();
+    writer.write_record(&headers).unwrap();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let swapped = match &record[sex] {
+            "1" => "2",
+            "2" => "1",
+            other => other,
+        };
+        writer.write_record(record.iter().enumerate().map(|(i, f)| if i == sex { swapped } else { f })).unwrap();
+    }
+    writer.flush().unwrap();
+}
+
+/// A re-upload that changes the sex of every resident, each with a dose: the import moves
+/// their doses to other statistics groups. Printed beside the same re-upload once more,
+/// when nothing changes (no target: the figure shows what the restatement costs).
+async fn bench_restatement(scale: Scale, dir: &Path) {
+    let n: u64 = scale.pick(2_000, 100_000);
+    let m = MunicipalityCode::parse("131016").unwrap();
+    let csv = dir.join("restate-first.csv");
+    std::fs::rename(gen_csv(dir, m.as_str(), n, 23), &csv).unwrap();
+    let restated = dir.join("restate-second.csv");
+    with_sex_swapped(&csv, &restated);
+    let store = PostgresStore::connect_fresh(&schema_url(RESTATE_SCHEMA), Options::default()).await.unwrap();
+    import_file(&store, m.as_str(), &csv).await;
+    let registry = Registry::new(Arc::new(store.clone()), Arc::new(SystemClock));
+    let staff = Actor::MunicipalStaff { municipality: m, user: "bench".into() };
+    let site = Site { id: SiteId::parse("venue-restate").unwrap(), name: "集団接種会場".into(), municipality: m };
+    registry.issue_account(&staff, site, AccountId::parse("tablet-restate").unwrap()).await.unwrap();
+    let tablet = Actor::Site { account: AccountId::parse("tablet-restate").unwrap() };
+    let regs: Vec<DoseRegistration> =
+        vouchers(&store, m).await.iter().enumerate().map(|(i, v)| registration(format!("restate-{i}"), m.as_str(), v)).collect();
+    for batch in regs.chunks(500) {
+        for outcome in registry.register_batch(&tablet, batch).await.unwrap() {
+            assert!(outcome.unwrap().matched);
+        }
+    }
+    let before = registry.statistics(&staff, StatsQuery::Municipality(m)).await.unwrap();
+    let (_, restating) = timed_async(import_file(&store, m.as_str(), &restated)).await;
+    let after = registry.statistics(&staff, StatsQuery::Municipality(m)).await.unwrap();
+    assert_ne!(before, after, "the re-upload moved the doses to other groups");
+    let (_, unchanged) = timed_async(import_file(&store, m.as_str(), &restated)).await;
+    assert_eq!(after, registry.statistics(&staff, StatsQuery::Municipality(m)).await.unwrap());
+    store.close().await;
+    note("restatement: residents, doses", format!("{n}, {}", regs.len()));
+    note(
+        "re-upload restating every resident",
+        format!(
+            "{} ms | the same re-upload, nothing restated: {} ms | restatement {:.1} µs per dose",
+            restating.as_millis(),
+            unchanged.as_millis(),
+            restating.saturating_sub(unchanged).as_secs_f64() * 1e6 / regs.len().max(1) as f64
+        ),
+    );
+}
+
 fn main() {
     let scale = Scale::from_env();
     let _ = database_url();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     println!("PostgreSQL store benchmarks ({scale:?} scale), each beside its baseline from the same run");
-    // `VRS_BENCH_ONLY=import,registration,statistics` picks some (for profiling).
+    // `VRS_BENCH_ONLY=import,registration,statistics,restatement` picks some (for profiling).
     let only = std::env::var("VRS_BENCH_ONLY").unwrap_or_default();
     let run = |name: &str| only.is_empty() || only.split(',').any(|o| o.trim() == name);
     let mut ok = true;
@@ -610,6 +682,9 @@ fn main() {
     if run("statistics") {
         ok &= rt.block_on(bench_statistics(scale));
     }
+    if run("restatement") {
+        rt.block_on(bench_restatement(scale, dir.path()));
+    }
     // `VRS_BENCH_KEEP=1` leaves the schemas in place (to profile statements against them).
     let keep = std::env::var("VRS_BENCH_KEEP").is_ok_and(|v| v == "1");
     rt.block_on(async {
@@ -619,6 +694,7 @@ fn main() {
         let mut conn = admin().await;
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")).execute(&mut conn).await;
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {BASE} CASCADE")).execute(&mut conn).await;
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {RESTATE_SCHEMA} CASCADE")).execute(&mut conn).await;
     });
     println!();
     println!("{}", if ok { "all targets met" } else { "some targets NOT met (see BELOW / ABOVE TARGET)" });
